@@ -1,0 +1,1 @@
+"""The node agent and the ledger: attribution, classification, rollups and the CLI."""

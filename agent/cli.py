@@ -1,0 +1,211 @@
+"""The ``gpuledger`` command.
+
+User mistakes (bad files, bad flags) print one line naming the file, line and field
+and exit 2; nothing is written in that case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from collectors.errors import InputError
+
+EXIT_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_INPUT
+    try:
+        return args.handler(args) or 0
+    except InputError as err:
+        print(f"gpuledger: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("gpuledger: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuledger",
+        description="Attribute every GPU-second and its cost to a team and a workload. "
+        "Try it with no GPU: `gpuledger simulate --out demo.jsonl.gz && gpuledger replay demo.jsonl.gz`.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _replay_parser(sub)
+    _simulate_parser(sub)
+    _import_parser(sub)
+    _config_parser(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def _replay_parser(sub) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="attribute and price a recorded trace (dry-run of the agent)",
+        description="Read one or more trace files (JSON Lines, plain or gzip; several "
+        "files are merged by time), attribute every GPU-second to a pod or to "
+        "unallocated capacity, price it, and print cost per team and workload class. "
+        "With --out, also write summary.json and ledger.parquet (one row per minute, "
+        "device and pod). See docs/trace-format.md and docs/cost-model.md.",
+    )
+    p.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (.jsonl or .jsonl.gz)")
+    p.add_argument("--rates", metavar="FILE",
+                   help="rate card (YAML, docs/rate-card.md) that alone prices the trace; "
+                   "default: the bundled public price snapshot")
+    p.add_argument("--config", metavar="FILE",
+                   help="team and workload-class settings (YAML, docs/configuration.md)")
+    p.add_argument("--out", metavar="DIR", help="write summary.json and ledger.parquet here")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
+    p.set_defaults(handler=_replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.ledger import ledger_table, write_parquet
+    from agent.progress import ProgressLine
+    from agent.replay import replay
+    from agent.summary import format_table
+    from collectors.pricing.ratecard import load_rate_card, load_snapshot
+
+    card = load_rate_card(args.rates) if args.rates else load_snapshot()
+    config = load_config(args.config)
+    out = _out_dir(args.out) if args.out else None
+    progress = ProgressLine("reading traces")
+    try:
+        result = replay(args.traces, card, config, progress)
+    finally:
+        progress.done()
+    if out is not None:
+        write_parquet(ledger_table(result.ledger, result.timeline), out / "ledger.parquet")
+        _write_text(out / "summary.json", json.dumps(result.summary, indent=2) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(result.summary, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_table(result.summary))
+        sources = sorted({p["source"] for p in result.summary["prices"]})
+        sys.stdout.write(f"prices from: {', '.join(sources) or 'none'} ({result.summary['currency']})\n")
+        if out is not None:
+            sys.stdout.write(f"wrote {out / 'summary.json'} and {out / 'ledger.parquet'}\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _simulate_parser(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="write a realistic demo cluster trace (no GPU or cluster needed)",
+        description="Generate a deterministic trace of a demo GPU cluster: training jobs, "
+        "bursty and idle inference, a notebook, a MIG-partitioned GPU, a time-sliced GPU, "
+        "unallocated GPUs and several teams. See docs/simulator.md.",
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--nodes", type=int, default=4, help="number of GPU nodes (default 4)")
+    p.add_argument("--hours", type=float, default=24.0, help="length of the trace in hours (default 24)")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between samples (default 10)")
+    p.add_argument("--start", type=float, default=None,
+                   help="start time, Unix seconds (default: a fixed date, so output is reproducible)")
+    p.add_argument("--out", required=True, metavar="FILE", help="trace file to write (.jsonl or .jsonl.gz)")
+    p.set_defaults(handler=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from agent.progress import ProgressLine
+    from collectors.simulator import simulate
+
+    progress = ProgressLine("simulating", unit="samples")
+    options = {"seed": args.seed, "nodes": args.nodes, "hours": args.hours, "interval_s": args.interval}
+    if args.start is not None:
+        options["start"] = args.start
+    try:
+        stats = simulate(args.out, progress=progress, **options)
+    finally:
+        progress.done()
+    print(f"wrote {stats.path}: {stats.nodes} nodes, {stats.gpus} GPUs, {stats.pods} pods, "
+          f"{stats.samples:,} samples over {args.hours:g} h")
+    return 0
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _import_parser(sub) -> None:
+    from collectors.importers import IMPORTERS
+
+    p = sub.add_parser(
+        "import", help="turn logs you already have (nvidia-smi, public traces) into a trace",
+        description="Convert another format into a gpuledger trace that `gpuledger replay` reads.",
+    )
+    kinds = p.add_subparsers(title="formats", metavar="FORMAT")
+    for importer in IMPORTERS.values():
+        q = kinds.add_parser(importer.name, help=importer.help, description=importer.description)
+        importer.add_arguments(q)
+        q.add_argument("--out", required=True, metavar="FILE", help="trace file to write (.jsonl or .jsonl.gz)")
+        q.set_defaults(handler=_import, importer=importer)
+
+
+def _import(args: argparse.Namespace) -> int:
+    print(args.importer.run(args, Path(args.out)))
+    return 0
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _config_parser(sub) -> None:
+    p = sub.add_parser("config", help="check a config file, or print the settings reference",
+                       description="Check a team/workload-class config file, or print the table of settings.")
+    p.add_argument("file", nargs="?", help="config file to check")
+    p.add_argument("--docs", action="store_true", help="print the settings table (Markdown)")
+    p.set_defaults(handler=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from agent.config import load_config, settings_markdown
+
+    if args.docs or not args.file:
+        sys.stdout.write(settings_markdown())
+        return 0
+    load_config(args.file)
+    print(f"{args.file}: ok")
+    return 0
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError("expected a directory for --out, found a file", file=path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output directory: {err.strerror}", file=path) from None
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Dry-run: a recorded trace in, the ledger and the summary out.
+
+This is the whole pipeline the agent runs, fed from files instead of live collectors:
+read records, build the timeline, attribute, roll up. It is I/O at the edges around
+the pure steps in :mod:`agent.timeline`, :mod:`agent.attribution` and :mod:`agent.ledger`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from agent.attribution import Allocations, attribute
+from agent.config import Config
+from agent.ledger import Ledger, rollup
+from agent.summary import summarize
+from agent.timeline import Timeline, build_timeline
+from collectors.pricing.ratecard import RateCard
+from collectors.tracefile import Progress, Trace, read_traces
+
+
+@dataclass
+class ReplayResult:
+    trace: Trace
+    timeline: Timeline
+    allocations: Allocations
+    ledger: Ledger
+    summary: dict[str, Any]
+
+
+def replay(
+    paths: Iterable[str | Path],
+    card: RateCard,
+    config: Config,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """Replay trace files; raises InputError on bad input before anything is written."""
+    trace = read_traces(paths, progress=progress)
+
+    def where_record(order: tuple[int, int]) -> tuple[str, int]:
+        return trace.files[order[0]], order[1]
+
+    timeline = build_timeline(trace.states, trace.interners, card, config, where_record)
+    allocations = attribute(trace.samples, timeline, trace.where)
+    ledger = rollup(allocations, timeline)
+    samples = trace.samples
+    if len(samples):
+        window = (float(np.min(samples.ts - samples.interval)), float(np.max(samples.ts)))
+    else:
+        window = (0.0, 0.0)
+    return ReplayResult(trace, timeline, allocations, ledger, summarize(ledger, timeline, window))

@@ -1,0 +1,173 @@
+"""Rate cards: what a GPU-second costs, from a user's YAML or the bundled snapshot.
+
+A rate card prices a *physical* GPU. The first ``nodes`` entry whose labels all match
+the node's labels gives the node's hourly price, of which ``gpu_share`` is charged to
+its GPUs, split evenly over the physical GPUs on the node. Failing that, the ``gpus``
+entry for the device model gives a per-GPU hourly price; failing that,
+``default_gpu_hourly``. MIG slices are priced by the cost model, as a share of their
+parent's price. ``docs/rate-card.md`` is the contract.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from collectors.errors import describe
+from collectors.yamlfile import Key, LocatedYaml
+
+RATE_CARD_SOURCE = "rate-card"
+DEFAULT_SOURCE = "default"
+SNAPSHOT_FILE = "snapshot.yaml"
+
+
+@dataclass(frozen=True)
+class NodeRate:
+    """A node price by label match; ``source`` names where the figure comes from."""
+
+    match: Mapping[str, str]
+    hourly: float
+    source: str
+
+
+@dataclass(frozen=True)
+class GpuRate:
+    hourly: float
+    source: str
+
+
+@dataclass(frozen=True)
+class GpuPrice:
+    """The price of one physical GPU on one node, and where it came from."""
+
+    hourly: float
+    source: str
+
+    @property
+    def per_second(self) -> float:
+        return self.hourly / 3600.0
+
+
+@dataclass(frozen=True)
+class RateCard:
+    currency: str
+    default_gpu_hourly: float
+    gpu_share: float = 1.0
+    nodes: tuple[NodeRate, ...] = ()
+    gpus: Mapping[str, GpuRate] = field(default_factory=dict)
+    name: str = RATE_CARD_SOURCE
+
+
+def gpu_price(card: RateCard, labels: Mapping[str, str], model: str, physical_gpus: int) -> GpuPrice:
+    """Hourly price of one physical GPU of ``model`` on a node with ``labels``.
+
+    Pure: the same card, labels, model and GPU count always give the same price.
+    """
+    if physical_gpus > 0:
+        for rate in card.nodes:
+            if all(labels.get(k) == v for k, v in rate.match.items()):
+                return GpuPrice(rate.hourly * card.gpu_share / physical_gpus, rate.source)
+    gpu = card.gpus.get(model)
+    if gpu is not None:
+        return GpuPrice(gpu.hourly, gpu.source)
+    return GpuPrice(card.default_gpu_hourly, DEFAULT_SOURCE)
+
+
+# --------------------------------------------------------------------------- loading
+
+_CARD_KEYS = {"currency", "gpu_share", "nodes", "gpus", "default_gpu_hourly"}
+_SNAPSHOT_KEYS = _CARD_KEYS | {"format", "date", "sources"}
+
+
+def load_rate_card(path: str | Path) -> RateCard:
+    """Read and check a user's rate card; raises InputError naming file, line and field."""
+    doc = LocatedYaml(path)
+    return _parse(doc, snapshot=False, source=RATE_CARD_SOURCE)
+
+
+@lru_cache(maxsize=1)
+def load_snapshot() -> RateCard:
+    """The bundled, dated price snapshot; every price's source reads ``snapshot:DATE``."""
+    path = resources.files("collectors.pricing").joinpath(SNAPSHOT_FILE)
+    with resources.as_file(path) as real:
+        doc = LocatedYaml(real)
+    if not isinstance(doc.data, dict) or "date" not in doc.data:
+        raise doc.error(("date",), "the bundled snapshot has no date")
+    date = str(doc.data["date"])
+    card = _parse(doc, snapshot=True, source=f"snapshot:{date}")
+    return RateCard(
+        currency=card.currency, default_gpu_hourly=card.default_gpu_hourly,
+        gpu_share=card.gpu_share, nodes=card.nodes, gpus=card.gpus, name=f"snapshot:{date}",
+    )
+
+
+def _parse(doc: LocatedYaml, snapshot: bool, source: str) -> RateCard:
+    """A RateCard from parsed YAML; the snapshot may carry descriptive extra fields."""
+    allowed = _SNAPSHOT_KEYS if snapshot else _CARD_KEYS
+    entry_extras = {"provider", "gpu_model", "gpus", "source"} if snapshot else set()
+    data = doc.data
+    if not isinstance(data, dict):
+        raise doc.error((), f"expected a mapping with {', '.join(sorted(_CARD_KEYS))}")
+    for key in data:
+        if key not in allowed:
+            raise doc.error((key,), f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    currency = data.get("currency")
+    if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+        raise doc.error(("currency",), f"expected a three-letter ISO 4217 code such as USD, got {describe(currency)}")
+    gpu_share = _number(doc, ("gpu_share",), data.get("gpu_share", 1.0), low_exclusive=0.0, high=1.0)
+    if "default_gpu_hourly" not in data:
+        raise doc.error((), "field 'default_gpu_hourly' is required: the price of a GPU no entry matches")
+    default = _number(doc, ("default_gpu_hourly",), data["default_gpu_hourly"], low=0.0)
+
+    nodes_raw = data.get("nodes") or []
+    if not isinstance(nodes_raw, list):
+        raise doc.error(("nodes",), "expected a list of {match, hourly} entries")
+    nodes = []
+    for i, entry in enumerate(nodes_raw):
+        key = ("nodes", i)
+        if not isinstance(entry, dict):
+            raise doc.error(key, "expected a mapping with match and hourly")
+        match = entry.get("match")
+        if not isinstance(match, dict) or not match or not all(isinstance(k, str) for k in match):
+            raise doc.error(key + ("match",), "expected a non-empty mapping of node labels to values")
+        extra = set(entry) - {"match", "hourly"} - entry_extras
+        if extra:
+            raise doc.error(key + (sorted(extra)[0],), "unknown field; expected match and hourly")
+        hourly = _number(doc, key + ("hourly",), entry.get("hourly"), low=0.0)
+        nodes.append(NodeRate({k: str(v) for k, v in match.items()}, hourly, source))
+
+    gpus_raw = data.get("gpus") or {}
+    if not isinstance(gpus_raw, dict):
+        raise doc.error(("gpus",), "expected a mapping of GPU model name to hourly price")
+    gpus = {}
+    for model, value in gpus_raw.items():
+        key = ("gpus", model)
+        hourly_value = value.get("hourly") if isinstance(value, dict) else value
+        gpus[str(model)] = GpuRate(_number(doc, key, hourly_value, low=0.0), source)
+    return RateCard(currency, default, gpu_share, tuple(nodes), gpus)
+
+
+def _number(
+    doc: LocatedYaml, key: Key, value: Any, low: float | None = None,
+    low_exclusive: float | None = None, high: float | None = None,
+) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None and value < low:
+        ok = False
+    if ok and low_exclusive is not None and value <= low_exclusive:
+        ok = False
+    if ok and high is not None and value > high:
+        ok = False
+    if not ok:
+        if low_exclusive is not None and high is not None:
+            want = f"a number above {low_exclusive:g} and at most {high:g}"
+        elif low is not None:
+            want = f"a number of at least {low:g}"
+        else:
+            want = "a number"
+        raise doc.error(key, f"expected {want}, got {describe(value)}")
+    return float(value)

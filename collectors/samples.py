@@ -1,0 +1,133 @@
+"""Samples in columns: the compact form replay and the agent attribute in bulk.
+
+A trace of millions of samples cannot live as Python objects, so samples are held
+as NumPy arrays, with node names, device UUIDs and pod UIDs interned to small
+integer codes. Processes are flattened: sample ``i`` owns processes
+``proc_offsets[i]:proc_offsets[i+1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from collectors.records import Sample
+
+
+class Interner:
+    """Strings to dense integer codes, shared by every batch of a run."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def code(self, name: str) -> int:
+        found = self.codes.get(name)
+        if found is None:
+            found = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return found
+
+    def codes_of(self, names: Iterable[str | None]) -> np.ndarray:
+        """Codes for many names; None becomes -1."""
+        return np.fromiter(
+            (-1 if n is None else self.code(n) for n in names), dtype=np.int64
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Interners:
+    """The three vocabularies samples refer to."""
+
+    nodes: Interner = field(default_factory=Interner)
+    uuids: Interner = field(default_factory=Interner)
+    pods: Interner = field(default_factory=Interner)
+
+
+@dataclass
+class SampleColumns:
+    """Many samples, one array per field. NaN marks an absent number."""
+
+    ts: np.ndarray  # float64, end of the interval
+    interval: np.ndarray  # float64, seconds (the file default already applied)
+    node: np.ndarray  # int64 node code
+    uuid: np.ndarray  # int64 device code
+    util: np.ndarray  # float64 percent, NaN = not reported
+    mem: np.ndarray  # float64 bytes, NaN = not reported
+    proc_offsets: np.ndarray  # int64, len(ts) + 1
+    proc_pod: np.ndarray  # int64 pod-uid code, -1 = unknown
+    proc_util: np.ndarray  # float64, NaN = not reported
+    proc_mem: np.ndarray  # float64, NaN = not reported
+    file: np.ndarray  # int64 index of the source file (for error messages)
+    line: np.ndarray  # int64 line in that file, 1-based
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @staticmethod
+    def empty() -> "SampleColumns":
+        f, i = np.empty(0, np.float64), np.empty(0, np.int64)
+        return SampleColumns(f, f, i, i, f, f, np.zeros(1, np.int64), i, f, f, i, i)
+
+    @staticmethod
+    def from_samples(
+        samples: Sequence[Sample],
+        interners: Interners,
+        default_interval: float,
+        file: int = 0,
+        lines: Sequence[int] | None = None,
+    ) -> "SampleColumns":
+        """Columns from record objects (the agent's batches and the careful reader)."""
+        n = len(samples)
+        counts = [len(s.processes) if s.processes else 0 for s in samples]
+        procs = [p for s in samples if s.processes for p in s.processes]
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        nan = float("nan")
+        return SampleColumns(
+            ts=np.array([s.ts for s in samples], np.float64),
+            interval=np.array(
+                [default_interval if s.interval_s is None else s.interval_s for s in samples],
+                np.float64,
+            ),
+            node=interners.nodes.codes_of(s.node for s in samples),
+            uuid=interners.uuids.codes_of(s.uuid for s in samples),
+            util=np.array([nan if s.util is None else s.util for s in samples], np.float64),
+            mem=np.array(
+                [nan if s.mem_used_bytes is None else s.mem_used_bytes for s in samples], np.float64
+            ),
+            proc_offsets=offsets,
+            proc_pod=interners.pods.codes_of(p.pod_uid for p in procs),
+            proc_util=np.array([nan if p.util is None else p.util for p in procs], np.float64),
+            proc_mem=np.array(
+                [nan if p.mem_used_bytes is None else p.mem_used_bytes for p in procs], np.float64
+            ),
+            file=np.full(n, file, np.int64),
+            line=np.asarray(lines if lines is not None else np.zeros(n), np.int64),
+        )
+
+    @staticmethod
+    def concat(parts: list["SampleColumns"]) -> "SampleColumns":
+        """One batch from many, emptying ``parts`` column by column to bound peak memory."""
+        if not parts:
+            return SampleColumns.empty()
+        if len(parts) == 1:
+            only = parts.pop()
+            return only
+        names = [f for f in SampleColumns.__dataclass_fields__ if f != "proc_offsets"]
+        out: dict[str, np.ndarray] = {}
+        shift = np.cumsum([0] + [int(p.proc_offsets[-1]) for p in parts[:-1]])
+        out["proc_offsets"] = np.concatenate(
+            [parts[0].proc_offsets[:1]] + [p.proc_offsets[1:] + s for p, s in zip(parts, shift)]
+        )
+        for name in names:
+            out[name] = np.concatenate([getattr(p, name) for p in parts])
+            for p in parts:
+                setattr(p, name, None)
+        parts.clear()
+        return SampleColumns(**out)

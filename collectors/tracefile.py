@@ -1,0 +1,418 @@
+"""Reading and writing trace files (JSON Lines, plain or gzip).
+
+Writing is plain: one JSON object per line, to a temporary file renamed into place on
+success, so a failed run never leaves half a trace.
+
+Reading has two paths that produce the same result. The fast path hands blocks of
+lines to Arrow's JSON reader with a fixed schema for samples (the bulk of any trace)
+and decodes the few other records with :mod:`json`. When Arrow rejects a block, or a
+sample fails a check, the careful path reads that block line by line with
+:func:`collectors.records.from_json`, which names the exact line and field. Both paths
+apply the same checks, so what is accepted does not depend on the path taken.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from collectors.errors import InputError
+from collectors.records import (
+    DevicesRecord,
+    Meta,
+    NodeRecord,
+    PodsRecord,
+    Record,
+    Sample,
+    from_json,
+    to_json,
+)
+from collectors.samples import Interners, SampleColumns
+
+BLOCK_BYTES = 16 << 20
+
+_PROCESS = pa.struct(
+    [("pid", pa.int64()), ("pod_uid", pa.string()), ("util", pa.float64()),
+     ("mem_used_bytes", pa.float64())]
+)
+_SAMPLE_SCHEMA = pa.schema(
+    [("kind", pa.string()), ("ts", pa.float64()), ("node", pa.string()), ("uuid", pa.string()),
+     ("util", pa.float64()), ("mem_used_bytes", pa.float64()), ("power_w", pa.float64()),
+     ("interval_s", pa.float64()), ("processes", pa.list_(_PROCESS))]
+)
+_PARSE = pajson.ParseOptions(explicit_schema=_SAMPLE_SCHEMA, unexpected_field_behavior="ignore")
+_KINDS = pa.array(["meta", "node", "devices", "pods", "sample"])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class TraceWriter:
+    """Writes records to ``path`` (gzip when it ends in ``.gz``), atomically on close.
+
+    Use as a context manager; if the block raises, the partial file is removed.
+    """
+
+    def __init__(self, path: str | Path, meta: Meta) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
+        raw = os.fdopen(fd, "wb")
+        self._raw = raw
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) if self.path.name.endswith(".gz") else raw  # type: ignore[assignment]
+        self._out = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
+        self.count = 0
+        self.write(meta)
+
+    def write(self, record: Record) -> None:
+        self.write_json(to_json(record))
+
+    def write_json(self, obj: dict[str, Any]) -> None:
+        self._out.write(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+        self._out.write("\n")
+        self.count += 1
+
+    def write_lines(self, text: str, lines: int) -> None:
+        """Already-encoded JSON lines (each ending in a newline), for bulk generators."""
+        self._out.write(text)
+        self.count += lines
+
+    def close(self) -> None:
+        self._out.close()
+        self._raw.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._out.close()
+        finally:
+            self._raw.close()
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_trace(path: str | Path, meta: Meta, records: Iterable[Record | dict[str, Any]]) -> int:
+    """Write ``meta`` then ``records`` (records or their JSON dicts); returns the line count."""
+    with TraceWriter(path, meta) as writer:
+        for record in records:
+            if isinstance(record, dict):
+                writer.write_json(record)
+            else:
+                writer.write(record)
+        return writer.count
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Trace:
+    """Everything read from one or more trace files."""
+
+    files: list[str]
+    metas: list[Meta]
+    states: list[tuple[int, NodeRecord | DevicesRecord | PodsRecord]]  # (order, record)
+    samples: SampleColumns
+    interners: Interners = field(default_factory=Interners)
+
+    def where(self, sample: int) -> tuple[str, int]:
+        """File and line of sample number ``sample``, for error messages."""
+        return self.files[int(self.samples.file[sample])], int(self.samples.line[sample])
+
+
+Progress = Callable[[int, int], None]
+
+
+def read_traces(
+    paths: Iterable[str | Path],
+    interners: Interners | None = None,
+    progress: Progress | None = None,
+) -> Trace:
+    """Read trace files into one :class:`Trace`; raises :class:`InputError` on bad input.
+
+    ``progress(done, total)`` is called with bytes of (compressed) input read so far.
+    """
+    files = [str(p) for p in paths]
+    interners = interners or Interners()
+    sizes = []
+    for f in files:
+        try:
+            sizes.append(os.path.getsize(f))
+        except OSError as err:
+            raise InputError(f"cannot read trace: {err.strerror}", file=f) from None
+    total, done = sum(sizes), 0
+    metas: list[Meta] = []
+    states: list[tuple[int, Any]] = []
+    parts: list[SampleColumns] = []
+    for index, name in enumerate(files):
+        reader = _FileReader(name, index, interners, states)
+        for part, position in reader.blocks():
+            if len(part):
+                parts.append(part)
+            if progress:
+                progress(done + position, total)
+        metas.append(reader.meta)  # type: ignore[arg-type]
+        done += sizes[index]
+    return Trace(files, metas, states, SampleColumns.concat(parts), interners)
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, Record]]:
+    """Every record of one file with its line number, read carefully (small files, tests)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:  # type: ignore[operator]
+        for number, raw in enumerate(handle, 1):
+            if raw.strip():
+                yield number, _decode(raw, str(path), number)
+
+
+def _decode(raw: bytes, file: str, line: int) -> Record:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        msg = getattr(err, "msg", str(err))
+        raise InputError(f"not valid JSON ({msg})", file=file, line=line) from None
+    try:
+        return from_json(obj)
+    except InputError as err:
+        raise err.at(file, line) from None
+
+
+class _FileReader:
+    """Reads one file block by block, appending its state records to a shared list."""
+
+    def __init__(self, name: str, index: int, interners: Interners, states: list) -> None:
+        self.name = name
+        self.index = index
+        self.interners = interners
+        self.states = states
+        self.meta: Meta | None = None
+        self.meta_line = 0
+
+    def blocks(self) -> Iterator[tuple[SampleColumns, int]]:
+        with open(self.name, "rb") as raw:
+            magic = raw.read(2)
+            raw.seek(0)
+            stream: BinaryIO = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw  # type: ignore[assignment]
+            try:
+                yield from self._blocks(stream, raw)
+            except (OSError, EOFError) as err:  # a truncated or corrupt gzip stream
+                raise InputError(f"cannot read trace: {err}", file=self.name) from None
+
+    def _blocks(self, stream: BinaryIO, raw: BinaryIO) -> Iterator[tuple[SampleColumns, int]]:
+        first_line = 1
+        carry = b""
+        while True:
+            chunk = stream.read(BLOCK_BYTES)
+            data = carry + chunk
+            if not chunk:
+                if data.strip():
+                    yield self._block(data, first_line), raw.tell()
+                break
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            block, carry = data[:cut], data[cut:]
+            yield self._block(block, first_line), raw.tell()
+            first_line += block.count(b"\n")
+        if self.meta is None:
+            raise InputError("is empty: a trace starts with a meta line", file=self.name)
+
+    # ----------------------------------------------------------------- one block
+
+    def _block(self, block: bytes, first_line: int) -> SampleColumns:
+        starts, ends = _line_bounds(block)
+        rows = _nonblank_lines(block, starts, ends)  # row r of the table is line rows[r]
+        if self.meta is None:
+            self._read_meta(block, starts, ends, rows, first_line)
+        try:
+            table = pajson.read_json(pa.BufferReader(block), parse_options=_PARSE)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return self._careful(block, starts, ends, rows, first_line)
+        if table.num_rows != len(rows):  # e.g. two objects on one line
+            return self._careful(block, starts, ends, rows, first_line)
+        kind = table.column("kind")
+        if kind.null_count or not pc.all(pc.is_in(kind, value_set=_KINDS)).as_py():
+            return self._careful(block, starts, ends, rows, first_line)
+        is_sample = pc.equal(kind, "sample").to_numpy(zero_copy_only=False)
+        for r in np.flatnonzero(~is_sample):
+            line = int(rows[r])
+            number = first_line + line
+            record = _decode(block[starts[line]:ends[line]], self.name, number)
+            self._state(record, number)
+        samples = table.filter(pa.array(is_sample))
+        lines = first_line + rows[is_sample]
+        bad = _first_bad_sample(samples)
+        if bad is not None:
+            line = int(lines[bad] - first_line)
+            _decode(block[starts[line]:ends[line]], self.name, int(lines[bad]))
+            raise InputError("sample rejected by the trace schema", file=self.name, line=int(lines[bad]))
+        return self._columns(samples, lines)
+
+    def _read_meta(self, block: bytes, starts, ends, rows, first_line: int) -> None:
+        if not len(rows):
+            return
+        line = int(rows[0])
+        number = first_line + line
+        record = _decode(block[starts[line]:ends[line]], self.name, number)
+        if not isinstance(record, Meta):
+            raise InputError("expected a meta record on the first line", file=self.name, line=number, field="kind")
+        self.meta = record
+        self.meta_line = number
+
+    def _state(self, record: Record, number: int) -> None:
+        if isinstance(record, Meta):
+            if number != self.meta_line:
+                raise InputError("a meta record belongs on the first line only", file=self.name, line=number, field="kind")
+            return
+        self.states.append(((self.index, number), record))
+
+    def _careful(self, block: bytes, starts, ends, rows, first_line: int) -> SampleColumns:
+        samples: list[Sample] = []
+        numbers: list[int] = []
+        for line in rows:
+            number = first_line + int(line)
+            record = _decode(block[starts[line]:ends[line]], self.name, number)
+            if isinstance(record, Sample):
+                samples.append(record)
+                numbers.append(number)
+            else:
+                self._state(record, number)
+        assert self.meta is not None
+        return SampleColumns.from_samples(samples, self.interners, self.meta.interval_s, self.index, numbers)
+
+    def _columns(self, table: pa.Table, lines: np.ndarray) -> SampleColumns:
+        assert self.meta is not None
+        interval = _floats(table.column("interval_s"))
+        interval[np.isnan(interval)] = self.meta.interval_s
+        procs = table.column("processes").combine_chunks()
+        offsets = _list_offsets(procs)
+        flat = procs.flatten() if len(procs) else pa.array([], _PROCESS)
+        if isinstance(flat, pa.ChunkedArray):
+            flat = flat.combine_chunks()
+        return SampleColumns(
+            ts=_floats(table.column("ts")),
+            interval=interval,
+            node=_encode(table.column("node"), self.interners.nodes),
+            uuid=_encode(table.column("uuid"), self.interners.uuids),
+            util=_floats(table.column("util")),
+            mem=_floats(table.column("mem_used_bytes")),
+            proc_offsets=offsets,
+            proc_pod=_encode(flat.field("pod_uid"), self.interners.pods),
+            proc_util=_floats(flat.field("util")),
+            proc_mem=_floats(flat.field("mem_used_bytes")),
+            file=np.full(table.num_rows, self.index, np.int64),
+            line=lines.astype(np.int64),
+        )
+
+
+def _line_bounds(block: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (without the newline or a CR before it) of every line of a block."""
+    buf = np.frombuffer(block, np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    if not len(newlines) or newlines[-1] != len(buf) - 1:
+        newlines = np.append(newlines, len(buf))
+    starts = np.concatenate(([0], newlines[:-1] + 1))
+    ends = newlines.copy()
+    cr = (ends > starts) & (buf[np.minimum(ends - 1, len(buf) - 1)] == 13)
+    ends[cr] -= 1
+    return starts, ends
+
+
+def _nonblank_lines(block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of the lines that are not blank; blank lines are allowed and skipped."""
+    buf = np.frombuffer(block, np.uint8)
+    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(starts), np.uint8)
+    keep = (ends > starts) & (first == ord("{"))
+    doubtful = np.flatnonzero(~keep & (ends > starts))  # lines not starting with '{'
+    keep[doubtful] = [bool(block[starts[i]:ends[i]].strip()) for i in doubtful]
+    return np.flatnonzero(keep)
+
+
+def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(column, float("nan")).to_numpy(zero_copy_only=False), np.float64).copy()
+
+
+def _encode(column: pa.ChunkedArray | pa.Array, interner) -> np.ndarray:
+    """Interned codes of a string column; null becomes -1."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = column.dictionary_encode()
+    mapping = np.array([interner.code(v) for v in encoded.dictionary.to_pylist()] + [-1], np.int64)
+    indices = encoded.indices.fill_null(len(mapping) - 1).to_numpy(zero_copy_only=False)
+    return mapping[indices]
+
+
+def _list_offsets(array: pa.ListArray) -> np.ndarray:
+    """Offsets of a list column with null lists counted as empty."""
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(array) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def _first_bad_sample(table: pa.Table) -> int | None:
+    """Index of the first sample that breaks a rule the careful reader checks, or None."""
+    ts = _floats(table.column("ts"))
+    util = _floats(table.column("util"))
+    checks = [
+        ~np.isfinite(ts),
+        _missing_string(table.column("node")),
+        _missing_string(table.column("uuid")),
+        _outside(util, 0, 100),
+        _outside(_floats(table.column("mem_used_bytes")), 0, np.inf),
+        _outside(_floats(table.column("power_w")), 0, np.inf),
+        _nonpositive(_floats(table.column("interval_s"))),
+    ]
+    bad = np.logical_or.reduce(checks)
+    procs = table.column("processes").combine_chunks()
+    if procs.null_count < len(procs):
+        flat = procs.flatten()
+        owner = np.repeat(np.arange(len(procs)), np.diff(_list_offsets(procs)))
+        nested = (
+            flat.is_null().to_numpy(zero_copy_only=False)
+            | flat.field("pid").is_null().to_numpy(zero_copy_only=False)
+            | _outside(_floats(flat.field("util")), 0, 100)
+            | _outside(_floats(flat.field("mem_used_bytes")), 0, np.inf)
+        )
+        if nested.any():
+            bad[owner[np.flatnonzero(nested)]] = True
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if len(hits) else None
+
+
+def _missing_string(column) -> np.ndarray:
+    empty = pc.fill_null(pc.equal(pc.binary_length(column), 0), True)
+    return empty.to_numpy(zero_copy_only=False)
+
+
+def _outside(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    present = ~np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        return present & (~np.isfinite(values) | (values < low) | (values > high))
+
+
+def _nonpositive(values: np.ndarray) -> np.ndarray:
+    present = ~np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        return present & (~np.isfinite(values) | (values <= 0))

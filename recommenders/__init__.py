@@ -1,0 +1,1 @@
+"""Pure analysis over ledger history: right-sizing, commitments and the weekly report."""
