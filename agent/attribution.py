@@ -113,34 +113,60 @@ def _slots(samples: SampleColumns, timeline: Timeline, where: Locate) -> np.ndar
 
 
 def _split_shared(rows, samples, timeline, slot, dt, price, minute) -> Allocations:
-    """Rows for samples of devices held by several pods, split by process utilisation."""
-    out: dict[str, list] = {k: [] for k in Allocations.__dataclass_fields__}
-    offsets = samples.proc_offsets
-    for i in rows:
-        holders = timeline.shared[int(slot[i])]
-        uids = timeline.pod_uid_code[holders]
-        lo, hi = offsets[i], offsets[i + 1]
-        p_pod, p_util, p_mem = samples.proc_pod[lo:hi], samples.proc_util[lo:hi], samples.proc_mem[lo:hi]
-        u = np.array([np.nansum(p_util[p_pod == uid]) for uid in uids], np.float64)
-        total = u.sum()
-        shares = u / total if total > 0 else np.full(len(holders), 1.0 / len(holders))
-        util = samples.util[i]
-        seconds = dt[i] * shares
-        known = not np.isnan(util)
-        mem = [
-            np.nansum(p_mem[p_pod == uid]) if np.any((p_pod == uid) & ~np.isnan(p_mem)) else samples.mem[i]
-            for uid in uids
-        ]
-        out["minute"].append(np.full(len(holders), minute[i]))
-        out["slot"].append(np.full(len(holders), slot[i]))
-        out["holder"].append(holders)
-        out["gpu_seconds"].append(seconds)
-        out["used"].append(seconds * util / 100.0 if known else np.zeros(len(holders)))
-        out["util_unknown"].append(np.zeros(len(holders)) if known else seconds)
-        out["active"].append(seconds if known and util > 0 else np.zeros(len(holders)))
-        out["cost"].append(seconds * price[i])
-        out["mem"].append(np.array(mem, np.float64))
-    return Allocations(**{k: np.concatenate(v) for k, v in out.items()})
+    """Rows for samples of devices held by several pods, split by process utilisation.
+
+    Each (sample, holder) pair gets the share ``u_i / sum(u)``, where ``u_i`` sums the
+    utilisation of the holder's processes in that sample, or ``1/n`` when the sample
+    has no utilisation for any holder's process.
+    """
+    slots = slot[rows]
+    counts = timeline.n_holders[slots]
+    pair_row = np.repeat(np.arange(len(rows)), counts)  # index into rows, per pair
+    pair_pod = timeline.holder_pods[_ranges(timeline.holder_offsets[slots], counts)]
+    pair_uid = timeline.pod_uid_code[pair_pod]
+    pair_sample = rows[pair_row]
+
+    # Sum the processes' utilisation and memory per (sample, pod uid).
+    lo = samples.proc_offsets[rows]
+    n_procs = samples.proc_offsets[rows + 1] - lo
+    procs = _ranges(lo, n_procs)
+    proc_row = np.repeat(np.arange(len(rows)), n_procs)
+    proc_pod = samples.proc_pod[procs].astype(np.int64)
+    width = int(max(pair_uid.max(initial=-1), proc_pod.max(initial=-1))) + 2
+    keys, inverse = np.unique(proc_row * width + proc_pod + 1, return_inverse=True)
+    util_sum = np.bincount(inverse, weights=np.nan_to_num(samples.proc_util[procs]), minlength=len(keys))
+    mem = samples.proc_mem[procs]
+    mem_sum = np.bincount(inverse, weights=np.nan_to_num(mem), minlength=len(keys))
+    mem_seen = np.bincount(inverse, weights=~np.isnan(mem), minlength=len(keys))
+
+    pair_key = pair_row * width + pair_uid + 1
+    pos = np.minimum(np.searchsorted(keys, pair_key), max(len(keys) - 1, 0))
+    hit = (keys[pos] == pair_key) if len(keys) else np.zeros(len(pair_key), bool)
+    u = np.where(hit, util_sum[pos] if len(keys) else 0.0, 0.0)
+    u_total = np.bincount(pair_row, weights=u, minlength=len(rows))[pair_row]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(u_total > 0, u / u_total, 1.0 / counts[pair_row])
+
+    seconds = dt[pair_sample] * share
+    util = samples.util[pair_sample]
+    known = ~np.isnan(util)
+    pod_mem = np.where(hit & (mem_seen[pos] > 0), mem_sum[pos], samples.mem[pair_sample]) if len(keys) else samples.mem[pair_sample]
+    return Allocations(
+        minute=minute[pair_sample], slot=slots[pair_row], holder=pair_pod, gpu_seconds=seconds,
+        used=np.where(known, seconds * np.nan_to_num(util) / 100.0, 0.0),
+        util_unknown=np.where(known, 0.0, seconds),
+        active=np.where(known & (np.nan_to_num(util) > 0), seconds, 0.0),
+        cost=seconds * price[pair_sample], mem=pod_mem,
+    )
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each start and count, without a loop."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    first = np.cumsum(counts) - counts
+    return np.arange(total, dtype=np.int64) - np.repeat(first - starts, counts)
 
 
 def _concat(parts: list[Allocations]) -> Allocations:

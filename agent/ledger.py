@@ -43,45 +43,59 @@ class Ledger:
         return len(self.minute)
 
 
+SUMMED = ("allocated", "unallocated", "used", "util_unknown", "active", "cost", "idle_cost",
+          "unallocated_cost", "samples")
+
+
 def rollup(allocs: Allocations, timeline: Timeline) -> Ledger:
     """Sum allocations per (minute, device, holder); memory is the minute's maximum."""
-    n_holders = len(timeline.pods) + 1
-    device = timeline.device_id[allocs.slot]
-    pair = device * n_holders + (allocs.holder + 1)
-    n_pairs = (int(timeline.device_id.max()) + 1 if len(timeline.device_id) else 1) * n_holders
-    if len(allocs):
-        base = int(allocs.minute.min())
-        key = (allocs.minute - base) // 60 * n_pairs + pair
-    else:
-        key = np.empty(0, np.int64)
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]]) if len(key) else np.empty(0, np.int64)
-
-    def total(values: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(values[order], starts) if len(starts) else np.empty(0)
-
     allocated = allocs.holder >= 0
     seconds = allocs.gpu_seconds
     with np.errstate(invalid="ignore", divide="ignore"):
         idle_share = np.where(seconds > 0, (seconds - allocs.used - allocs.util_unknown) / seconds, 0.0)
-    mem = np.where(np.isnan(allocs.mem), -1.0, allocs.mem)
-    mem_max = np.maximum.reduceat(mem[order], starts) if len(starts) else np.empty(0)
-    first = order[starts] if len(starts) else np.empty(0, np.int64)
+    rows = Ledger(
+        minute=allocs.minute, slot=allocs.slot, holder=allocs.holder,
+        allocated=np.where(allocated, seconds, 0.0),
+        unallocated=np.where(allocated, 0.0, seconds),
+        used=allocs.used, util_unknown=allocs.util_unknown, active=allocs.active,
+        cost=np.where(allocated, allocs.cost, 0.0),
+        idle_cost=np.where(allocated, allocs.cost * idle_share, 0.0),
+        unallocated_cost=np.where(allocated, 0.0, allocs.cost),
+        mem_max=allocs.mem, samples=np.ones(len(allocs), np.int64),
+    )
+    return _reduce(rows, timeline)
+
+
+def merge(parts: list[Ledger], timeline: Timeline) -> Ledger:
+    """One ledger from the ledgers of several batches (a minute may span batches)."""
+    if not parts:
+        return _reduce(Ledger(**{k: np.empty(0, np.int64 if k in ("minute", "slot", "holder", "samples") else np.float64)
+                                 for k in Ledger.__dataclass_fields__}), timeline)
+    if len(parts) == 1:
+        return parts[0]
+    joined = Ledger(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Ledger.__dataclass_fields__})
+    return _reduce(joined, timeline)
+
+
+def _reduce(rows: Ledger, timeline: Timeline) -> Ledger:
+    """Group rows by (minute, device, holder): sums add up, memory and slot take the max."""
+    n = len(rows)
+    if n == 0:
+        return rows
+    n_holders = len(timeline.pods) + 1
+    n_pairs = (int(timeline.device_id.max()) + 1) * n_holders
+    pair = timeline.device_id[rows.slot] * n_holders + (rows.holder + 1)
+    key = (rows.minute - int(rows.minute.min())) // 60 * n_pairs + pair
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    first = order[starts]
+    mem = rows.mem_max[order]
+    mem_max = np.fmax.reduceat(mem, starts)  # fmax: NaN only where all are NaN
+    out = {k: np.add.reduceat(getattr(rows, k)[order], starts) for k in SUMMED}
     return Ledger(
-        minute=allocs.minute[first],
-        slot=np.maximum.reduceat(allocs.slot[order], starts) if len(starts) else np.empty(0, np.int64),
-        holder=allocs.holder[first],
-        allocated=total(np.where(allocated, seconds, 0.0)),
-        unallocated=total(np.where(allocated, 0.0, seconds)),
-        used=total(allocs.used),
-        util_unknown=total(allocs.util_unknown),
-        active=total(allocs.active),
-        cost=total(np.where(allocated, allocs.cost, 0.0)),
-        idle_cost=total(np.where(allocated, allocs.cost * idle_share, 0.0)),
-        unallocated_cost=total(np.where(allocated, 0.0, allocs.cost)),
-        mem_max=np.where(mem_max < 0, np.nan, mem_max),
-        samples=np.diff(np.append(starts, len(key))) if len(starts) else np.empty(0, np.int64),
+        minute=rows.minute[first], slot=np.maximum.reduceat(rows.slot[order], starts),
+        holder=rows.holder[first], mem_max=mem_max, **out,
     )
 
 

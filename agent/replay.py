@@ -13,9 +13,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from agent.attribution import Allocations, attribute
+from agent.attribution import attribute
 from agent.config import Config
-from agent.ledger import Ledger, rollup
+from agent.ledger import Ledger, merge, rollup
 from agent.summary import summarize
 from agent.timeline import Timeline, build_timeline
 from collectors.pricing.ratecard import RateCard
@@ -26,7 +26,6 @@ from collectors.tracefile import Progress, Trace, read_traces
 class ReplayResult:
     trace: Trace
     timeline: Timeline
-    allocations: Allocations
     ledger: Ledger
     summary: dict[str, Any]
 
@@ -44,11 +43,13 @@ def replay(
         return trace.files[order[0]], order[1]
 
     timeline = build_timeline(trace.states, trace.interners, card, config, where_record)
-    allocations = attribute(trace.samples, timeline, trace.where)
-    ledger = rollup(allocations, timeline)
-    samples = trace.samples
-    if len(samples):
-        window = (float(np.min(samples.ts - samples.interval)), float(np.max(samples.ts)))
-    else:
-        window = (0.0, 0.0)
-    return ReplayResult(trace, timeline, allocations, ledger, summarize(ledger, timeline, window))
+    parts = []
+    start, end = np.inf, -np.inf
+    for batch in trace.batches:
+        allocations = attribute(batch, timeline, lambda i, batch=batch: trace.where(batch, i))
+        parts.append(rollup(allocations, timeline))
+        start = min(start, float(np.min(batch.ts - batch.interval)))
+        end = max(end, float(np.max(batch.ts)))
+    ledger = merge(parts, timeline)
+    window = (start, end) if parts else (0.0, 0.0)
+    return ReplayResult(trace, timeline, ledger, summarize(ledger, timeline, window))

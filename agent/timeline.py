@@ -73,8 +73,9 @@ class Timeline:
     price_per_s: np.ndarray  # price of one physical-GPU second, per slot
     n_holders: np.ndarray
     holder: np.ndarray  # the only holder's pod index, or -1
+    holder_offsets: np.ndarray  # slot s is held by holder_pods[holder_offsets[s]:holder_offsets[s+1]]
+    holder_pods: np.ndarray
     device_id: np.ndarray  # dense id of (node, uuid), per slot
-    shared: dict[int, np.ndarray]  # slot -> pod indices, for devices held by several pods
     slots: list[SlotInfo]
     pods: list[PodInfo]
     pod_uid_code: np.ndarray  # pod index -> interned uid (to match processes)
@@ -244,8 +245,9 @@ class _Builder:
             price_per_s=np.array(self.price, np.float64),
             n_holders=n_holders,
             holder=np.array([h[0] if len(h) == 1 else -1 for h in self.holders], np.int64),
+            holder_offsets=np.concatenate(([0], np.cumsum(n_holders))).astype(np.int64),
+            holder_pods=np.array([p for h in self.holders for p in h], np.int64),
             device_id=np.array(self.device_id, np.int64),
-            shared={i: np.array(h, np.int64) for i, h in enumerate(self.holders) if len(h) > 1},
             slots=self.slots,
             pods=self.pods,
             pod_uid_code=np.array([self.interners.pods.code(p.uid) for p in self.pods], np.int64),

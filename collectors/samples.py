@@ -15,6 +15,8 @@ import numpy as np
 
 from collectors.records import Sample
 
+CODE = np.int32  # interned names, file indices and line numbers: 4 bytes a sample each
+
 
 class Interner:
     """Strings to dense integer codes, shared by every batch of a run."""
@@ -33,7 +35,7 @@ class Interner:
     def codes_of(self, names: Iterable[str | None]) -> np.ndarray:
         """Codes for many names; None becomes -1."""
         return np.fromiter(
-            (-1 if n is None else self.code(n) for n in names), dtype=np.int64
+            (-1 if n is None else self.code(n) for n in names), dtype=CODE
         )
 
     def __len__(self) -> int:
@@ -55,23 +57,23 @@ class SampleColumns:
 
     ts: np.ndarray  # float64, end of the interval
     interval: np.ndarray  # float64, seconds (the file default already applied)
-    node: np.ndarray  # int64 node code
-    uuid: np.ndarray  # int64 device code
+    node: np.ndarray  # int32 node code
+    uuid: np.ndarray  # int32 device code
     util: np.ndarray  # float64 percent, NaN = not reported
     mem: np.ndarray  # float64 bytes, NaN = not reported
     proc_offsets: np.ndarray  # int64, len(ts) + 1
-    proc_pod: np.ndarray  # int64 pod-uid code, -1 = unknown
+    proc_pod: np.ndarray  # int32 pod-uid code, -1 = unknown
     proc_util: np.ndarray  # float64, NaN = not reported
     proc_mem: np.ndarray  # float64, NaN = not reported
-    file: np.ndarray  # int64 index of the source file (for error messages)
-    line: np.ndarray  # int64 line in that file, 1-based
+    file: np.ndarray  # int32 index of the source file (for error messages)
+    line: np.ndarray  # int32 line in that file, 1-based
 
     def __len__(self) -> int:
         return len(self.ts)
 
     @staticmethod
     def empty() -> "SampleColumns":
-        f, i = np.empty(0, np.float64), np.empty(0, np.int64)
+        f, i = np.empty(0, np.float64), np.empty(0, CODE)
         return SampleColumns(f, f, i, i, f, f, np.zeros(1, np.int64), i, f, f, i, i)
 
     @staticmethod
@@ -107,27 +109,34 @@ class SampleColumns:
             proc_mem=np.array(
                 [nan if p.mem_used_bytes is None else p.mem_used_bytes for p in procs], np.float64
             ),
-            file=np.full(n, file, np.int64),
-            line=np.asarray(lines if lines is not None else np.zeros(n), np.int64),
+            file=np.full(n, file, CODE),
+            line=np.asarray(lines if lines is not None else np.zeros(n), CODE),
+        )
+
+    def slice(self, start: int, stop: int) -> "SampleColumns":
+        """Samples ``start:stop`` as views (no copy), with their processes."""
+        lo, hi = int(self.proc_offsets[start]), int(self.proc_offsets[stop])
+        return SampleColumns(
+            ts=self.ts[start:stop], interval=self.interval[start:stop], node=self.node[start:stop],
+            uuid=self.uuid[start:stop], util=self.util[start:stop], mem=self.mem[start:stop],
+            proc_offsets=self.proc_offsets[start:stop + 1] - lo, proc_pod=self.proc_pod[lo:hi],
+            proc_util=self.proc_util[lo:hi], proc_mem=self.proc_mem[lo:hi],
+            file=self.file[start:stop], line=self.line[start:stop],
         )
 
     @staticmethod
     def concat(parts: list["SampleColumns"]) -> "SampleColumns":
-        """One batch from many, emptying ``parts`` column by column to bound peak memory."""
+        """One batch from many."""
         if not parts:
             return SampleColumns.empty()
         if len(parts) == 1:
-            only = parts.pop()
-            return only
-        names = [f for f in SampleColumns.__dataclass_fields__ if f != "proc_offsets"]
-        out: dict[str, np.ndarray] = {}
+            return parts[0]
         shift = np.cumsum([0] + [int(p.proc_offsets[-1]) for p in parts[:-1]])
+        out = {
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in SampleColumns.__dataclass_fields__ if name != "proc_offsets"
+        }
         out["proc_offsets"] = np.concatenate(
             [parts[0].proc_offsets[:1]] + [p.proc_offsets[1:] + s for p, s in zip(parts, shift)]
         )
-        for name in names:
-            out[name] = np.concatenate([getattr(p, name) for p in parts])
-            for p in parts:
-                setattr(p, name, None)
-        parts.clear()
         return SampleColumns(**out)

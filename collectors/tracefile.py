@@ -38,7 +38,7 @@ from collectors.records import (
     from_json,
     to_json,
 )
-from collectors.samples import Interners, SampleColumns
+from collectors.samples import CODE, Interners, SampleColumns
 
 BLOCK_BYTES = 16 << 20
 
@@ -127,17 +127,26 @@ def write_trace(path: str | Path, meta: Meta, records: Iterable[Record | dict[st
 
 @dataclass
 class Trace:
-    """Everything read from one or more trace files."""
+    """Everything read from one or more trace files.
+
+    Samples stay in the batches they were read in (one per block of the file), so
+    a large trace is never copied into one array; :attr:`samples` joins them for
+    callers that want one.
+    """
 
     files: list[str]
     metas: list[Meta]
-    states: list[tuple[int, NodeRecord | DevicesRecord | PodsRecord]]  # (order, record)
-    samples: SampleColumns
+    states: list[tuple[tuple[int, int], NodeRecord | DevicesRecord | PodsRecord]]  # ((file, line), record)
+    batches: list[SampleColumns]
     interners: Interners = field(default_factory=Interners)
 
-    def where(self, sample: int) -> tuple[str, int]:
-        """File and line of sample number ``sample``, for error messages."""
-        return self.files[int(self.samples.file[sample])], int(self.samples.line[sample])
+    @property
+    def samples(self) -> SampleColumns:
+        return SampleColumns.concat(list(self.batches))
+
+    def where(self, batch: SampleColumns, index: int) -> tuple[str, int]:
+        """File and line of sample ``index`` of ``batch``, for error messages."""
+        return self.files[int(batch.file[index])], int(batch.line[index])
 
 
 Progress = Callable[[int, int], None]
@@ -173,7 +182,7 @@ def read_traces(
                 progress(done + position, total)
         metas.append(reader.meta)  # type: ignore[arg-type]
         done += sizes[index]
-    return Trace(files, metas, states, SampleColumns.concat(parts), interners)
+    return Trace(files, metas, states, parts, interners)
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, Record]]:
@@ -223,58 +232,59 @@ class _FileReader:
         carry = b""
         while True:
             chunk = stream.read(BLOCK_BYTES)
-            data = carry + chunk
+            data = carry + chunk if carry else chunk
             if not chunk:
                 if data.strip():
-                    yield self._block(data, first_line), raw.tell()
+                    yield self._block(_Block(data, len(data), first_line)), raw.tell()
                 break
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 carry = data
                 continue
-            block, carry = data[:cut], data[cut:]
-            yield self._block(block, first_line), raw.tell()
-            first_line += block.count(b"\n")
+            block = _Block(data, cut, first_line)
+            carry = data[cut:]
+            yield self._block(block), raw.tell()
+            first_line += block.newlines
         if self.meta is None:
             raise InputError("is empty: a trace starts with a meta line", file=self.name)
 
     # ----------------------------------------------------------------- one block
 
-    def _block(self, block: bytes, first_line: int) -> SampleColumns:
-        starts, ends = _line_bounds(block)
-        rows = _nonblank_lines(block, starts, ends)  # row r of the table is line rows[r]
+    def _block(self, block: "_Block") -> SampleColumns:
         if self.meta is None:
-            self._read_meta(block, starts, ends, rows, first_line)
+            self._read_meta(block)
         try:
-            table = pajson.read_json(pa.BufferReader(block), parse_options=_PARSE)
+            table = pajson.read_json(pa.BufferReader(block.view), parse_options=_PARSE)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            return self._careful(block, starts, ends, rows, first_line)
-        if table.num_rows != len(rows):  # e.g. two objects on one line
-            return self._careful(block, starts, ends, rows, first_line)
+            return self._careful(block)
+        rows = block.rows(table.num_rows)
+        if rows is None:  # e.g. two objects on one line
+            return self._careful(block)
         kind = table.column("kind")
         if kind.null_count or not pc.all(pc.is_in(kind, value_set=_KINDS)).as_py():
-            return self._careful(block, starts, ends, rows, first_line)
+            return self._careful(block)
         is_sample = pc.equal(kind, "sample").to_numpy(zero_copy_only=False)
         for r in np.flatnonzero(~is_sample):
             line = int(rows[r])
-            number = first_line + line
-            record = _decode(block[starts[line]:ends[line]], self.name, number)
-            self._state(record, number)
-        samples = table.filter(pa.array(is_sample))
-        lines = first_line + rows[is_sample]
-        bad = _first_bad_sample(samples)
+            number = block.first_line + line
+            self._state(_decode(block.line(line), self.name, number), number)
+        if not is_sample.all():
+            table = table.filter(pa.array(is_sample))
+            rows = rows[is_sample]
+        lines = block.first_line + rows
+        bad = _first_bad_sample(table)
         if bad is not None:
-            line = int(lines[bad] - first_line)
-            _decode(block[starts[line]:ends[line]], self.name, int(lines[bad]))
-            raise InputError("sample rejected by the trace schema", file=self.name, line=int(lines[bad]))
-        return self._columns(samples, lines)
+            number = int(lines[bad])
+            _decode(block.line(number - block.first_line), self.name, number)
+            raise InputError("sample rejected by the trace schema", file=self.name, line=number)
+        return self._columns(table, lines)
 
-    def _read_meta(self, block: bytes, starts, ends, rows, first_line: int) -> None:
+    def _read_meta(self, block: "_Block") -> None:
+        rows = block.nonblank()
         if not len(rows):
             return
-        line = int(rows[0])
-        number = first_line + line
-        record = _decode(block[starts[line]:ends[line]], self.name, number)
+        number = block.first_line + int(rows[0])
+        record = _decode(block.line(int(rows[0])), self.name, number)
         if not isinstance(record, Meta):
             raise InputError("expected a meta record on the first line", file=self.name, line=number, field="kind")
         self.meta = record
@@ -287,12 +297,12 @@ class _FileReader:
             return
         self.states.append(((self.index, number), record))
 
-    def _careful(self, block: bytes, starts, ends, rows, first_line: int) -> SampleColumns:
+    def _careful(self, block: "_Block") -> SampleColumns:
         samples: list[Sample] = []
         numbers: list[int] = []
-        for line in rows:
-            number = first_line + int(line)
-            record = _decode(block[starts[line]:ends[line]], self.name, number)
+        for line in block.nonblank():
+            number = block.first_line + int(line)
+            record = _decode(block.line(int(line)), self.name, number)
             if isinstance(record, Sample):
                 samples.append(record)
                 numbers.append(number)
@@ -321,32 +331,45 @@ class _FileReader:
             proc_pod=_encode(flat.field("pod_uid"), self.interners.pods),
             proc_util=_floats(flat.field("util")),
             proc_mem=_floats(flat.field("mem_used_bytes")),
-            file=np.full(table.num_rows, self.index, np.int64),
-            line=lines.astype(np.int64),
+            file=np.full(table.num_rows, self.index, CODE),
+            line=lines.astype(CODE),
         )
 
 
-def _line_bounds(block: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (without the newline or a CR before it) of every line of a block."""
-    buf = np.frombuffer(block, np.uint8)
-    newlines = np.flatnonzero(buf == 10)
-    if not len(newlines) or newlines[-1] != len(buf) - 1:
-        newlines = np.append(newlines, len(buf))
-    starts = np.concatenate(([0], newlines[:-1] + 1))
-    ends = newlines.copy()
-    cr = (ends > starts) & (buf[np.minimum(ends - 1, len(buf) - 1)] == 13)
-    ends[cr] -= 1
-    return starts, ends
+class _Block:
+    """Whole lines of a file, ``data[:size]``, and where each line starts and ends."""
 
+    def __init__(self, data: bytes, size: int, first_line: int) -> None:
+        self.view = memoryview(data)[:size]
+        self.first_line = first_line
+        buf = np.frombuffer(self.view, np.uint8)
+        newlines = np.flatnonzero(buf == 10)
+        self.newlines = len(newlines)
+        if not len(newlines) or newlines[-1] != len(buf) - 1:
+            newlines = np.append(newlines, len(buf))  # a last line with no newline
+        self.starts = np.concatenate(([0], newlines[:-1] + 1))
+        self.ends = newlines
+        cr = (self.ends > self.starts) & (buf[np.maximum(self.ends - 1, 0)] == 13)
+        self.ends[cr] -= 1
+        first = buf[np.minimum(self.starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(0, np.uint8)
+        self._plain = (self.ends > self.starts) & (first == ord("{"))
 
-def _nonblank_lines(block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Indices of the lines that are not blank; blank lines are allowed and skipped."""
-    buf = np.frombuffer(block, np.uint8)
-    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(starts), np.uint8)
-    keep = (ends > starts) & (first == ord("{"))
-    doubtful = np.flatnonzero(~keep & (ends > starts))  # lines not starting with '{'
-    keep[doubtful] = [bool(block[starts[i]:ends[i]].strip()) for i in doubtful]
-    return np.flatnonzero(keep)
+    def line(self, index: int) -> bytes:
+        return bytes(self.view[self.starts[index]:self.ends[index]])
+
+    def nonblank(self) -> np.ndarray:
+        """Indices of the lines that are not blank (blank lines are allowed and skipped)."""
+        keep = self._plain.copy()
+        doubtful = np.flatnonzero(~keep & (self.ends > self.starts))  # not starting with '{'
+        keep[doubtful] = [bool(self.line(int(i)).strip()) for i in doubtful]
+        return np.flatnonzero(keep)
+
+    def rows(self, table_rows: int) -> np.ndarray | None:
+        """The line of each table row, or None when rows and lines do not pair up."""
+        if table_rows == len(self._plain) and self._plain.all():
+            return np.arange(table_rows, dtype=np.int64)
+        rows = self.nonblank()
+        return rows if len(rows) == table_rows else None
 
 
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -358,7 +381,7 @@ def _encode(column: pa.ChunkedArray | pa.Array, interner) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     encoded = column.dictionary_encode()
-    mapping = np.array([interner.code(v) for v in encoded.dictionary.to_pylist()] + [-1], np.int64)
+    mapping = np.array([interner.code(v) for v in encoded.dictionary.to_pylist()] + [-1], CODE)
     indices = encoded.indices.fill_null(len(mapping) - 1).to_numpy(zero_copy_only=False)
     return mapping[indices]
 
