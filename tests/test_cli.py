@@ -101,3 +101,27 @@ def test_config_check_and_docs(tmp_path):
     assert gpuledger("config", str(good)).returncode == 0
     good.write_text("namespace_teams: [a]\n")
     assert gpuledger("config", str(good)).returncode == 2
+
+
+def test_progress_shows_on_a_terminal(tmp_path):
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "agent.cli", "replay", str(small_trace(tmp_path))],
+                              stdout=subprocess.PIPE, stderr=secondary, cwd=ROOT, text=True)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 0
+    assert b"reading traces: 100.0%" in shown
