@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -79,6 +77,7 @@ def _replay(args: argparse.Namespace) -> int:
     from agent.progress import ProgressLine
     from agent.replay import replay
     from agent.summary import format_table
+    from collectors.atomicfile import write_text
     from collectors.pricing.ratecard import load_rate_card, load_snapshot
 
     card = load_rate_card(args.rates) if args.rates else load_snapshot()
@@ -91,7 +90,7 @@ def _replay(args: argparse.Namespace) -> int:
         progress.done()
     if out is not None:
         write_parquet(ledger_table(result.ledger, result.timeline), out / "ledger.parquet")
-        _write_text(out / "summary.json", json.dumps(result.summary, indent=2) + "\n")
+        write_text(out / "summary.json", json.dumps(result.summary, indent=2) + "\n")
     if args.json:
         sys.stdout.write(json.dumps(result.summary, indent=2) + "\n")
     else:
@@ -198,13 +197,6 @@ def _out_dir(path: str) -> Path:
     except OSError as err:
         raise InputError(f"cannot create output directory: {err.strerror}", file=path) from None
     return out
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

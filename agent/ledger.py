@@ -6,8 +6,6 @@ recommenders), so its columns are a contract: ``docs/ledger.md``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pyarrow.parquet as pq
 
 from agent.attribution import Allocations
 from agent.timeline import Timeline
+from collectors.atomicfile import atomic_path
 
 LEDGER_VERSION = "1"
 
@@ -157,13 +156,5 @@ def ledger_table(ledger: Ledger, timeline: Timeline) -> pa.Table:
 
 def write_parquet(table: pa.Table, path: str | Path) -> None:
     """Write atomically: a reader sees the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

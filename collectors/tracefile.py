@@ -17,7 +17,6 @@ import gzip
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from collectors.atomicfile import AtomicFile
 from collectors.errors import InputError
 from collectors.records import (
     DevicesRecord,
@@ -61,14 +61,13 @@ _KINDS = pa.array(["meta", "node", "devices", "pods", "sample"])
 class TraceWriter:
     """Writes records to ``path`` (gzip when it ends in ``.gz``), atomically on close.
 
-    Use as a context manager; if the block raises, the partial file is removed.
+    Use as a context manager; if the block raises, nothing is left behind.
     """
 
     def __init__(self, path: str | Path, meta: Meta) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
-        raw = os.fdopen(fd, "wb")
+        self._file = AtomicFile(self.path)
+        raw = open(self._file.tmp, "wb")
         self._raw = raw
         stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) if self.path.name.endswith(".gz") else raw  # type: ignore[assignment]
         self._out = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
@@ -91,15 +90,14 @@ class TraceWriter:
     def close(self) -> None:
         self._out.close()
         self._raw.close()
-        os.replace(self._tmp, self.path)
+        self._file.commit()
 
     def abort(self) -> None:
         try:
             self._out.close()
-        finally:
             self._raw.close()
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+        finally:
+            self._file.discard()
 
     def __enter__(self) -> "TraceWriter":
         return self

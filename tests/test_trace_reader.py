@@ -222,3 +222,14 @@ def test_writer_leaves_nothing_when_interrupted(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_trace(out, Meta(interval_s=1.0), [DevicesRecord(0.0, "n", (Device("GPU-1", "m"),)), Sample(1.0, "n", "GPU-1", 5.0)])
     assert len(read_traces([out]).samples) == 1
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "t.jsonl"
+    write_trace(out, Meta(interval_s=1.0), [])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
