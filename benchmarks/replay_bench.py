@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-GPUS_PER_DEMO_NODE = 6  # devices sampled per node of the demo pattern (MIG slices count)
-
 
 def run_child(argv: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one child process."""
