@@ -69,7 +69,7 @@ class TraceWriter:
         self._file = AtomicFile(self.path)
         raw = open(self._file.tmp, "wb")
         self._raw = raw
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5, mtime=0) if self.path.name.endswith(".gz") else raw  # type: ignore[assignment]
+        stream: BinaryIO = gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=5, mtime=0) if self.path.name.endswith(".gz") else raw  # type: ignore[assignment]
         self._out = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
         self.count = 0
         self.write(meta)
