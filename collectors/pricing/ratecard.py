@@ -53,6 +53,31 @@ class GpuPrice:
 
 
 @dataclass(frozen=True)
+class CommitmentOption:
+    """One way to commit: e.g. a 1-year no-upfront Reserved Instance.
+
+    ``hourly`` is the effective hourly rate of one committed unit (a node for
+    node-priced pools, a GPU for GPU-priced pools), upfront payment amortised over the
+    term, in the card's currency.
+    """
+
+    kind: str  # "reserved-instance", "savings-plan", "committed-use"
+    term_years: int  # 1 or 3
+    payment: str  # "no-upfront", "partial-upfront", "all-upfront"
+    hourly: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """The commitment options of one pool: nodes matching ``match``, or GPUs of ``gpu_model``."""
+
+    options: tuple[CommitmentOption, ...]
+    match: Mapping[str, str] | None = None
+    gpu_model: str | None = None
+
+
+@dataclass(frozen=True)
 class RateCard:
     currency: str
     default_gpu_hourly: float
@@ -60,6 +85,7 @@ class RateCard:
     nodes: tuple[NodeRate, ...] = ()
     gpus: Mapping[str, GpuRate] = field(default_factory=dict)
     name: str = RATE_CARD_SOURCE
+    commitments: tuple[Commitment, ...] = ()
 
 
 def gpu_price(card: RateCard, labels: Mapping[str, str], model: str, physical_gpus: int) -> GpuPrice:
