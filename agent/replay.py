@@ -18,7 +18,7 @@ from agent.config import Config
 from agent.ledger import Ledger, merge, rollup
 from agent.summary import summarize
 from agent.timeline import Timeline, build_timeline
-from collectors.pricing.ratecard import RateCard
+from collectors.pricing.ratecard import Pricer, RateCard, RateCardPricer
 from collectors.tracefile import Progress, Trace, read_traces
 
 
@@ -32,17 +32,21 @@ class ReplayResult:
 
 def replay(
     paths: Iterable[str | Path],
-    card: RateCard,
+    prices: RateCard | Pricer,
     config: Config,
     progress: Progress | None = None,
 ) -> ReplayResult:
-    """Replay trace files; raises InputError on bad input before anything is written."""
+    """Replay trace files; raises InputError on bad input before anything is written.
+
+    ``prices`` is a rate card (priced by it alone) or any :class:`Pricer`.
+    """
+    pricer = RateCardPricer(prices) if isinstance(prices, RateCard) else prices
     trace = read_traces(paths, progress=progress)
 
     def where_record(order: tuple[int, int]) -> tuple[str, int]:
         return trace.files[order[0]], order[1]
 
-    timeline = build_timeline(trace.states, trace.interners, card, config, where_record)
+    timeline = build_timeline(trace.states, trace.interners, pricer, config, where_record)
     parts = []
     start, end = np.inf, -np.inf
     for batch in trace.batches:

@@ -20,7 +20,7 @@ from agent.config import Config
 from collectors.errors import InputError
 from collectors.mig import model_compute_slices, profile_compute_slices
 from collectors.nodelabels import pricing_labels
-from collectors.pricing.ratecard import RateCard, gpu_price
+from collectors.pricing.ratecard import Pricer
 from collectors.records import Device, DevicesRecord, NodeRecord, Pod, PodsRecord
 from collectors.samples import Interners
 
@@ -86,7 +86,7 @@ class Timeline:
 def build_timeline(
     states: Iterable[tuple[Where, StateRecord]],
     interners: Interners,
-    card: RateCard,
+    pricer: Pricer,
     config: Config,
     where: Callable[[Where], tuple[str, int]] = lambda w: ("", w[1]),
 ) -> Timeline:
@@ -95,16 +95,16 @@ def build_timeline(
     by_node: dict[int, list[tuple[float, Where, StateRecord]]] = {}
     for order, record in states:
         by_node.setdefault(interners.nodes.code(record.node), []).append((record.ts, order, record))
-    builder = _Builder(interners, card, config, where)
+    builder = _Builder(interners, pricer, config, where)
     for node_code in sorted(by_node):
         builder.add_node(node_code, sorted(by_node[node_code], key=lambda e: (e[0], e[1])))
     return builder.finish()
 
 
 class _Builder:
-    def __init__(self, interners: Interners, card: RateCard, config: Config, where) -> None:
+    def __init__(self, interners: Interners, pricer: Pricer, config: Config, where) -> None:
         self.interners = interners
-        self.card = card
+        self.pricer = pricer
         self.config = config
         self.where = where
         self.epoch_starts: dict[int, np.ndarray] = {}
@@ -212,7 +212,7 @@ class _Builder:
         key = (tuple(sorted(labels.items())), model, physical)
         found = self._prices.get(key)
         if found is None:
-            price = gpu_price(self.card, labels, model, physical)
+            price = self.pricer(labels, model, physical)
             found = self._prices[key] = (price.hourly, price.source)
         return found
 
@@ -251,6 +251,6 @@ class _Builder:
             slots=self.slots,
             pods=self.pods,
             pod_uid_code=np.array([self.interners.pods.code(p.uid) for p in self.pods], np.int64),
-            currency=self.card.currency,
+            currency=self.pricer.currency,
             device_names=list(self.device_ids),
         )

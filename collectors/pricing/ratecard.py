@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from collectors.errors import describe
 from collectors.yamlfile import Key, LocatedYaml
@@ -86,6 +86,28 @@ class RateCard:
     gpus: Mapping[str, GpuRate] = field(default_factory=dict)
     name: str = RATE_CARD_SOURCE
     commitments: tuple[Commitment, ...] = ()
+
+
+class Pricer(Protocol):
+    """Anything that prices a physical GPU: a rate card, or a chain of price sources."""
+
+    currency: str
+
+    def __call__(self, labels: Mapping[str, str], model: str, physical_gpus: int) -> GpuPrice: ...
+
+
+@dataclass(frozen=True)
+class RateCardPricer:
+    """A rate card alone as a :class:`Pricer` (what ``replay --rates`` uses)."""
+
+    card: RateCard
+
+    @property
+    def currency(self) -> str:
+        return self.card.currency
+
+    def __call__(self, labels: Mapping[str, str], model: str, physical_gpus: int) -> GpuPrice:
+        return gpu_price(self.card, labels, model, physical_gpus)
 
 
 def gpu_price(card: RateCard, labels: Mapping[str, str], model: str, physical_gpus: int) -> GpuPrice:
