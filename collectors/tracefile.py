@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -169,7 +170,7 @@ def read_traces(
             raise InputError(f"cannot read trace: {err.strerror}", file=f) from None
     total, done = sum(sizes), 0
     metas: list[Meta] = []
-    states: list[tuple[int, Any]] = []
+    states: list[tuple[tuple[int, int], Any]] = []
     parts: list[SampleColumns] = []
     for index, name in enumerate(files):
         reader = _FileReader(name, index, interners, states)
@@ -183,11 +184,20 @@ def read_traces(
     return Trace(files, metas, states, parts, interners)
 
 
+@contextmanager
+def open_trace(path: str | Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """The decompressed stream of a trace file (gzip is recognised by its content, not
+    its name) and the raw file under it, whose position tells how much was read."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        yield (gzip.GzipFile(fileobj=raw) if gzipped else raw), raw  # type: ignore[misc]
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, Record]]:
     """Every record of one file with its line number, read carefully (small files, tests)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as handle:  # type: ignore[operator]
-        for number, raw in enumerate(handle, 1):
+    with open_trace(path) as (stream, _):
+        for number, raw in enumerate(stream, 1):
             if raw.strip():
                 yield number, _decode(raw, str(path), number)
 
@@ -216,14 +226,11 @@ class _FileReader:
         self.meta_line = 0
 
     def blocks(self) -> Iterator[tuple[SampleColumns, int]]:
-        with open(self.name, "rb") as raw:
-            magic = raw.read(2)
-            raw.seek(0)
-            stream: BinaryIO = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw  # type: ignore[assignment]
-            try:
+        try:
+            with open_trace(self.name) as (stream, raw):
                 yield from self._blocks(stream, raw)
-            except (OSError, EOFError) as err:  # a truncated or corrupt gzip stream
-                raise InputError(f"cannot read trace: {err}", file=self.name) from None
+        except (OSError, EOFError) as err:  # unreadable, or a truncated or corrupt gzip stream
+            raise InputError(f"cannot read trace: {err}", file=self.name) from None
 
     def _blocks(self, stream: BinaryIO, raw: BinaryIO) -> Iterator[tuple[SampleColumns, int]]:
         first_line = 1
