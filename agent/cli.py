@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     _import_parser(sub)
     _config_parser(sub)
+    from agent import cmd_prices, cmd_record, cmd_report
+
+    for command in (cmd_record, cmd_report, cmd_prices):
+        command.register(sub)
     return parser
 
 

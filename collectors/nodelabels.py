@@ -1,7 +1,12 @@
 """The node labels that matter for price, read from the well-known label conventions.
 
 EKS, Karpenter, GKE and AKS each spell capacity type differently; the ledger wants one
-vocabulary: ``on-demand``, ``spot`` or ``reserved``.
+vocabulary: ``on-demand``, ``spot`` or ``reserved``. NVIDIA's GPU feature discovery
+(GFD) labels say which GPU a node has and how it is shared (:func:`gpu_labels`).
+
+The placement collector writes a node's labels into ``node`` records as they are, less
+the labels that change without the node changing (:data:`VOLATILE_LABELS`), so a node
+record is written when something that can matter for price changed, not every minute.
 """
 
 from __future__ import annotations
@@ -54,4 +59,60 @@ def pricing_labels(labels: Mapping[str, str]) -> PricingLabels:
         region=_first(labels, REGION_LABELS),
         zone=_first(labels, ZONE_LABELS),
         capacity_type=capacity_type(labels),
+    )
+
+
+#: Labels that change while nothing about the node does (GFD rewrites its timestamp).
+VOLATILE_LABELS = frozenset({"nvidia.com/gfd.timestamp"})
+
+
+def stable_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels worth recording: all but the volatile ones, sorted by key."""
+    return {k: labels[k] for k in sorted(labels) if k not in VOLATILE_LABELS}
+
+
+@dataclass(frozen=True)
+class GpuLabels:
+    """What GPU feature discovery says about a node's GPUs.
+
+    ``replicas`` above 1 means the device plugin advertises each GPU that many times
+    (time-slicing or MPS; ``sharing_strategy`` says which), so pods holding the same GPU
+    share it. ``mig_strategy`` is ``none``, ``single`` (MIG slices advertised as
+    ``nvidia.com/gpu``) or ``mixed`` (as ``nvidia.com/mig-<profile>``).
+    """
+
+    product: str | None
+    count: int | None
+    memory_mib: int | None
+    replicas: int | None
+    sharing_strategy: str | None
+    mig_strategy: str | None
+    mig_config: str | None
+    mig_capable: bool | None
+
+
+def _int_label(labels: Mapping[str, str], key: str) -> int | None:
+    try:
+        return int(labels[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def gpu_labels(labels: Mapping[str, str]) -> GpuLabels:
+    """The GFD labels of a node (``nvidia.com/gpu.product`` and friends), parsed.
+
+    With the ``single`` MIG strategy GFD appends the profile to the product
+    (``NVIDIA-A100-SXM4-40GB-MIG-1g.5gb``); with time-slicing it may append ``-SHARED``.
+    Both are kept as written: the product label is for people and rate-card matches.
+    """
+    capable = labels.get("nvidia.com/mig.capable")
+    return GpuLabels(
+        product=labels.get("nvidia.com/gpu.product") or None,
+        count=_int_label(labels, "nvidia.com/gpu.count"),
+        memory_mib=_int_label(labels, "nvidia.com/gpu.memory"),
+        replicas=_int_label(labels, "nvidia.com/gpu.replicas"),
+        sharing_strategy=labels.get("nvidia.com/gpu.sharing-strategy") or None,
+        mig_strategy=labels.get("nvidia.com/mig.strategy") or None,
+        mig_config=labels.get("nvidia.com/mig.config") or None,
+        mig_capable=None if capable is None else capable == "true",
     )

@@ -41,7 +41,7 @@ from collectors.records import (
     Pod,
     PodsRecord,
 )
-from collectors.tracefile import TraceWriter
+from collectors.tracewriter import TraceWriter
 
 DEFAULT_START = 1764046800.0  # 2025-11-25T05:00:00Z: Tuesday midnight in us-east-1, a working day
 MIB = 1 << 20

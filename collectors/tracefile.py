@@ -1,7 +1,7 @@
 """Reading and writing trace files (JSON Lines, plain or gzip).
 
-Writing is plain: one JSON object per line, to a temporary file renamed into place on
-success, so a failed run never leaves half a trace.
+Writing lives in :mod:`collectors.tracewriter` (re-exported here), which needs neither
+Arrow nor NumPy, so the recorder on every GPU node stays small.
 
 Reading has two paths that produce the same result. The fast path hands blocks of
 lines to Arrow's JSON reader with a fixed schema for samples (the bulk of any trace)
@@ -14,7 +14,6 @@ apply the same checks, so what is accepted does not depend on the path taken.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 from contextlib import contextmanager
@@ -27,7 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from collectors.atomicfile import AtomicFile
 from collectors.errors import InputError
 from collectors.records import (
     DevicesRecord,
@@ -37,9 +35,9 @@ from collectors.records import (
     Record,
     Sample,
     from_json,
-    to_json,
 )
 from collectors.samples import CODE, Interners, SampleColumns
+from collectors.tracewriter import TraceWriter, write_trace  # noqa: F401  (re-exported)
 
 BLOCK_BYTES = 16 << 20
 
@@ -53,72 +51,6 @@ _SAMPLE_SCHEMA = pa.schema(
      ("interval_s", pa.float64()), ("processes", pa.list_(_PROCESS))]
 )
 _PARSE = pajson.ParseOptions(explicit_schema=_SAMPLE_SCHEMA, unexpected_field_behavior="ignore")
-_KINDS = pa.array(["meta", "node", "devices", "pods", "sample"])
-
-
-# --------------------------------------------------------------------------- writing
-
-
-class TraceWriter:
-    """Writes records to ``path`` (gzip when it ends in ``.gz``), atomically on close.
-
-    Use as a context manager; if the block raises, nothing is left behind.
-    """
-
-    def __init__(self, path: str | Path, meta: Meta) -> None:
-        self.path = Path(path)
-        self._file = AtomicFile(self.path)
-        raw = open(self._file.tmp, "wb")
-        self._raw = raw
-        stream: BinaryIO = gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=5, mtime=0) if self.path.name.endswith(".gz") else raw  # type: ignore[assignment]
-        self._out = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
-        self.count = 0
-        self.write(meta)
-
-    def write(self, record: Record) -> None:
-        self.write_json(to_json(record))
-
-    def write_json(self, obj: dict[str, Any]) -> None:
-        self._out.write(json.dumps(obj, separators=(",", ":"), allow_nan=False))
-        self._out.write("\n")
-        self.count += 1
-
-    def write_lines(self, text: str, lines: int) -> None:
-        """Already-encoded JSON lines (each ending in a newline), for bulk generators."""
-        self._out.write(text)
-        self.count += lines
-
-    def close(self) -> None:
-        self._out.close()
-        self._raw.close()
-        self._file.commit()
-
-    def abort(self) -> None:
-        try:
-            self._out.close()
-            self._raw.close()
-        finally:
-            self._file.discard()
-
-    def __enter__(self) -> "TraceWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-def write_trace(path: str | Path, meta: Meta, records: Iterable[Record | dict[str, Any]]) -> int:
-    """Write ``meta`` then ``records`` (records or their JSON dicts); returns the line count."""
-    with TraceWriter(path, meta) as writer:
-        for record in records:
-            if isinstance(record, dict):
-                writer.write_json(record)
-            else:
-                writer.write(record)
-        return writer.count
 
 
 # --------------------------------------------------------------------------- reading
@@ -265,10 +197,7 @@ class _FileReader:
         rows = block.rows(table.num_rows)
         if rows is None:  # e.g. two objects on one line
             return self._careful(block)
-        kind = table.column("kind")
-        if kind.null_count or not pc.all(pc.is_in(kind, value_set=_KINDS)).as_py():
-            return self._careful(block)
-        is_sample = pc.equal(kind, "sample").to_numpy(zero_copy_only=False)
+        is_sample = pc.fill_null(pc.equal(table.column("kind"), "sample"), False).to_numpy(zero_copy_only=False)
         for r in np.flatnonzero(~is_sample):
             line = int(rows[r])
             number = block.first_line + line

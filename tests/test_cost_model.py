@@ -245,3 +245,27 @@ def test_team_and_class_come_from_the_config(tmp_path):
     assert team(s, "other")["by_class"].keys() == {"training"}
     kinds = {(w["kind"], w["name"]) for w in s["workloads"]}
     assert kinds == {("Pod", "pod-p1"), ("Job", "etl")}
+
+
+@pytest.mark.parametrize("profile, slices", [
+    ("3g.20gb", 3), ("1g.10gb+me", 1), ("7g.80gb", 7), ("1c.3g.71gb", 1), ("2c.3g.71gb", 2), ("big", None), ("3g", None),
+])
+def test_mig_profile_compute_slices(profile, slices):
+    from collectors.mig import profile_compute_slices
+
+    assert profile_compute_slices(profile) == slices
+
+
+def test_compute_instances_of_one_gpu_instance_add_up_to_it(tmp_path):
+    # H200 (G = 7): a 3g instance split 1c + 2c, plus 2g and 1g: 1 + 2 + 2 + 1 = 6 of 7.
+    h200 = "NVIDIA H200"
+    result = run(tmp_path, [
+        devices(gpu("GPU-a", h200), mig("CI-1", "GPU-a", "1c.3g.71gb", h200), mig("CI-2", "GPU-a", "2c.3g.71gb", h200),
+                mig("M-2", "GPU-a", "2g.35gb", h200), mig("M-1", "GPU-a", "1g.18gb", h200)),
+        pods(pod("p1", "CI-2", labels={"team": "a"})),
+        *[sample(u, 7, None, interval=7) for u in ("GPU-a", "CI-1", "CI-2", "M-2", "M-1")],
+    ])
+    s = result.summary
+    assert team(s, "a")["allocated_gpu_seconds"] == pytest.approx(2.0)
+    assert s["totals"]["unallocated_gpu_seconds"] == pytest.approx(1 + 2 + 1 + 1)  # CI-1, M-2, M-1, remainder
+    assert s["totals"]["gpu_seconds"] == pytest.approx(7.0)

@@ -48,7 +48,7 @@ from collectors.records import (
     Record,
     Sample,
 )
-from collectors.tracefile import TraceWriter
+from collectors.tracewriter import TraceWriter
 
 NAME = "alibaba-genai"
 HELP = "Alibaba GenTD26 per-pod GPU duty cycle and memory (cluster-trace-v2026-GenAI)"

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Sequence
 
 from collectors.errors import InputError, describe
 from collectors.records import Device, DevicesRecord, Meta, NodeRecord, Record, Sample
-from collectors.tracefile import TraceWriter
+from collectors.tracewriter import TraceWriter
 
 NAME = "nvidia-smi"
 HELP = "a CSV log of `nvidia-smi --query-gpu=... --format=csv [-l N]`"

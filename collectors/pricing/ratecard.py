@@ -127,7 +127,7 @@ def gpu_price(card: RateCard, labels: Mapping[str, str], model: str, physical_gp
 
 # --------------------------------------------------------------------------- loading
 
-_CARD_KEYS = {"currency", "gpu_share", "nodes", "gpus", "default_gpu_hourly"}
+_CARD_KEYS = {"currency", "gpu_share", "nodes", "gpus", "default_gpu_hourly", "commitments"}
 _SNAPSHOT_KEYS = _CARD_KEYS | {"format", "date", "sources"}
 
 
@@ -150,6 +150,7 @@ def load_snapshot() -> RateCard:
     return RateCard(
         currency=card.currency, default_gpu_hourly=card.default_gpu_hourly,
         gpu_share=card.gpu_share, nodes=card.nodes, gpus=card.gpus, name=f"snapshot:{date}",
+        commitments=card.commitments,
     )
 
 
@@ -196,7 +197,67 @@ def _parse(doc: LocatedYaml, snapshot: bool, source: str) -> RateCard:
         key = ("gpus", model)
         hourly_value = value.get("hourly") if isinstance(value, dict) else value
         gpus[str(model)] = GpuRate(_number(doc, key, hourly_value, low=0.0), source)
-    return RateCard(currency, default, gpu_share, tuple(nodes), gpus)
+    commitments = _commitments(doc, data.get("commitments"), source, entry_extras)
+    return RateCard(currency, default, gpu_share, tuple(nodes), gpus, commitments=commitments)
+
+
+COMMITMENT_KINDS = ("reserved-instance", "savings-plan", "committed-use")
+COMMITMENT_TERMS = (1, 3)
+COMMITMENT_PAYMENTS = ("no-upfront", "partial-upfront", "all-upfront")
+
+
+def _commitments(doc: LocatedYaml, raw: Any, source: str, extras: set[str]) -> tuple[Commitment, ...]:
+    """The ``commitments`` section: per node match or GPU model, options with term, payment and rate.
+
+    An entry has exactly one of ``match`` (node labels, like ``nodes``) and ``gpu_model``
+    (an NVML model name), and a non-empty list of ``options``.
+    """
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise doc.error(("commitments",), "expected a list of {match or gpu_model, options} entries")
+    out = []
+    entry_extra = {"source", "note", "provider", "date"} if extras else set()
+    for i, entry in enumerate(raw):
+        key = ("commitments", i)
+        if not isinstance(entry, dict):
+            raise doc.error(key, "expected a mapping with match or gpu_model, and options")
+        extra = set(entry) - {"match", "gpu_model", "options"} - entry_extra
+        if extra:
+            raise doc.error(key + (sorted(extra)[0],), "unknown field; expected match or gpu_model, and options")
+        match, model = entry.get("match"), entry.get("gpu_model")
+        if (match is None) == (model is None):
+            raise doc.error(key, "expected exactly one of match (node labels) and gpu_model")
+        if match is not None and (not isinstance(match, dict) or not match or not all(isinstance(k, str) for k in match)):
+            raise doc.error(key + ("match",), "expected a non-empty mapping of node labels to values")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise doc.error(key + ("gpu_model",), f"expected a GPU model name, got {describe(model)}")
+        options_raw = entry.get("options")
+        if not isinstance(options_raw, list) or not options_raw:
+            raise doc.error(key + ("options",), "expected a non-empty list of {kind, term_years, payment, hourly}")
+        options = []
+        for j, opt in enumerate(options_raw):
+            okey = key + ("options", j)
+            if not isinstance(opt, dict):
+                raise doc.error(okey, "expected a mapping with kind, term_years, payment and hourly")
+            extra = set(opt) - {"kind", "term_years", "payment", "hourly"} - entry_extra
+            if extra:
+                raise doc.error(okey + (sorted(extra)[0],), "unknown field; expected kind, term_years, payment, hourly")
+            kind, term, payment = opt.get("kind"), opt.get("term_years"), opt.get("payment")
+            if kind not in COMMITMENT_KINDS:
+                raise doc.error(okey + ("kind",), f"expected one of {', '.join(COMMITMENT_KINDS)}, got {describe(kind)}")
+            if isinstance(term, bool) or term not in COMMITMENT_TERMS:
+                raise doc.error(okey + ("term_years",), f"expected 1 or 3, got {describe(term)}")
+            if payment not in COMMITMENT_PAYMENTS:
+                raise doc.error(okey + ("payment",), f"expected one of {', '.join(COMMITMENT_PAYMENTS)}, got {describe(payment)}")
+            hourly = _number(doc, okey + ("hourly",), opt.get("hourly"), low=0.0)
+            options.append(CommitmentOption(kind, int(term), payment, hourly, source))
+        out.append(Commitment(
+            options=tuple(options),
+            match={k: str(v) for k, v in match.items()} if match is not None else None,
+            gpu_model=model,
+        ))
+    return tuple(out)
 
 
 def _number(

@@ -1,0 +1,100 @@
+"""``gpuledger record``: sample this node's GPUs through NVML into a trace file.
+
+Kept out of ``agent/cli.py`` so the command owns its flags; the CLI adds it with
+``register(subparsers)``. Durations are written the way people say them (``500ms``,
+``1s``, ``10m``, ``2h``, ``1h30m``); a bad one is a usage error (exit 2) before
+anything is sampled or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+from collectors.errors import InputError
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``1s``, ``10m``, ``2h``, ``1h30m`` or a bare number of seconds.
+
+    Raises ValueError for anything else, and for zero.
+    """
+    text = text.strip().lower()
+    if _NUMBER.fullmatch(text):
+        seconds = float(text)
+    else:
+        pos, seconds = 0, 0.0
+        for match in _PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError(f"expected a duration such as 500ms, 1s, 10m or 2h, got {text!r}")
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {text!r}")
+    return seconds
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _interval(text: str) -> float:
+    seconds = _duration(text)
+    if seconds < 0.1:
+        raise argparse.ArgumentTypeError(f"expected an interval of at least 100ms, got {text!r}")
+    return seconds
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``record`` command to ``subparsers`` (from ``add_subparsers``)."""
+    p = subparsers.add_parser(
+        "record",
+        help="sample this node's GPUs through NVML into a trace file",
+        description="Sample every GPU and MIG device on this node through NVML (utilisation, "
+        "memory, power, per-process use with the pod of each process) and write a trace "
+        "that `gpuledger replay` reads. Stops after --duration, or on Ctrl-C/SIGTERM, and "
+        "always leaves a whole file. See docs/nvml.md.",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="trace file to write (.jsonl or .jsonl.gz)")
+    p.add_argument("--interval", type=_interval, default=1.0, metavar="DURATION",
+                   help="time between samples, e.g. 500ms, 1s, 10s (default 1s)")
+    p.add_argument("--duration", type=_duration, default=None, metavar="DURATION",
+                   help="stop after this long, e.g. 10m or 2h (default: until interrupted)")
+    p.add_argument("--node", default=None,
+                   help="node name for the records (default: $NODE_NAME, else the host name)")
+    p.add_argument("--proc-root", default="/proc", metavar="DIR",
+                   help="where to read /proc/<pid>/cgroup to find each process's pod (default /proc)")
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record until the duration ends or a signal arrives; print one closing line."""
+    from agent.record import record
+    from collectors.nvml import NvmlCollector
+    from collectors.procfs import PodResolver
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError("expected a file for --out, found a directory", file=args.out)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="gpuledger: %(levelname)s: %(message)s")
+    node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
+    collector = NvmlCollector(node, resolver=PodResolver(args.proc_root))
+    stats = record(out, [collector], args.interval, args.duration)
+    print(f"wrote {stats.path}: {stats.samples:,} samples in {stats.polls} polls over "
+          f"{stats.seconds:.1f} s (stopped by {stats.stopped_by})")
+    return 0

@@ -1,0 +1,171 @@
+"""``gpuledger report``: the weekly showback report and recommendations from ledger files.
+
+The shell around :mod:`recommenders`: read the ledger and the rate card, turn the rate
+card's commitment prices into plain data, call the pure report builder, render every
+registered format in memory, and only then write the files (each atomically), so a bad
+input leaves nothing behind. Register it with ``register(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from collectors.errors import InputError
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([wdhm]?)\s*$")
+UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "": 86400}
+INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
+REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
+ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
+CAPACITY_LABELS = ("karpenter.sh/capacity-type", "eks.amazonaws.com/capacityType", "cloud.google.com/gke-spot",
+                   "cloud.google.com/gke-provisioning", "kubernetes.azure.com/scalesetpriority")
+
+
+def parse_duration(text: str, flag: str = "--since") -> float:
+    """'7d', '36h', '2w', '90m' (a bare number means days) in seconds; InputError otherwise."""
+    m = DURATION.match(text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise InputError(f"expected a duration such as 7d, 36h or 2w, got {text!r}", field=flag)
+    return float(m.group(1)) * UNIT_SECONDS[m.group(2)]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to the CLI's subparsers."""
+    from recommenders.settings import setting_fields  # no pandas: building the CLI stays light
+
+    files = "report.md, report.html, recommendations.json, recommendations.csv and focus.csv"
+    p = subparsers.add_parser(
+        "report", help="weekly showback report, right-sizing and commitment recommendations",
+        description=f"Read ledger files (from `gpuledger replay --out`) and write {files} for the window that "
+        "ends at the last ledger minute and the window before it. See docs/report.md and docs/recommendations.md.",
+    )
+    p.add_argument("--ledger", nargs="+", required=True, metavar="PATH", help="ledger.parquet file(s)")
+    p.add_argument("--since", default="7d", metavar="DURATION",
+                   help="length of the report window, e.g. 7d, 36h, 2w (default 7d)")
+    p.add_argument("--rates", metavar="FILE",
+                   help="rate card with a `commitments` section for reserved-capacity prices "
+                   "(default: the bundled snapshot)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the report files into")
+    group = p.add_argument_group("recommendation settings (docs/recommendations.md)")
+    for f in setting_fields():
+        group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
+                           metavar=f.metadata["unit"].upper().replace(" ", "_") or "N",
+                           help=f"{f.metadata['help']} (default {f.default})")
+    p.set_defaults(handler=run)
+    return p
+
+
+def commitment_prices(card) -> tuple[list, dict]:
+    """The rate card's commitments as :class:`recommenders.commitments.PoolPrices`, and spot prices.
+
+    Node options are scaled by ``gpu_share`` so that they compare with the GPU share of
+    the node price the ledger carries. Spot prices come from ``nodes`` entries that match
+    an instance type and a spot capacity label.
+    """
+    from recommenders.commitments import Option, PoolPrices
+
+    pools = []
+    for i, c in enumerate(card.commitments):
+        options = tuple(Option(o.kind, o.term_years, o.payment,
+                               o.hourly * (card.gpu_share if c.match is not None else 1.0), o.source)
+                        for o in c.options)
+        if c.gpu_model is not None:
+            pools.append(PoolPrices("gpu", {"gpu_model": c.gpu_model}, options))
+            continue
+        match = {}
+        for label, value in c.match.items():
+            column = ("instance_type" if label in INSTANCE_TYPE_LABELS else "region" if label in REGION_LABELS
+                      else "zone" if label in ZONE_LABELS else "capacity" if label in CAPACITY_LABELS else None)
+            if column is None:
+                raise InputError(f"a commitment can match only instance type, region, zone or capacity type labels, "
+                                 f"not {label!r}", field=f"commitments[{i}].match")
+            if column != "capacity":
+                match[column] = value
+        if "instance_type" not in match:
+            raise InputError("a node commitment must match an instance type label", field=f"commitments[{i}].match")
+        pools.append(PoolPrices("node", match, options))
+    spot = {}
+    for rate in card.nodes:
+        labels = dict(rate.match)
+        itype = next((labels[k] for k in INSTANCE_TYPE_LABELS if k in labels), None)
+        is_spot = any(str(labels.get(k, "")).lower() in ("spot", "true") for k in CAPACITY_LABELS)
+        if itype and is_spot:
+            region = next((labels[k] for k in REGION_LABELS if k in labels), None)
+            spot.setdefault((itype, region), rate.hourly * card.gpu_share)
+    return pools, spot
+
+
+def build(args: argparse.Namespace):
+    """Read the inputs and build the report model (no files written)."""
+    from collectors.pricing.ratecard import load_rate_card, load_snapshot
+    from recommenders.history import LedgerError, ledger_end, load_history
+    from recommenders.report import build_report
+    from recommenders.settings import Settings, setting_fields
+
+    since = parse_duration(args.since)
+    overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}
+    for name, value in overrides.items():
+        if value is not None and value < 0:
+            raise InputError(f"expected a value of at least 0, got {value}", field="--" + name.replace("_", "-"))
+    settings = Settings().with_overrides(**overrides)
+    card = load_rate_card(args.rates) if args.rates else load_snapshot()
+    pools, spot = commitment_prices(card)
+    try:
+        first, end = ledger_end(args.ledger)
+        start = min(end - 2 * since, end - settings.commitment_days * 86400)
+        history = load_history(args.ledger, start, end)
+    except LedgerError as err:
+        raise InputError(err.message, file=err.file, field=err.field) from None
+    if args.rates and history.currency != card.currency:
+        raise InputError(f"the ledger is in {history.currency} but the rate card in {card.currency}",
+                         file=args.rates, field="currency")
+    return build_report(history.rows, end, since, history.currency, first, settings,
+                        pool_prices=pools, spot_hourly=spot)
+
+
+def run(args: argparse.Namespace) -> int:
+    from collectors.atomicfile import write_text
+    from recommenders.formats import render_all
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("expected a directory for --out, found a file", file=args.out)
+    report = build(args)
+    texts = render_all(report)  # everything rendered before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create output directory: {err.strerror}", file=args.out) from None
+    for name, text in texts.items():
+        write_text(out / name, text)
+    sys.stdout.write(
+        f"{report.window.hours / 24:.1f} days to {_iso(report.window.end)}: spend {report.totals['total_cost']:,.2f} "
+        f"{report.currency}, {len(report.recommendations)} recommendations, potential savings "
+        f"{report.potential_monthly_savings:,.2f} {report.currency}/month\n"
+        f"wrote {', '.join(str(out / n) for n in texts)}\n")
+    return 0
+
+
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``report`` alone (for tests and benchmarks before the CLI wires it in)."""
+    parser = argparse.ArgumentParser(prog="gpuledger")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["report", *(argv or sys.argv[1:])])
+    try:
+        return args.handler(args)
+    except InputError as err:
+        print(f"gpuledger: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``report.md``: the weekly report as Markdown, for a wiki, a pull request or a terminal."""
+
+from __future__ import annotations
+
+import math
+
+from recommenders.formats import register
+from recommenders.formats.text import (
+    day, gib, hours, money, pct, signed_money, signed_pct, target, when, workload,
+)
+from recommenders.report import Report
+
+BAR = 30
+
+
+def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def _bar(x: float, top: float) -> str:
+    n = 0 if top <= 0 else x / top * BAR
+    return "█" * int(n) + ("▌" if n - int(n) >= 0.5 else "")
+
+
+def headline(r: Report) -> list[str]:
+    t, p = r.totals, r.previous_totals
+    change = signed_pct((t["total_cost"] - p["total_cost"]) / p["total_cost"]) if p.get("total_cost") else "–"
+    waste = t["idle_cost"] + t["unallocated_cost"]
+    return [
+        f"- **GPU spend:** {money(t['total_cost'], r.currency)} ({change} vs the previous {r.previous.hours / 24:.0f} days) "
+        f"for {hours(t['capacity_gpu_hours'])} GPU-hours",
+        f"- **Utilisation:** {pct(t['utilization'])} of allocated GPU time did work; "
+        f"{pct(t['unallocated_gpu_hours'] / t['capacity_gpu_hours'] if t['capacity_gpu_hours'] else None)} of capacity was held by no pod",
+        f"- **Paid for nothing:** {money(waste, r.currency)} ({pct(waste / t['total_cost'] if t['total_cost'] else None)}) "
+        f"idle or unallocated",
+        f"- **Right-sizing could save** {money(r.potential_monthly_savings, r.currency)} a month "
+        f"({len(r.recommendations)} recommendations)",
+    ]
+
+
+@register("md", "report.md", "the weekly report in Markdown")
+def render(r: Report) -> str:
+    cur = r.currency
+    out = [f"# GPU cost report: {day(r.window.start)} – {day(r.window.end - 1)}", "",
+           f"Window {when(r.window.start)} to {when(r.window.end)} ({r.window.hours:.0f} h); compared with "
+           f"{when(r.previous.start)} to {when(r.previous.end)}. Costs in {cur}.", ""]
+    out += headline(r) + [""]
+    for note in r.notes:
+        out.append(f"> {note}")
+    if r.notes:
+        out.append("")
+
+    out += ["## Showback by team", ""]
+    out += _table(["team", "GPU-h", "utilisation", "cost", "idle cost", "previous", "change"],
+                  [[t["team"], hours(t["gpu_hours"]), pct(t["utilization"]), money(t["cost"]), money(t["idle_cost"]),
+                    money(t["previous_cost"]), f"{signed_money(t['change'])} ({signed_pct(t['change_pct'])})"
+                    if t["change"] is not None else "new"] for t in r.teams])
+
+    out += ["## Training, inference, interactive", ""]
+    out += _table(["class", "GPU-h", "cost", "idle cost", "share", ""],
+                  [[c["workload_class"], hours(c["gpu_hours"]), money(c["cost"]), money(c["idle_cost"]), pct(c["share"]),
+                    _bar(c["share"], 1.0)] for c in r.classes], "lrrrrl")
+
+    out += ["## Daily cost by team", ""]
+    days, teams = r.daily_cost["days"], r.daily_cost["teams"]
+    totals = [sum(v[i] for v in teams.values()) for i in range(len(days))]
+    top = max(totals, default=0.0)
+    out += _table(["day", "cost", ""], [[d, money(x), _bar(x, top)] for d, x in zip(days, totals)], "lrl")
+
+    out += ["## Utilisation distribution (GPU-hours of allocated GPUs)", ""]
+    top = max((b["gpu_hours"] for b in r.utilization_histogram), default=0.0)
+    out += _table(["utilisation", "GPU-h", ""], [[b["bucket"], hours(b["gpu_hours"]), _bar(b["gpu_hours"], top)]
+                                                 for b in r.utilization_histogram], "lrl")
+
+    for title, rows, col in (("Top workloads by cost", r.top_by_cost, "cost"),
+                             ("Top workloads by idle cost", r.top_by_idle, "idle_cost")):
+        out += [f"## {title}", ""]
+        out += _table(["workload", "team", "class", "GPU", "pods", "GPU-h", "util p95", "cost", "idle cost"],
+                      [[workload(w), str(w["team"]), str(w["workload_class"]),
+                        str(w["gpu_model"]) + (f" {w['mig_profile']}" if w["mig_profile"] else ""), str(w["pods"]),
+                        hours(w["gpu_hours"]), pct(w["util_p95"]), money(w["cost"]), money(w["idle_cost"])]
+                       for w in rows], "lllllrrrr")
+
+    out += ["## Anomalies", ""]
+    if r.anomalies:
+        out += _table(["day", "what", "cost", "recent max", "×"],
+                      [[a.day, f"{a.scope} {a.name}", money(a.cost), money(a.recent_max), f"{a.factor:.1f}"]
+                       for a in r.anomalies], "llrrr")
+    else:
+        out += [f"No team or workload's daily cost rose above {r.settings.anomaly_factor:g}× its highest day of the "
+                f"{r.settings.anomaly_days} before.", ""]
+
+    out += ["## Right-sizing recommendations", ""]
+    if r.recommendations:
+        out += [f"Sorted by estimated monthly savings. Alternatives for one workload do not add up; the total above "
+                f"counts the best one per workload. Every figure is in `recommendations.csv`.", ""]
+        out += _table(["type", "workload", "team", "change", "peak memory", "target memory", "saves / month",
+                       "confidence", "risk"],
+                      [[x.type, workload(x), str(x.team), target(x), gib(x.observed_max_memory_bytes),
+                        gib(x.target_memory_bytes), money(x.monthly_savings), x.confidence, x.risk]
+                       for x in r.recommendations], "llllrrrll")
+        out += ["<details><summary>Evidence</summary>", ""]
+        out += [f"- **{x.type} {workload(x)}**: {x.evidence}" for x in r.recommendations]
+        out += ["", "</details>", ""]
+    else:
+        out += ["No recommendation: every workload seen long enough uses what it holds.", ""]
+
+    out += ["## Reserved capacity (commitments)", "",
+            f"Look-back {when(r.commitment_window.start)} to {when(r.commitment_window.end)}. Usage counts capacity "
+            f"present each hour (spot and reserved capacity excluded); 'after right-sizing' commits only to what the "
+            f"workloads would still hold.", ""]
+    rows = []
+    for p in r.commitments:
+        b, a = p.best, p.after_rightsizing
+        rows.append([p.label, f"{p.usage_mean:.2f} ({p.usage_min:.2f}–{p.usage_max:.2f})", money(p.on_demand_hourly),
+                     b.option.label if b else "no price" if not p.options else "stay on demand",
+                     str(b.k) if b else "–", money(b.hourly_commitment) if b else "–",
+                     money(b.monthly_before) if b else "–", money(b.monthly_after) if b else "–",
+                     f"{money(b.monthly_savings)} ({pct(b.savings_pct)})" if b else "–",
+                     pct(b.utilization) if b else "–", pct(b.coverage) if b else "–", pct(b.break_even) if b else "–",
+                     p.beats or "–", (f"k={a.k}, saves {money(a.monthly_savings)}" if a and a.k > 0 else "stay on demand") if b else "–"])
+    out += _table(["pool", "units/h mean (min–max)", "on-demand/h", "best option", "k", "commit/h", "month before",
+                   "month after", "saves", "utilisation", "coverage", "break-even", "beats", "after right-sizing"], rows,
+                  "lrrlrrrrrrrrll")
+    for p in r.commitments:
+        if p.spot_note:
+            out.append(f"- **{p.label}**: {p.spot_note}.")
+    out += ["", "---", f"gpuledger report v1 · settings: headroom {r.settings.headroom:.0%}, target utilisation "
+            f"{r.settings.target_utilization:.0%}, idle ≥ {r.settings.idle_share:.0%} of the time", ""]
+    return "\n".join(out)

@@ -1,0 +1,305 @@
+"""The weekly report as data: one model that every format (md, html, json, csv, FOCUS) renders.
+
+Building the model is pure: ledger rows in, plain Python values out (dicts, lists,
+the recommenders' frozen records). Nothing here formats text or touches files; the
+formats in :mod:`recommenders.formats` do the one, ``agent/cmd_report.py`` the other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recommenders.anomalies import DAY, Anomaly, find_anomalies
+from recommenders.catalog import Catalog, load_catalog
+from recommenders.commitments import PoolPrices, PoolResult, commitment_plan
+from recommenders.rightsizing import GIB, HOURS_PER_MONTH, Recommendation, best_per_workload, recommend
+from recommenders.settings import Settings
+from recommenders.grouping import group_ids
+from recommenders.workloads import KEY, allocated_mask, workload_ids, workload_stats
+
+REPORT_VERSION = 1
+UNALLOCATED = "(unallocated)"
+UTIL_BUCKETS = (0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+
+    @property
+    def hours(self) -> float:
+        return max(self.end - self.start, 0.0) / 3600.0
+
+
+@dataclass
+class Report:
+    """Everything the formats render; ``docs/report.md`` describes each part."""
+
+    currency: str
+    window: Window
+    previous: Window
+    requested_days: float
+    totals: dict[str, float]
+    previous_totals: dict[str, float]
+    teams: list[dict[str, Any]]
+    classes: list[dict[str, Any]]
+    top_by_cost: list[dict[str, Any]]
+    top_by_idle: list[dict[str, Any]]
+    anomalies: list[Anomaly]
+    recommendations: list[Recommendation]
+    savings_by_type: dict[str, float]
+    potential_monthly_savings: float
+    commitments: list[PoolResult]
+    commitment_window: Window
+    daily_cost: dict[str, Any]
+    utilization_histogram: list[dict[str, Any]]
+    focus_rows: list[dict[str, Any]]
+    settings: Settings
+    notes: list[str] = field(default_factory=list)
+
+
+def _figures(rows: pd.DataFrame) -> dict[str, float]:
+    alloc = float(rows["allocated_gpu_seconds"].sum())
+    unalloc = float(rows["unallocated_gpu_seconds"].sum())
+    used = float(rows["used_gpu_seconds"].sum())
+    unknown = float(rows["util_unknown_gpu_seconds"].sum())
+    cost = float(rows["cost"].sum())
+    unalloc_cost = float(rows["unallocated_cost"].sum())
+    return {
+        "capacity_gpu_hours": (alloc + unalloc) / 3600, "allocated_gpu_hours": alloc / 3600,
+        "used_gpu_hours": used / 3600, "unallocated_gpu_hours": unalloc / 3600,
+        "utilization": used / (alloc - unknown) if alloc - unknown > 0 else None,
+        "cost": cost, "idle_cost": float(rows["idle_cost"].sum()), "unallocated_cost": unalloc_cost,
+        "total_cost": cost + unalloc_cost,
+    }
+
+
+def _by(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    mask = rows["pod_uid"].notna().to_numpy()
+    ids, keys = group_ids(rows, [column], mask)
+    n = len(keys)
+
+    def total(name: str) -> np.ndarray:
+        return np.bincount(ids, weights=rows[name].to_numpy(np.float64)[mask], minlength=n)
+
+    index = [("(none)" if v is None else v) for v in keys[column]]
+    return pd.DataFrame({
+        "gpu_hours": total("allocated_gpu_seconds") / 3600, "used_hours": total("used_gpu_seconds") / 3600,
+        "unknown_hours": total("util_unknown_gpu_seconds") / 3600, "cost": total("cost"),
+        "idle_cost": total("idle_cost"),
+    }, index=pd.Index(index, dtype=object))
+
+
+def _change(now: float, before: float | None) -> tuple[float | None, float | None]:
+    if before is None:
+        return None, None
+    return now - before, ((now - before) / before if before > 0 else None)
+
+
+def team_table(current: pd.DataFrame, previous: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per-team showback with the change against the previous window, plus unallocated capacity."""
+    now, before = _by(current, "team"), _by(previous, "team")
+    out = []
+    for team, r in now.sort_values("cost", ascending=False).iterrows():
+        prev = float(before.loc[team, "cost"]) if team in before.index else None
+        delta, pct = _change(float(r["cost"]), prev)
+        known = r["gpu_hours"] - r["unknown_hours"]
+        out.append({"team": team, "gpu_hours": float(r["gpu_hours"]), "used_gpu_hours": float(r["used_hours"]),
+                    "utilization": float(r["used_hours"] / known) if known > 0 else None,
+                    "cost": float(r["cost"]), "idle_cost": float(r["idle_cost"]),
+                    "previous_cost": prev, "change": delta, "change_pct": pct})
+    un_now = float(current["unallocated_cost"].sum())
+    un_prev = float(previous["unallocated_cost"].sum()) if len(previous) else None
+    delta, pct = _change(un_now, un_prev)
+    out.append({"team": UNALLOCATED, "gpu_hours": float(current["unallocated_gpu_seconds"].sum() / 3600),
+                "used_gpu_hours": 0.0, "utilization": None, "cost": un_now, "idle_cost": un_now,
+                "previous_cost": un_prev, "change": delta, "change_pct": pct})
+    return out
+
+
+def class_table(current: pd.DataFrame) -> list[dict[str, Any]]:
+    """Training vs inference vs interactive (vs other): GPU-hours, cost and share of cost."""
+    by = _by(current, "workload_class")
+    total = float(by["cost"].sum()) or 1.0
+    return [{"workload_class": c, "gpu_hours": float(r["gpu_hours"]), "cost": float(r["cost"]),
+             "idle_cost": float(r["idle_cost"]), "share": float(r["cost"]) / total}
+            for c, r in by.sort_values("cost", ascending=False).iterrows()]
+
+
+def _workload_rows(stats: pd.DataFrame, column: str, top: int) -> list[dict[str, Any]]:
+    if stats.empty:
+        return []
+    cols = [*KEY, "pods", "gpu_hours", "cost", "idle_cost", "util_p50", "util_p95", "memory_max_bytes",
+            "gpu_memory_bytes", "active_share"]
+    part = stats.sort_values(column, ascending=False).head(top)[cols]
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in part.to_dict("records") if r[column] > 0]
+
+
+def utilization_histogram(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """GPU-hours by utilisation bucket (0 exactly, then tenths), for allocated rows of known utilisation."""
+    mask = allocated_mask(rows)
+    all_alloc = rows["allocated_gpu_seconds"].to_numpy(np.float64)[mask]
+    known = rows["util_unknown_gpu_seconds"].to_numpy(np.float64)[mask] <= 0
+    util = rows["used_gpu_seconds"].to_numpy(np.float64)[mask] / all_alloc
+    alloc, util = all_alloc[known], util[known]
+    tenth = np.clip(np.ceil(util * 10 - 1e-9).astype(np.int64), 0, 10)  # 0 → exactly 0; 1..10 → tenths
+    per = np.bincount(tenth, weights=alloc, minlength=11) / 3600
+    out = [{"bucket": "0%", "gpu_hours": float(per[0])}]
+    out += [{"bucket": f"{(i - 1) * 10}–{i * 10}%", "gpu_hours": float(per[i])} for i in range(1, 11)]
+    unknown = float(all_alloc[~known].sum() / 3600)
+    if unknown > 0:
+        out.append({"bucket": "not reported (MIG)", "gpu_hours": unknown})
+    return out
+
+
+def daily_cost_by_team(rows: pd.DataFrame) -> dict[str, Any]:
+    """Cost per UTC day and team (unallocated capacity as its own series)."""
+    day = rows["minute"].to_numpy(np.int64) // DAY
+    allocated = rows["pod_uid"].notna().to_numpy()
+    ids, keys = group_ids(rows, ["team"], extra={"day": day, "allocated": allocated.astype(np.int64)})
+    cost = np.bincount(ids, weights=rows["cost"].to_numpy(np.float64) + rows["unallocated_cost"].to_numpy(np.float64),
+                       minlength=len(keys))
+    team = [UNALLOCATED if not a else ("(none)" if t is None else t) for t, a in zip(keys["team"], keys["allocated"])]
+    table = pd.DataFrame({"day": keys["day"].astype(np.int64), "team": team, "cost": cost})
+    table = table.groupby(["day", "team"])["cost"].sum().unstack(fill_value=0.0)
+    table = table[table.sum().sort_values(ascending=False).index]
+    days = [pd.Timestamp(int(d) * DAY, unit="s", tz="UTC").strftime("%Y-%m-%d") for d in table.index]
+    return {"days": days, "teams": {str(t): [float(x) for x in table[t]] for t in table.columns}}
+
+
+def focus_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per UTC day × team × workload (and GPU model, region), plus unallocated capacity."""
+    day = rows["minute"].to_numpy(np.int64) // DAY
+    allocated = rows["pod_uid"].notna().to_numpy()
+    cols = ["team", "workload_class", "namespace", "workload_kind", "workload_name", "gpu_model", "region"]
+    ids, keys = group_ids(rows, cols, extra={"day": day, "allocated": allocated.astype(np.int64)})
+    n = len(keys)
+    f = {c: rows[c].to_numpy(np.float64) for c in ("allocated_gpu_seconds", "unallocated_gpu_seconds", "cost",
+                                                       "idle_cost", "unallocated_cost")}
+    keys["gpu_seconds"] = np.bincount(ids, weights=f["allocated_gpu_seconds"] + f["unallocated_gpu_seconds"], minlength=n)
+    keys["cost"] = np.bincount(ids, weights=f["cost"] + f["unallocated_cost"], minlength=n)
+    keys["idle_cost"] = np.bincount(ids, weights=f["idle_cost"] + f["unallocated_cost"], minlength=n)
+    out = []
+    for r in keys.to_dict("records"):
+        alloc = bool(r.pop("allocated"))
+        for c in cols:
+            r[c] = r[c] if r[c] is not None else ""
+        if not alloc:
+            r.update(team=UNALLOCATED, workload_class="", namespace="", workload_kind="", workload_name="")
+        elif not r["team"]:
+            r["team"] = "(none)"
+        out.append(r)
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in out:  # unallocated rows of several workload keys collapse into one per day, model, region
+        key = (r["day"], r["team"], r["workload_class"], r["namespace"], r["workload_kind"], r["workload_name"],
+               r["gpu_model"], r["region"])
+        if key in merged:
+            for c in ("gpu_seconds", "cost", "idle_cost"):
+                merged[key][c] += r[c]
+        else:
+            merged[key] = r
+    return [merged[k] for k in sorted(merged, key=lambda k: tuple(str(x) for x in k))]
+
+
+def freed_shares(rows: pd.DataFrame, recs: Sequence[Recommendation]) -> np.ndarray:
+    """Per ledger row, the share of its allocated time the best recommendation of its workload frees."""
+    freed = np.zeros(len(rows))
+    best = best_per_workload(recs)
+    if not best or len(rows) == 0:
+        return freed
+    mask = allocated_mask(rows)
+    if not mask.any():
+        return freed
+    wid, keys = workload_ids(rows, mask)
+    def share(rec: Recommendation) -> float:
+        # a downsized workload leaves its current pool altogether (it moves to another GPU)
+        return 1.0 if rec.type == "downsize-model" else rec.freed_share
+
+    per_key = np.array([share(best[k]) if (k := tuple(r)) in best else 0.0
+                        for r in keys[list(KEY)].itertuples(index=False)])
+    freed[mask] = per_key[wid]
+    return freed
+
+
+def _slice(rows: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """The selected rows, without copying ten million rows when all of them are selected."""
+    return rows if mask.all() else rows[mask]
+
+
+def build_report(
+    rows: pd.DataFrame, end: float, since_s: float, currency: str, first_minute: float,
+    settings: Settings | None = None, catalog: Catalog | None = None,
+    pool_prices: Sequence[PoolPrices] = (), spot_hourly: Mapping[tuple, float] | None = None,
+) -> Report:
+    """The report for the window ``[end − since, end)`` and the one before it.
+
+    ``rows`` must reach back to the earliest of the previous window and the commitment
+    look-back (``settings.commitment_days``); ``first_minute`` is the ledger's first
+    minute, so a window that starts before the data is measured from the data.
+    """
+    settings = settings or Settings()
+    catalog = catalog or load_catalog()
+    minute = rows["minute"].to_numpy(np.int64)
+    current = Window(max(end - since_s, first_minute), end)
+    previous = Window(max(end - 2 * since_s, first_minute), current.start)
+    commit = Window(max(end - settings.commitment_days * DAY, first_minute), end)
+    cur_rows = _slice(rows, minute >= current.start)
+    prev_rows = _slice(rows, (minute >= previous.start) & (minute < previous.end))
+    hours = current.hours
+    stats = workload_stats(cur_rows, hours, settings.idle_memory_floor_gib * GIB)
+    recs = recommend(cur_rows, hours, currency, settings, catalog, stats=stats)
+    best = best_per_workload(recs)
+    by_type: dict[str, float] = {}
+    for r in best.values():
+        by_type[r.type] = by_type.get(r.type, 0.0) + r.monthly_savings
+    commit_rows = _slice(rows, minute >= commit.start)
+    recent = _slice(rows, minute >= previous.start)
+    plan = commitment_plan(commit_rows, pool_prices, commit.start, commit.end,
+                           freed=freed_shares(commit_rows, recs), spot_hourly=spot_hourly)
+    notes = []
+    if current.hours < since_s / 3600 - 1e-9:
+        notes.append(f"The ledger starts {current.hours:.1f} h before its end, so this window is shorter than "
+                     f"the {since_s / 86400:g} days asked for; savings are projected from what was seen.")
+    if previous.hours <= 0:
+        notes.append("No ledger data before this window: the change columns are empty.")
+    if commit.hours < settings.commitment_days * 24 - 1e-9:
+        notes.append(f"Commitments are judged on {commit.hours / 24:.1f} days of history (the look-back asks for "
+                     f"{settings.commitment_days:g}); commit on longer history before buying.")
+    if not pool_prices:
+        notes.append("No commitment prices: add a `commitments` section to the rate card (--rates) to see what "
+                     "reserved capacity would save; pools are listed with their usage only.")
+    return Report(
+        currency=currency, window=current, previous=previous, requested_days=since_s / DAY,
+        totals=_figures(cur_rows), previous_totals=_figures(prev_rows) if len(prev_rows) else {},
+        teams=team_table(cur_rows, prev_rows), classes=class_table(cur_rows),
+        top_by_cost=_workload_rows(stats, "cost", settings.top), top_by_idle=_workload_rows(stats, "idle_cost", settings.top),
+        anomalies=find_anomalies(recent, current.start, settings),
+        recommendations=recs, savings_by_type=by_type,
+        potential_monthly_savings=float(sum(r.monthly_savings for r in best.values())),
+        commitments=plan, commitment_window=commit, daily_cost=daily_cost_by_team(recent),
+        utilization_histogram=utilization_histogram(cur_rows), focus_rows=focus_rows(cur_rows),
+        settings=settings, notes=notes,
+    )
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, numpy scalars and NaN as JSON-ready values (for the JSON format and tests)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: to_plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return None if math.isnan(v) or math.isinf(v) else v
+    return value

@@ -1,0 +1,203 @@
+"""The weekly report: the model's figures by hand, every file it writes, and the command's errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recommenders.commitments import Option, PoolPrices
+from recommenders.formats import FORMATS, render_all
+from recommenders.report import UNALLOCATED, build_report
+from recommenders.rightsizing import COLUMNS
+from recommenders.settings import Settings, settings_markdown
+from tests.test_report_rows import T0, frame, gpu_minutes
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY_MIN = 1440
+
+
+def report_cmd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cmd_report", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """A 9-day demo ledger from the project's own simulator and replay."""
+    work = tmp_path_factory.mktemp("demo")
+    for args in (["simulate", "--hours", "216", "--interval", "120", "--out", str(work / "t.jsonl.gz")],
+                 ["replay", str(work / "t.jsonl.gz"), "--out", str(work / "out")]):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+    return work / "out" / "ledger.parquet"
+
+
+@pytest.fixture(scope="module")
+def demo_report(demo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    done = report_cmd("--ledger", str(demo), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def two_weeks():
+    """team-a: 1 GPU all 14 days; from day 12 a second workload of 3 GPUs (an anomaly and a cost jump)."""
+    base = gpu_minutes(pod="a", minutes=range(14 * DAY_MIN), util=0.9, mem_gib=30.0, name="steady", workload_class="training")
+    jump = [r for i in range(3) for r in gpu_minutes(pod=f"j{i}", device=f"GPU-j{i}", minutes=range(12 * DAY_MIN, 14 * DAY_MIN),
+                                                       util=0.9, mem_gib=30.0, name="burst", workload_class="training")]
+    other = gpu_minutes(pod="b", minutes=range(7 * DAY_MIN, 14 * DAY_MIN), util=0.5, mem_gib=5.0, team="team-b",
+                        name="serve", device="GPU-b")
+    spare = gpu_minutes(pod="x", device="GPU-x", minutes=range(14 * DAY_MIN), allocated=False)
+    return frame(base, jump, other, spare)
+
+
+def test_report_model_figures_by_hand():
+    rows = two_weeks()
+    end = T0 + 14 * 86400
+    r = build_report(rows, end, 7 * 86400, "USD", T0, Settings(anomaly_days=7))
+    gpu_day = 24 * 2.7447
+    teams = {t["team"]: t for t in r.teams}
+    assert teams["team-a"]["cost"] == pytest.approx(7 * gpu_day + 2 * 3 * gpu_day)
+    assert teams["team-a"]["previous_cost"] == pytest.approx(7 * gpu_day)
+    assert teams["team-a"]["change_pct"] == pytest.approx(6 / 7)
+    assert teams["team-b"]["previous_cost"] is None and teams["team-b"]["change"] is None
+    assert teams[UNALLOCATED]["cost"] == pytest.approx(7 * gpu_day)
+    assert r.totals["total_cost"] == pytest.approx((7 + 6 + 7 + 7) * gpu_day)
+    assert r.totals["utilization"] == pytest.approx((13 * 0.9 + 7 * 0.5) / 20)
+    # the burst doubles team-a's day (2 GPUs → 4 GPUs ... 1 → 4): an anomaly on day 12, a team one
+    days = {(a.scope, a.name, a.day) for a in r.anomalies}
+    assert ("team", "team-a", "2025-12-07") in days
+    assert all(a.day >= "2025-12-02" for a in r.anomalies)
+    # FOCUS rows add up to the total spend; one row per day × team × workload
+    assert sum(x["cost"] for x in r.focus_rows) == pytest.approx(r.totals["total_cost"])
+    assert len(r.focus_rows) == 7 + 7 + 2 + 7  # steady, serve, burst (2 days), unallocated
+    classes = {c["workload_class"]: c["share"] for c in r.classes}
+    assert classes["training"] == pytest.approx(13 / 20)
+
+
+def test_commitments_in_the_report_use_thirty_days_when_there():
+    rows = two_weeks()
+    prices = [PoolPrices("node", {"instance_type": "p4d.24xlarge"}, (Option("reserved-instance", 1, "no-upfront", 10.0),))]
+    r = build_report(rows, T0 + 14 * 86400, 7 * 86400, "USD", T0, pool_prices=prices)
+    assert r.commitment_window.hours == pytest.approx(14 * 24)  # the ledger is shorter than 30 days
+    assert any("14.0 days of history" in n for n in r.notes)
+    [pool] = r.commitments
+    assert pool.hours == 14 * 24
+
+
+def test_json_and_csv_have_the_documented_columns(demo_report):
+    doc = json.loads((demo_report / "recommendations.json").read_text())
+    assert doc["columns"] == list(COLUMNS)
+    assert doc["recommendations"], "the demo cluster has waste to find"
+    for rec in doc["recommendations"]:
+        assert list(rec) == list(COLUMNS)
+        assert rec["type"] in ("idle", "reduce-count", "downsize-model", "mig", "share")
+    rows = list(csv.DictReader(io.StringIO((demo_report / "recommendations.csv").read_text())))
+    assert len(rows) == len(doc["recommendations"])
+    assert [float(r["monthly_savings"]) for r in rows] == sorted((float(r["monthly_savings"]) for r in rows), reverse=True)
+    documented = re.findall(r"^\| `([a-z_0-9]+)` \|", (ROOT / "docs/report.md").read_text(), re.M)
+    assert [c for c in documented if c in COLUMNS] == list(COLUMNS)
+
+
+def test_demo_report_reads_well(demo_report):
+    md = (demo_report / "report.md").read_text()
+    for heading in ("Showback by team", "Training, inference, interactive", "Daily cost by team",
+                    "Utilisation distribution", "Top workloads by cost", "Top workloads by idle cost", "Anomalies",
+                    "Right-sizing recommendations", "Reserved capacity"):
+        assert f"## {heading}" in md
+    assert "candidate-gen-v1" in md  # the demo's idle Deployment is found
+    html = (demo_report / "report.html").read_text()
+    assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
+    assert set(FORMATS) == {"md", "html", "json", "csv", "focus"}
+
+
+def test_report_html_renders_in_chromium(demo_report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    from PIL import Image  # noqa: PLC0415
+
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1200,1600", f"--screenshot={shot}", str(demo_report / "report.html")],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.exists(), done.stderr
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, tables and bars, not a blank page
+    dark = sum(n for n, (r, g, b) in colours if r + g + b < 300)
+    assert dark > 0.002 * image.width * image.height  # there is text on it
+
+
+@pytest.mark.parametrize("make_args, words", [
+    (lambda p, d: ["--ledger", str(p / "missing.parquet"), "--out", str(p / "r")], "missing.parquet: cannot read ledger"),
+    (lambda p, d: ["--ledger", str(d), "--since", "soon", "--out", str(p / "r")], "field '--since'"),
+    (lambda p, d: ["--ledger", str(d), "--rates", str(p / "nope.yaml"), "--out", str(p / "r")], "nope.yaml: cannot read"),
+    (lambda p, d: ["--ledger", str(d), "--headroom", "-1", "--out", str(p / "r")], "field '--headroom'"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, demo, make_args, words):
+    done = report_cmd(*make_args(tmp_path, demo))
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_not_a_ledger_is_an_input_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"minute": [1]}), tmp_path / "x.parquet")
+    done = report_cmd("--ledger", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "field 'node': column missing" in done.stderr
+
+
+def test_rates_with_commitments_fill_the_commitment_table(tmp_path, demo):
+    rates = tmp_path / "rates.yaml"
+    rates.write_text("""currency: USD
+default_gpu_hourly: 2.0
+nodes:
+  - match: {node.kubernetes.io/instance-type: p4d.24xlarge}
+    hourly: 21.957642
+commitments:
+  - match: {node.kubernetes.io/instance-type: p4d.24xlarge, topology.kubernetes.io/region: us-east-1}
+    options:
+      - {kind: reserved-instance, term_years: 1, payment: no-upfront, hourly: 14.0}
+""")
+    # the ledger was priced with the snapshot, the commitment table with the card: both in USD
+    done = report_cmd("--ledger", str(demo), "--rates", str(rates), "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert re.search(r"\| p4d\.24xlarge \(us-east-1\) \| 1\.00 .*\| 1y reserved-instance no-upfront \| 1 \|", md), md
+
+
+def test_settings_table_is_in_the_docs():
+    assert settings_markdown() in (ROOT / "docs/recommendations.md").read_text()
+
+
+def test_register_adds_the_report_command():
+    import argparse
+
+    from agent.cmd_report import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["report", "--ledger", "a.parquet", "b.parquet", "--out", "r", "--since", "36h",
+                              "--target-utilization", "0.7"])
+    assert args.ledger == ["a.parquet", "b.parquet"] and args.target_utilization == 0.7 and args.handler
+    # registering the command must not pull pandas into every gpuledger invocation
+    done = subprocess.run([sys.executable, "-c", "import argparse, sys; from agent.cmd_report import register; "
+                           "register(argparse.ArgumentParser().add_subparsers()); print('pandas' in sys.modules)"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_render_all_is_pure():
+    r = build_report(two_weeks(), T0 + 14 * 86400, 7 * 86400, "USD", T0)
+    assert render_all(r) == render_all(r)
