@@ -20,22 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-def run_child(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"child failed ({status}): {' '.join(argv)}")
-    return wall, usage.ru_maxrss / 1024.0
+from measure import run_child  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 
 def count_samples(path: Path) -> int:

@@ -15,7 +15,6 @@ cumulative time are printed. Targets (issue: report): under 60 s and 3 GB.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,9 @@ TEAMS = ("ml-research", "search", "recsys", "platform", "genai")
 SHAPES = (("PyTorchJob", "training", 8, 0.85, 0.08, 0.85), ("JobSet", "training", 4, 0.75, 0.1, 0.7),
           ("Deployment", "inference", 1, 0.2, 0.15, 0.4), ("Deployment", "inference", 1, 0.05, 0.05, 0.15),
           ("Notebook", "interactive", 1, 0.01, 0.02, 0.3), ("Deployment", "inference", 1, 0.0, 0.0, 0.0))
+
+
+from measure import run_child  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 
 def dict_column(codes: np.ndarray, values: list) -> pa.DictionaryArray:
@@ -132,17 +134,6 @@ def generate(path: Path, gpus: int, days: float, seed: int = 1) -> int:
     del mask
     pq.write_table(table, path, compression="zstd", row_group_size=1 << 20)
     return n_rows
-
-
-def run_child(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"child failed ({status}): {' '.join(argv)}")
-    return wall, usage.ru_maxrss / 1024.0
 
 
 def main() -> None:

@@ -558,17 +558,6 @@ def _power(model: GpuModel, util: np.ndarray, busy: bool, rng: np.random.Generat
     return np.clip(watts, model.idle_w, model.tdp_w)
 
 
-def _power(model: GpuModel, util: np.ndarray, busy: bool, rng: np.random.Generator) -> np.ndarray:
-    """Board power following utilisation, from idle (or context-open idle) up to the limit."""
-    n = len(util)
-    if not busy:
-        return np.clip(model.idle_w + rng.normal(0.0, 0.6, n), 0.0, model.tdp_w)
-    floor = model.busy_idle_w
-    frac = np.clip(util / 100.0, 0.0, 1.0)
-    watts = floor + (model.tdp_w - floor) * frac ** 0.85 + rng.normal(0.0, 1.0 + 0.015 * model.tdp_w * frac, n)
-    return np.clip(watts, model.idle_w, model.tdp_w)
-
-
 def _json(text: str) -> str:
     """A JSON string literal that is safe inside a ``%`` template."""
     return json.dumps(text).replace("%", "%%")

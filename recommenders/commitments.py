@@ -253,8 +253,10 @@ def commitment_plan(
         for j, (itype, region) in enumerate(zip(keys["instance_type"], keys["region"])):
             mask = np.zeros(len(rows), bool)
             mask[where[ids == j]] = True
-            options = tuple(o for pp in prices if pp.kind == "node"
-                            and _matches(pp.match, instance_type=itype, region=region) for o in pp.options)
+            # the first entry that matches wins, as with the rate card's `nodes`: a
+            # region-specific entry before a region-less one for the same type
+            options = next((pp.options for pp in prices if pp.kind == "node"
+                            and _matches(pp.match, instance_type=itype, region=region)), ())
             results.append(pool("node", mask, options, itype, None, region))
     for pp in prices:
         if pp.kind != "gpu":

@@ -165,6 +165,18 @@ def test_rate_card_commitment_errors_name_the_field(rates, body, words):
     assert words in str(err.value)
 
 
-def test_snapshot_has_a_commitments_section():
+def test_snapshot_commitments_are_sourced_and_below_on_demand():
     load_snapshot.cache_clear()
-    assert load_snapshot().commitments == ()
+    card = load_snapshot()
+    assert card.commitments
+    on_demand = {tuple(sorted(r.match.items())): r.hourly for r in card.nodes}
+    for c in card.commitments:
+        assert c.match is not None and c.options
+        od = on_demand[tuple(sorted(c.match.items()))]
+        by_payment = {}
+        for o in c.options:
+            assert o.source == card.name and 0 < o.hourly < od
+            by_payment.setdefault(o.payment, {})[o.term_years] = o.hourly
+        for terms in by_payment.values():
+            if 1 in terms and 3 in terms:
+                assert terms[3] < terms[1]
