@@ -16,6 +16,8 @@ import socket
 from pathlib import Path
 
 from collectors.errors import InputError
+from collectors.kubelet.resources import DEFAULT_SOCKET
+from collectors.records import DevicesRecord, Record
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
@@ -77,6 +79,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="node name for the records (default: $NODE_NAME, else the host name)")
     p.add_argument("--proc-root", default="/proc", metavar="DIR",
                    help="where to read /proc/<pid>/cgroup to find each process's pod (default /proc)")
+    p.add_argument("--kubernetes", choices=("auto", "on", "off"), default="auto",
+                   help="also record node and pods records from the kubelet and the API server: "
+                   "auto (default) does when the kubelet's pod-resources socket exists")
+    p.add_argument("--kubelet-socket", default=DEFAULT_SOCKET, metavar="PATH",
+                   help=f"the kubelet pod-resources socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--kubeconfig", default=None, metavar="FILE",
+                   help="kubeconfig for the API server (default: the in-cluster service account, "
+                   "else ~/.kube/config)")
     p.set_defaults(handler=run)
     return p
 
@@ -94,7 +104,53 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.WARNING, format="gpuledger: %(levelname)s: %(message)s")
     node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
     collector = NvmlCollector(node, resolver=PodResolver(args.proc_root))
-    stats = record(out, [collector], args.interval, args.duration)
+    source = collector
+    if args.kubernetes == "on" or (args.kubernetes == "auto" and Path(args.kubelet_socket).exists()):
+        source = WithPlacement(collector, placement_source(node, args.kubelet_socket, args.kubeconfig))
+    stats = record(out, [source], args.interval, args.duration)
     print(f"wrote {stats.path}: {stats.samples:,} samples in {stats.polls} polls over "
           f"{stats.seconds:.1f} s (stopped by {stats.stopped_by})")
     return 0
+
+
+class WithPlacement:
+    """NVML plus the Kubernetes placement collectors, as one RecordSource.
+
+    The placement source needs the node's devices to read device ids that are not UUIDs
+    (GKE's ``nvidia0/gi0``), so every ``devices`` record NVML emits is handed to it before
+    it is polled.
+    """
+
+    def __init__(self, nvml, placement) -> None:
+        self.nvml = nvml
+        self.placement = placement
+
+    def poll(self, now: float) -> list[Record]:
+        gpus = self.nvml.poll(now)
+        for record in gpus:
+            if isinstance(record, DevicesRecord):
+                self.placement.set_devices(record)
+        return self.placement.poll(now) + gpus
+
+    def close(self) -> None:
+        try:
+            self.placement.close()
+        finally:
+            self.nvml.close()
+
+
+def placement_source(node: str, socket_path: str, kubeconfig: str | None):
+    """The kubelet pod-resources client and the API-server informers for ``node``."""
+    from collectors.kubeapi import api_client_from_environment, node_informer, pod_informer
+    from collectors.kubelet.client import PodResourcesClient
+    from collectors.owners import OwnerCache
+    from collectors.placement import PlacementSource
+
+    try:
+        api = api_client_from_environment(kubeconfig)
+    except Exception as err:  # the kubernetes client's config errors have no common base
+        raise InputError(f"cannot configure the Kubernetes API client: {err}", file=kubeconfig) from None
+    return PlacementSource(
+        node, PodResourcesClient(socket_path), pod_informer(api, node).start(),
+        node_informer(api, node).start(), owners=OwnerCache.from_api_client(api),
+    )

@@ -161,14 +161,21 @@ def main() -> None:
         print(f"generated {rows:,} ledger rows ({args.gpus} GPUs, {args.days:g} days) in "
               f"{time.perf_counter() - started:.1f} s: {ledger.stat().st_size / 1e6:.0f} MB", flush=True)
     argv = [sys.executable, "-m", "agent.cmd_report", "--ledger", str(ledger), "--out", str(work / "report")]
-    walls, rss = [], []
+    # the baseline: merely loading the same ledger into a pandas DataFrame
+    baseline = [sys.executable, "-c", "import sys, pandas as pd; pd.read_parquet(sys.argv[1])", str(ledger)]
+    walls, rss, base_walls, base_rss = [], [], [], []
     for i in range(args.repeat):
+        b, bm = run_child(baseline)
+        base_walls.append(b)
+        base_rss.append(bm)
         t, m = run_child(argv)
         walls.append(t)
         rss.append(m)
-        print(f"run {i + 1}: {t:.1f} s, peak RSS {m:,.0f} MB", flush=True)
-    print(f"median: {statistics.median(walls):.1f} s wall, {statistics.median(rss):,.0f} MB peak RSS "
-          f"(targets: 60 s, 3,000 MB)")
+        print(f"run {i + 1}: report {t:.1f} s, peak RSS {m:,.0f} MB; read_parquet {b:.1f} s, {bm:,.0f} MB", flush=True)
+    ratio = statistics.median(t / b for t, b in zip(walls, base_walls))
+    print(f"median: report {statistics.median(walls):.1f} s wall, {statistics.median(rss):,.0f} MB peak RSS "
+          f"(targets: 60 s, 3,000 MB); read_parquet alone {statistics.median(base_walls):.1f} s, "
+          f"{statistics.median(base_rss):,.0f} MB; ratio report / read {ratio:.1f}")
     if args.profile:
         prof = work / "report.prof"
         run_child([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "agent.cmd_report", "--ledger",

@@ -17,13 +17,13 @@ import grpc
 from collectors.kubelet import api_pb2, api_pb2_grpc
 from collectors.faults import FAULTS, FaultCounter
 from collectors.kubelet.resources import (
+    DEFAULT_SOCKET,
     Allocatable,
     ContainerAssignment,
     GpuResources,
     PodAssignment,
 )
 
-DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 # The kubelet refuses messages above 16 MiB; a node with 110 pods answers in a few KiB.
 _MAX_MESSAGE = 16 << 20
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 DEFAULT_RESOURCES = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
 DEFAULT_PREFIXES = ("nvidia.com/mig-",)
 
+DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"  # the kubelet pod-resources API
+
 
 @dataclass(frozen=True)
 class GpuResources:
