@@ -11,40 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import socket
 from pathlib import Path
 
+from agent.durations import parse_duration
 from collectors.errors import InputError
 from collectors.kubelet.resources import DEFAULT_SOCKET
 from collectors.records import DevicesRecord, Record
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``500ms``, ``1s``, ``10m``, ``2h``, ``1h30m`` or a bare number of seconds.
-
-    Raises ValueError for anything else, and for zero.
-    """
-    text = text.strip().lower()
-    if _NUMBER.fullmatch(text):
-        seconds = float(text)
-    else:
-        pos, seconds = 0, 0.0
-        for match in _PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or not text:
-            raise ValueError(f"expected a duration such as 500ms, 1s, 10m or 2h, got {text!r}")
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above zero, got {text!r}")
-    return seconds
-
 
 def _duration(text: str) -> float:
     try:

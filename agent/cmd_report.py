@@ -9,28 +9,22 @@ input leaves nothing behind. Register it with ``register(subparsers)``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from agent import durations
 from collectors.errors import InputError
-
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([wdhm]?)\s*$")
-UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "": 86400}
-INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
-REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
-ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
-CAPACITY_LABELS = ("karpenter.sh/capacity-type", "eks.amazonaws.com/capacityType", "cloud.google.com/gke-spot",
-                   "cloud.google.com/gke-provisioning", "kubernetes.azure.com/scalesetpriority")
-
+from collectors.nodelabels import (
+    CAPACITY_LABELS, INSTANCE_TYPE_LABELS, REGION_LABELS, ZONE_LABELS, capacity_type, pricing_labels,
+)
 
 def parse_duration(text: str, flag: str = "--since") -> float:
     """'7d', '36h', '2w', '90m' (a bare number means days) in seconds; InputError otherwise."""
-    m = DURATION.match(text or "")
-    if not m or float(m.group(1)) <= 0:
-        raise InputError(f"expected a duration such as 7d, 36h or 2w, got {text!r}", field=flag)
-    return float(m.group(1)) * UNIT_SECONDS[m.group(2)]
+    try:
+        return durations.parse_duration(text, bare_unit="d")
+    except ValueError as err:
+        raise InputError(str(err), field=flag) from None
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -90,12 +84,9 @@ def commitment_prices(card) -> tuple[list, dict]:
         pools.append(PoolPrices("node", match, options))
     spot = {}
     for rate in card.nodes:
-        labels = dict(rate.match)
-        itype = next((labels[k] for k in INSTANCE_TYPE_LABELS if k in labels), None)
-        is_spot = any(str(labels.get(k, "")).lower() in ("spot", "true") for k in CAPACITY_LABELS)
-        if itype and is_spot:
-            region = next((labels[k] for k in REGION_LABELS if k in labels), None)
-            spot.setdefault((itype, region), rate.hourly * card.gpu_share)
+        where = pricing_labels(rate.match)
+        if where.instance_type and capacity_type(rate.match) == "spot":
+            spot.setdefault((where.instance_type, where.region), rate.hourly * card.gpu_share)
     return pools, spot
 
 

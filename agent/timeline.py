@@ -21,7 +21,7 @@ from collectors.errors import InputError
 from collectors.mig import model_compute_slices, profile_compute_slices
 from collectors.nodelabels import pricing_labels
 from collectors.pricing.ratecard import Pricer
-from collectors.records import Device, DevicesRecord, NodeRecord, Pod, PodsRecord
+from collectors.records import DevicesRecord, NodeRecord, Pod, PodsRecord
 from collectors.samples import Interners
 
 StateRecord = NodeRecord | DevicesRecord | PodsRecord

@@ -17,6 +17,9 @@ from typing import Mapping
 INSTANCE_TYPE_LABELS = ("node.kubernetes.io/instance-type", "beta.kubernetes.io/instance-type")
 REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
+CAPACITY_LABELS = ("karpenter.sh/capacity-type", "eks.amazonaws.com/capacityType", "cloud.google.com/gke-spot",
+                   "cloud.google.com/gke-preemptible", "cloud.google.com/gke-provisioning",
+                   "kubernetes.azure.com/scalesetpriority")  # what capacity_type() reads
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Reading and writing trace files (JSON Lines, plain or gzip).
 
-Writing lives in :mod:`collectors.tracewriter` (re-exported here), which needs neither
-Arrow nor NumPy, so the recorder on every GPU node stays small.
+Writing lives in :mod:`collectors.tracewriter`, which needs neither Arrow nor NumPy,
+so the recorder on every GPU node stays small.
 
 Reading has two paths that produce the same result. The fast path hands blocks of
 lines to Arrow's JSON reader with a fixed schema for samples (the bulk of any trace)
@@ -37,7 +37,6 @@ from collectors.records import (
     from_json,
 )
 from collectors.samples import CODE, Interners, SampleColumns
-from collectors.tracewriter import TraceWriter, write_trace  # noqa: F401  (re-exported)
 
 BLOCK_BYTES = 16 << 20
 

@@ -17,7 +17,7 @@ import pandas as pd
 from recommenders.anomalies import DAY, Anomaly, find_anomalies
 from recommenders.catalog import Catalog, load_catalog
 from recommenders.commitments import PoolPrices, PoolResult, commitment_plan
-from recommenders.rightsizing import GIB, HOURS_PER_MONTH, Recommendation, best_per_workload, recommend
+from recommenders.rightsizing import GIB, Recommendation, best_per_workload, recommend
 from recommenders.settings import Settings
 from recommenders.grouping import group_ids
 from recommenders.workloads import KEY, allocated_mask, workload_ids, workload_stats

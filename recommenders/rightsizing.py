@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from recommenders.catalog import Catalog, GpuSpec, cheaper_than, load_catalog
+from recommenders.catalog import Catalog, cheaper_than, load_catalog
 from recommenders.settings import Settings
 from recommenders.workloads import idle_devices_per_pod, workload_stats
 

@@ -20,7 +20,8 @@ from collectors.owners import OwnerCache
 from collectors.placement import PlacementSource
 from collectors.pricing.ratecard import RateCard
 from collectors.records import Meta, PodsRecord, Sample
-from collectors.tracefile import TraceWriter, iter_records
+from collectors.tracefile import iter_records
+from collectors.tracewriter import TraceWriter
 from tests.fakekube import FakeKube
 from tests.fakekube import objects as k8s
 from tests.fakekube.kubelet import FakeKubelet

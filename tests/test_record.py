@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cmd_record import parse_duration, register
+from agent.cmd_record import register
+from agent.durations import parse_duration
 from agent.config import Config
 from agent.record import record
 from agent.replay import replay

@@ -15,7 +15,8 @@ from collectors import tracefile
 from collectors.errors import InputError
 from collectors.pricing.ratecard import RateCard
 from collectors.records import Device, DevicesRecord, Meta, Sample, Process, from_json, to_json
-from collectors.tracefile import read_traces, write_trace
+from collectors.tracefile import read_traces
+from collectors.tracewriter import write_trace
 from tests.conftest import META, write_jsonl
 
 CARD = RateCard(currency="USD", default_gpu_hourly=3.6)

@@ -5,7 +5,7 @@ Each importer is one module exposing ``NAME``, ``HELP``, ``DESCRIPTION``,
 one line in ``_MODULES``. The CLI builds ``gpuledger import NAME SOURCE --out FILE``
 from :data:`IMPORTERS`, so a new importer needs no CLI change. Importers raise
 :class:`collectors.errors.InputError` for bad input and write through
-:class:`collectors.tracefile.TraceWriter`, so nothing partial is left behind.
+:class:`collectors.tracewriter.TraceWriter`, so nothing partial is left behind.
 """
 
 from __future__ import annotations

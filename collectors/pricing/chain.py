@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from collectors.nodelabels import pricing_labels
+from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels
 from collectors.pricing.aws import AwsPrices, InstanceOffer, describe_location, options_from_json, options_to_json
 from collectors.pricing.aws import SOURCE as AWS_SOURCE
 from collectors.pricing.cache import Lookup, PriceCache
@@ -32,8 +32,8 @@ from collectors.pricing.ratecard import (
 )
 
 API_CURRENCY = "USD"
-INSTANCE_TYPE = "node.kubernetes.io/instance-type"
-REGION = "topology.kubernetes.io/region"
+INSTANCE_TYPE = INSTANCE_TYPE_LABELS[0]
+REGION = REGION_LABELS[0]
 
 
 @dataclass(frozen=True)

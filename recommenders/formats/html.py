@@ -10,7 +10,6 @@ from __future__ import annotations
 from html import escape
 
 from recommenders.formats import register
-from recommenders.formats.markdown import headline  # noqa: F401  (same headline figures)
 from recommenders.formats.text import (
     day, gib, hours, money, pct, signed_money, signed_pct, target, when, workload,
 )
@@ -109,7 +108,6 @@ def _daily_chart(r: Report) -> str:
     totals = [sum(v[i] for v in teams.values()) for i in range(len(days))]
     top = max(totals) or 1.0
     rows = []
-    current_start = day(r.window.start)
     for i, d in enumerate(days):
         segs = "".join(f"<span class='bar' title='{_e(t)}: {_e(money(v[i]))}' style='width:{v[i] / top * 100:.2f}%;"
                        f"background:{colours[t]}'></span>" for t, v in teams.items() if v[i] > 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 from recommenders.formats import register
 from recommenders.formats.text import (
@@ -96,8 +95,8 @@ def render(r: Report) -> str:
 
     out += ["## Right-sizing recommendations", ""]
     if r.recommendations:
-        out += [f"Sorted by estimated monthly savings. Alternatives for one workload do not add up; the total above "
-                f"counts the best one per workload. Every figure is in `recommendations.csv`.", ""]
+        out += ["Sorted by estimated monthly savings. Alternatives for one workload do not add up; the total above "
+                "counts the best one per workload. Every figure is in `recommendations.csv`.", ""]
         out += _table(["type", "workload", "team", "change", "peak memory", "target memory", "saves / month",
                        "confidence", "risk"],
                       [[x.type, workload(x), str(x.team), target(x), gib(x.observed_max_memory_bytes),
