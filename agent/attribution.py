@@ -77,7 +77,36 @@ def attribute(samples: SampleColumns, timeline: Timeline, where: Locate | None =
 
 
 def _slots(samples: SampleColumns, timeline: Timeline, where: Locate) -> np.ndarray:
-    """The timeline slot of every sample: its node's epoch at ``ts``, then its device."""
+    """The timeline slot of every sample; InputError naming the first that has none."""
+    slot, described, found = _find_slots(samples, timeline)
+    if not described.all():
+        i = int(np.flatnonzero(~described)[0])
+        file, line = where(i)
+        raise InputError(
+            "sample comes before any devices record of its node (a devices record with ts "
+            "at or before the sample's must list the device)", file=file, line=line, field="node",
+        )
+    if not found.all():
+        i = int(np.flatnonzero(~found)[0])
+        file, line = where(i)
+        raise InputError(
+            "sample's device is not in the devices record of its node in effect at the "
+            "sample's ts", file=file, line=line, field="uuid",
+        )
+    return slot
+
+
+def locate_slots(samples: SampleColumns, timeline: Timeline) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, ok) per sample, without raising: the live agent drops (and counts) the
+    samples that have no slot, since a device can be sampled a moment before its
+    devices record arrives. ``slot`` is meaningless where ``ok`` is False."""
+    slot, _, found = _find_slots(samples, timeline)
+    return slot, found
+
+
+def _find_slots(samples: SampleColumns, timeline: Timeline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slot, described, found) per sample: its node's epoch at ``ts``, then its device.
+    ``described``: the epoch lists devices; ``found``: this device among them."""
     n = len(samples)
     epoch = np.full(n, -1, np.int64)
     order = np.argsort(samples.node, kind="stable")
@@ -92,24 +121,12 @@ def _slots(samples: SampleColumns, timeline: Timeline, where: Locate) -> np.ndar
         epoch[rows] = np.where(pos >= 0, timeline.epoch_base[int(node)] + pos, -1)
     described = epoch >= 0
     described[described] = timeline.epoch_has_devices[epoch[described]]
-    if not described.all():
-        i = int(np.flatnonzero(~described)[0])
-        file, line = where(i)
-        raise InputError(
-            "sample comes before any devices record of its node (a devices record with ts "
-            "at or before the sample's must list the device)", file=file, line=line, field="node",
-        )
     keys = epoch * timeline.n_uuids + samples.uuid
     pos = np.minimum(np.searchsorted(timeline.slot_keys, keys), max(len(timeline.slot_keys) - 1, 0))
     found = (timeline.slot_keys[pos] == keys) if len(timeline.slot_keys) else np.zeros(n, bool)
-    if not found.all():
-        i = int(np.flatnonzero(~found)[0])
-        file, line = where(i)
-        raise InputError(
-            "sample's device is not in the devices record of its node in effect at the "
-            "sample's ts", file=file, line=line, field="uuid",
-        )
-    return timeline.slot_of_key[pos]
+    found &= described
+    slot = timeline.slot_of_key[pos] if len(timeline.slot_keys) else np.zeros(n, np.int64)
+    return slot, described, found
 
 
 def _split_shared(rows, samples, timeline, slot, dt, price, minute) -> Allocations:

@@ -115,13 +115,14 @@ class WithPlacement:
 def placement_source(node: str, socket_path: str, kubeconfig: str | None):
     """The kubelet pod-resources client and the API-server informers for ``node``."""
     from collectors.kubeapi import api_client_from_environment, node_informer, pod_informer
+    from collectors.kubehttp import ConfigError
     from collectors.kubelet.client import PodResourcesClient
     from collectors.owners import OwnerCache
     from collectors.placement import PlacementSource
 
     try:
         api = api_client_from_environment(kubeconfig)
-    except Exception as err:  # the kubernetes client's config errors have no common base
+    except ConfigError as err:
         raise InputError(f"cannot configure the Kubernetes API client: {err}", file=kubeconfig) from None
     return PlacementSource(
         node, PodResourcesClient(socket_path), pod_informer(api, node).start(),

@@ -15,6 +15,7 @@ from collectors.errors import describe
 from collectors.yamlfile import LocatedYaml
 
 CLASSES = ("training", "inference", "interactive", "other")
+AGENT_SECTION = "agent"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def load_config(path: str | Path | None) -> Config:
     known = {f.name for f in fields(Config)}
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key == AGENT_SECTION:
+            continue  # the agent's own settings: agent/agent_settings.py reads and checks them
         if key not in known:
             raise doc.error((key,), f"unknown setting; expected one of {', '.join(sorted(known))}")
         values[key] = _CHECKS[key](doc, (key,), value)

@@ -39,6 +39,9 @@ class PodInfo:
     workload_class: str
     workload_kind: str
     workload_name: str
+    # What makes two records of a pod the same version (uid, names, labels, owner): two
+    # versions that classify alike are still two ledger rows, in replay and in the agent.
+    version: tuple = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ class _Builder:
             self.pods.append(PodInfo(
                 uid=pod.uid, namespace=pod.namespace, name=pod.name,
                 team=team_of(pod, self.config), workload_class=workload_class_of(pod, self.config),
-                workload_kind=workload.kind, workload_name=workload.name,
+                workload_kind=workload.kind, workload_name=workload.name, version=key,
             ))
         return index
 

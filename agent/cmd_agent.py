@@ -1,0 +1,159 @@
+"""``gpuledger agent``: the command line of the node process (see :mod:`agent.daemon`).
+
+Wired into ``agent/cli.py`` by ``cmd_agent.register(sub)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from importlib.metadata import PackageNotFoundError, version
+
+from agent import agent_settings
+from collectors.errors import InputError
+
+log = logging.getLogger("gpuledger.agent")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``agent`` command to ``subparsers``."""
+    p = subparsers.add_parser(
+        "agent",
+        help="run the node agent: sample GPUs, attribute cost, serve /metrics, write the ledger",
+        description="The long-running node process (a DaemonSet on every GPU node): samples every GPU "
+        "through NVML, learns which pod holds which GPU from the kubelet and the API server, prices and "
+        "attributes every GPU-second as `gpuledger replay` does, serves per-team cost metrics on "
+        "/metrics (docs/metrics.md) with /healthz and /readyz, and writes minute ledger rollups. "
+        "With --dry-run --trace FILE it runs the same process on a recorded trace: no GPU, no cluster. "
+        "Every flag can also be set in the environment or in the --config file's `agent:` section "
+        "(docs/agent.md). SIGTERM writes the minute in progress and exits.",
+    )
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML: team and workload-class rules (docs/configuration.md) and an `agent:` "
+                   "section with any of the settings below. Env GPULEDGER_CONFIG.")
+    agent_settings.add_flags(p)
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.config import load_config
+
+    config_path = args.config or os.environ.get("GPULEDGER_CONFIG") or None
+    settings = agent_settings.resolve(args, config_path=config_path)
+    logging.basicConfig(level=settings["log_level"].upper(), format="gpuledger: %(levelname)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    config = load_config(config_path)
+    agent = build(settings, config)
+    host, port = settings["listen"]
+    from agent.daemon import http_server
+
+    try:
+        server = http_server(agent, host, port)
+    except OSError as err:
+        agent.source.close()
+        raise InputError(f"cannot listen on {host}:{port}: {err.strerror}", field="--listen") from None
+    _on_signals(agent.stop)
+    log.info("%s agent for %s: /metrics on %s:%d, ledger in %s", agent.mode, settings["node"], host,
+             server.server_address[1], settings["ledger_dir"])
+    agent.run(server)
+    log.info("stopped: %d samples attributed, %d ledger minutes written", agent.metrics.samples,
+             agent.book.minutes_written)
+    return 0
+
+
+def build(settings: dict, config):
+    """The agent with its sources and prices; InputError for anything the user must fix."""
+    from agent.daemon import Agent
+    from collectors.faults import FAULTS
+    from collectors.pricing.cache import PriceCache
+    from collectors.pricing.chain import PriceChain
+    from collectors.pricing.ratecard import load_rate_card
+
+    card = load_rate_card(settings["rates"]) if settings["rates"] else None
+    aws = gcp = None
+    if settings["aws"] or settings["gcp"]:
+        aws, gcp = _cloud_sources(settings)
+    chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]))
+    refresh = chain.cache.refresh_expired if (aws or gcp) else None
+    mode = "dry-run" if settings["dry_run"] else "live"
+    if settings["dry_run"]:
+        from agent.rollups import RollupBook
+        from agent.tracesource import TraceSource
+
+        resume = RollupBook(settings["ledger_dir"], chain.currency).restore()
+        start = _resume_point(resume)
+        source = TraceSource(settings["trace"], speed=settings["speed"], start_at=start)
+        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, _version(),
+                     refresh_prices=refresh)
+    source, placement = _live_source(settings)
+    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, _version(),
+                 needs_placement=placement, refresh_prices=refresh)
+
+
+def _live_source(settings: dict):
+    from pathlib import Path
+
+    from agent.cmd_record import WithPlacement, placement_source
+    from collectors.nvml import NvmlCollector
+    from collectors.procfs import PodResolver
+
+    node = settings["node"]
+    resolver = PodResolver(settings["proc_root"]) if settings["processes"] == "on" else None
+    collector = NvmlCollector(node, resolver=resolver)
+    wanted = settings["kubernetes"]
+    if wanted == "on" or (wanted == "auto" and Path(settings["kubelet_socket"]).exists()):
+        return WithPlacement(collector, placement_source(node, settings["kubelet_socket"], settings["kubeconfig"])), True
+    if wanted == "auto":
+        log.warning("no kubelet pod-resources socket at %s: attributing GPUs without pods (all unallocated)",
+                    settings["kubelet_socket"])
+    return collector, False
+
+
+def _cloud_sources(settings: dict):
+    import importlib.util
+
+    for flag, module, package in (("aws", "boto3", "boto3"), ("gcp", "google.cloud.billing_v1", "google-cloud-billing")):
+        if settings[flag]:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                raise InputError(f"--{flag} needs the {package} package (pip install 'gpuledger[cloud]')",
+                                 field=f"--{flag}")
+    from collectors.pricing.aws import AwsPrices
+    from collectors.pricing.gcp import GcpPrices
+
+    return (AwsPrices() if settings["aws"] else None), (GcpPrices() if settings["gcp"] else None)
+
+
+def _resume_point(resume) -> float | None:
+    """Where a restarted dry-run picks the trace up: the earliest point any node stopped."""
+    points = []
+    for r in resume.values():
+        through = [p for p in (r.minutes_through + 60 if r.minutes_through is not None else None,
+                               r.samples_through) if p is not None]
+        if through:
+            points.append(max(through))
+    return min(points) - 120.0 if points else None
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum, _frame) -> None:
+        log.info("%s: writing the ledger and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _version() -> str:
+    try:
+        return version("gpuledger")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,269 @@
+"""``gpuledger agent``: the node process, live or on a recorded trace.
+
+Four jobs on an APScheduler scheduler — sample (every ``--interval``), flush the minute
+ledger (every minute), refresh prices (every ``--price-refresh``), the weekly report (a
+cron schedule, when ``--report-out`` is set) — and an HTTP server for ``/metrics``,
+``/healthz`` and ``/readyz``. Sampling, flushing and price refreshes run one at a time
+on one worker thread, so the meter, the ledger book and the metrics never see two
+writers; the report runs in its own worker, in a child process, so pandas never enters
+the agent's memory.
+
+The accounting is :class:`~agent.metering.Meter`, the same attribution replay runs;
+only the source of records differs (NVML + Kubernetes, or :class:`TraceSource`).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.config import Config
+from agent.exporter import AgentMetrics
+from agent.metering import Meter
+from agent.rollups import RollupBook
+from collectors.faults import FaultCounter
+from collectors.records import PodsRecord, Record
+from collectors.sources import RecordSource
+
+log = logging.getLogger("gpuledger.agent")
+COLLECTOR = "agent"
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz answer from."""
+
+    started: float
+    last_cycle: float | None = None  # wall time of the last cycle that attributed samples
+    placement_seen: bool = False
+    needs_placement: bool = False
+    ready_within_s: float = 10.0
+
+    def ready(self, now: float) -> tuple[bool, str]:
+        if self.last_cycle is None:
+            return False, "no samples attributed yet"
+        if now - self.last_cycle > self.ready_within_s:
+            return False, f"no samples attributed for {now - self.last_cycle:.0f} s"
+        if self.needs_placement and not self.placement_seen:
+            return False, "no answer from the kubelet and the API server yet"
+        return True, "ok"
+
+
+class Agent:
+    """The agent's state and jobs; :meth:`run` wires them to a scheduler and a server."""
+
+    def __init__(self, settings: dict[str, Any], config: Config, pricer: Any, source: RecordSource,
+                 default_interval: float, faults: FaultCounter, mode: str, version: str,
+                 trace_clock: Callable[[], float] | None = None, needs_placement: bool = False,
+                 refresh_prices: Callable[[], int] | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.default_interval = default_interval
+        self.faults = faults
+        self.mode = mode
+        self.book = RollupBook(settings["ledger_dir"], pricer.currency)
+        resume = self.book.restore()
+        if resume:
+            log.info("resuming after the ledger in %s: %s", settings["ledger_dir"],
+                     ", ".join(f"{n} through {r.minutes_through}" for n, r in sorted(resume.items())))
+        self.resume = resume
+        self.meter = Meter(pricer, config, resume=resume)
+        self._refresh = refresh_prices
+        self.prices_at = time.time()
+        self.metrics = AgentMetrics(pricer.currency, mode, version, faults,
+                                    price_age=lambda: time.time() - self.prices_at)
+        self.health = Health(time.time(), needs_placement=needs_placement,
+                             ready_within_s=max(10.0, 5 * settings["interval"]))
+        self._trace_clock = trace_clock
+        self._lock = threading.Lock()
+        self._finished = False
+        self.stop = threading.Event()
+
+    # ------------------------------------------------------------------ jobs
+
+    def sample(self) -> None:
+        """Poll the source, attribute, count, and keep the rows for the ledger."""
+        with self._lock:
+            try:
+                records = self.source.poll(time.time())
+            except Exception as err:  # noqa: BLE001 - a source must not raise; if one does, count it
+                self.faults.record(COLLECTOR, "source_failed", f"{type(err).__name__}: {err}")
+                return
+            self._take(records)
+            if self.mode == "dry-run" and getattr(self.source, "exhausted", False) and not self._finished:
+                self._finish_trace()
+
+    def _take(self, records: list[Record]) -> None:
+        if any(isinstance(r, PodsRecord) for r in records):
+            self.health.placement_seen = True
+        try:
+            cycle = self.meter.process(records, self.default_interval)
+        except Exception as err:  # noqa: BLE001 - bad records from a source are counted, never fatal
+            self.faults.record(COLLECTOR, "attribution_failed", str(err))
+            return
+        for reason, count in (("sample_undescribed", cycle.dropped_undescribed),
+                              ("sample_late", cycle.dropped_late)):
+            for _ in range(count):
+                self.faults.record(COLLECTOR, reason, _DROPPED[reason])
+        if cycle.dropped_resumed:
+            log.debug("skipped %d samples already in the ledger", cycle.dropped_resumed)
+        dropped = self.book.add(cycle.rows)
+        for _ in range(dropped):
+            self.faults.record(COLLECTOR, "row_too_late_for_ledger", "a row for an hour already written and let go")
+        self.metrics.add_cycle(cycle)
+        if cycle.samples:
+            self.health.last_cycle = time.time()
+
+    def flush(self) -> None:
+        """Write the minutes that have closed."""
+        with self._lock:
+            newest = self.metrics.last_sample_ts
+            if newest is None:
+                return
+            self._write(lambda: self.book.flush(newest - 2 * self.default_interval))
+
+    def _write(self, action: Callable[[], int]) -> None:
+        try:
+            action()
+        except OSError as err:
+            self.faults.record(COLLECTOR, "ledger_write_failed", f"{err}")
+        self.metrics.ledger_writes = self.book.files_written
+        self.metrics.ledger_through = self.book.written_through
+
+    def _finish_trace(self) -> None:
+        self._finished = True
+        self.metrics.settle()
+        if self.metrics.last_sample_ts is not None:
+            self._write(lambda: self.book.flush_all(self.metrics.last_sample_ts))  # type: ignore[arg-type]
+        log.info("the trace has ended: %d samples attributed; %s", self.metrics.samples,
+                 "stopping" if self.settings["exit_at_end"] else "serving the final figures until stopped")
+        if self.settings["exit_at_end"]:
+            self.stop.set()
+
+    def refresh_prices(self) -> None:
+        """Fetch expired prices again and have the next cycle use them."""
+        with self._lock:
+            if self._refresh is not None:
+                failed = self._refresh()
+                if failed:
+                    log.debug("%d price lookups failed; the cached or snapshot prices stay in use", failed)
+            self.prices_at = time.time()
+            self.meter.invalidate_prices()
+
+    def report(self) -> None:
+        """Write the weekly report from this node's ledger, in a child process."""
+        out = Path(self.settings["report_out"]) / datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        command = [sys.executable, "-m", "agent.cli", "report", "--ledger", self.settings["ledger_dir"],
+                   "--since", "7d", "--out", str(out)]
+        if self.settings["rates"]:
+            command += ["--rates", self.settings["rates"]]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            self.faults.record(COLLECTOR, "report_failed", (done.stderr or done.stdout).strip().splitlines()[-1:][0]
+                               if (done.stderr or done.stdout).strip() else f"exit {done.returncode}")
+        else:
+            log.info("weekly report written to %s", out)
+
+    def shutdown(self) -> None:
+        """Last cycle, then every row to disk, the minute in progress included."""
+        with self._lock:
+            if not self._finished:
+                try:
+                    self._take(self.source.poll(time.time()) if self.mode == "live" else [])
+                except Exception as err:  # noqa: BLE001
+                    self.faults.record(COLLECTOR, "source_failed", f"{type(err).__name__}: {err}")
+                self.metrics.settle()
+                if self.metrics.last_sample_ts is not None:
+                    self._write(lambda: self.book.flush_all(self.metrics.last_sample_ts))  # type: ignore[arg-type]
+            try:
+                self.source.close()
+            except Exception as err:  # noqa: BLE001
+                self.faults.record(COLLECTOR, "close_failed", str(err))
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, server: ThreadingHTTPServer) -> None:
+        """Start the jobs and serve until :attr:`stop` is set; then flush and return."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.cron import CronTrigger
+
+        s = self.settings
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1), "report": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+        flush_every = 60.0 / s["speed"] if self.mode == "dry-run" else 60.0
+        scheduler.add_job(self.sample, "interval", seconds=s["interval"], id="sample", next_run_time=datetime.now(timezone.utc))
+        scheduler.add_job(self.flush, "interval", seconds=max(0.2, min(60.0, flush_every)), id="flush")
+        scheduler.add_job(self.refresh_prices, "interval", seconds=s["price_refresh"], id="prices")
+        if s["report_out"]:
+            scheduler.add_job(self.report, CronTrigger.from_crontab(s["report_schedule"], timezone=s["report_timezone"]),
+                              id="report", executor="report")
+        thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+        thread.start()
+        scheduler.start()
+        try:
+            while not self.stop.wait(0.5):
+                pass
+        finally:
+            scheduler.shutdown(wait=True)
+            self.shutdown()
+            server.shutdown()
+            server.server_close()
+
+
+_DROPPED = {
+    "sample_undescribed": "a sample of a device no devices record lists yet; dropped",
+    "sample_late": "a sample older than the meter's horizon; dropped",
+}
+
+
+def http_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
+    """The server for /metrics, /healthz and /readyz (OSError when the address is taken)."""
+    from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+    from prometheus_client.exposition import choose_encoder
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(agent.metrics)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._reply(200, encoder(registry), content_type)
+            elif path == "/healthz":
+                self._reply(200, b"ok\n")
+            elif path == "/readyz":
+                ok, why = agent.health.ready(time.time())
+                self._reply(200 if ok else 503, (why + "\n").encode())
+            else:
+                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            log.debug("http: " + format, *args)
+
+    return _Server((host, port), Handler)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a scrape in flight never holds up shutdown

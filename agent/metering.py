@@ -1,0 +1,237 @@
+"""The agent's accounting core: each cycle's records in, attributed GPU-seconds out.
+
+Replay attributes a whole trace at once. The agent receives a handful of records a
+second, so :class:`Meter` keeps just enough of the past (the state records that can
+still matter) to attribute each cycle's samples with the very functions replay uses:
+:func:`~agent.timeline.build_timeline`, :func:`~agent.attribution.attribute` and
+:func:`~agent.ledger.rollup`. Nothing here does I/O; the daemon feeds it and hands its
+output to the exporter and the minute ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from agent.attribution import MINUTE, attribute, locate_slots
+from agent.config import Config
+from agent.ledger import rollup
+from agent.timeline import PodInfo, SlotInfo, Timeline, build_timeline
+from collectors.pricing.ratecard import Pricer
+from collectors.records import Meta, Record, Sample
+from collectors.samples import Interners, SampleColumns
+
+# Sums of a ledger row, in this order (the ledger's names, docs/ledger.md).
+SUMS = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_seconds",
+        "util_unknown_gpu_seconds", "active_gpu_seconds", "cost", "idle_cost", "unallocated_cost")
+_LEDGER_SUMS = ("allocated", "unallocated", "used", "util_unknown", "active", "cost", "idle_cost",
+                "unallocated_cost")
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """A ledger row's identity: one minute of one device for one pod version (or nobody)."""
+
+    minute: int
+    node: str
+    uuid: str
+    pod: PodInfo | None
+
+
+@dataclass
+class Row:
+    """One cycle's contribution to a ledger row."""
+
+    key: RowKey
+    slot: SlotInfo
+    sums: tuple[float, ...]  # in the order of SUMS
+    mem_max: float  # NaN when unknown
+    samples: int
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The newest sample of a device, with who held it: what the device gauges show."""
+
+    slot: SlotInfo
+    ts: float
+    util: float | None  # percent
+    mem_used_bytes: float | None
+    holder: PodInfo | None  # the only holder; None when unallocated or shared
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a node's ledger files already hold (after a restart): every minute up to
+    ``minutes_through``, and every sample up to ``samples_through`` (set when the agent
+    stopped mid-minute and wrote that minute's part)."""
+
+    minutes_through: int | None
+    samples_through: float | None = None
+
+    def holds(self, minute: int, ts: float) -> bool:
+        return ((self.minutes_through is not None and minute <= self.minutes_through)
+                or (self.samples_through is not None and ts <= self.samples_through))
+
+
+@dataclass
+class Cycle:
+    """What one cycle attributed."""
+
+    rows: list[Row] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    samples: int = 0
+    dropped_resumed: int = 0  # already in the ledger before a restart
+    dropped_undescribed: int = 0  # no devices record (yet) lists the sample's device
+    dropped_late: int = 0  # older than what the meter still remembers
+    newest_ts: float | None = None
+
+
+class Meter:
+    """Attributes records cycle by cycle, exactly as replay would attribute them at once.
+
+    ``horizon_s``: how far behind the newest sample a sample may arrive and still be
+    attributed with the state records in effect at its time; older ones are dropped and
+    counted. ``resume``: node -> what its ledger files already hold (after a restart);
+    those samples are skipped so none is counted twice.
+    """
+
+    def __init__(self, pricer: Pricer, config: Config, horizon_s: float = 300.0,
+                 resume: Mapping[str, Resume] | None = None) -> None:
+        self.pricer = pricer
+        self.config = config
+        self.horizon_s = horizon_s
+        self.resume = dict(resume or {})
+        self.interners = Interners()
+        self._states: dict[tuple[str, str], list[tuple[float, int, Record]]] = {}
+        self._seq = 0
+        self._timeline: Timeline | None = None
+        self._newest = -math.inf
+
+    @property
+    def timeline(self) -> Timeline | None:
+        return self._timeline
+
+    def invalidate_prices(self) -> None:
+        """Rebuild the timeline on the next cycle, so refreshed prices are used."""
+        self._timeline = None
+
+    def process(self, records: Iterable[Record], default_interval: float) -> Cycle:
+        """Take one cycle's records: remember the state records, attribute the samples."""
+        samples: list[Sample] = []
+        for record in records:
+            if isinstance(record, Sample):
+                samples.append(record)
+            else:
+                self._remember(record)
+        cycle = Cycle()
+        if not samples:
+            return cycle
+        limit = self._newest - self.horizon_s  # behind what was seen before this cycle
+        self._newest = max(self._newest, max(s.ts for s in samples))
+        cycle.newest_ts = self._newest
+        samples = self._drop_known(samples, default_interval, cycle, limit)
+        if not samples:
+            return cycle
+        self._forget_before(min(limit, min(s.ts for s in samples)))
+        timeline = self._current_timeline()
+        columns = SampleColumns.from_samples(samples, self.interners, default_interval)
+        slot, ok = locate_slots(columns, timeline)
+        if not ok.all():
+            cycle.dropped_undescribed = int((~ok).sum())
+            samples = [s for s, keep in zip(samples, ok) if keep]
+            columns = SampleColumns.from_samples(samples, self.interners, default_interval)
+            slot = slot[ok]
+        if not samples:
+            return cycle
+        cycle.samples = len(samples)
+        cycle.rows = _rows(rollup(attribute(columns, timeline), timeline), timeline)
+        cycle.readings = _readings(samples, slot, timeline)
+        return cycle
+
+    # ------------------------------------------------------------------ state records
+
+    def _remember(self, record: Record) -> None:
+        if isinstance(record, Meta):
+            return
+        key = (record.node, type(record).__name__)
+        history = self._states.setdefault(key, [])
+        history.append((record.ts, self._seq, record))
+        self._seq += 1
+        if len(history) > 1 and history[-2][0] > record.ts:
+            history.sort(key=lambda e: (e[0], e[1]))
+        self._timeline = None
+
+    def _forget_before(self, horizon: float) -> None:
+        """Keep, per node and kind, the records after ``horizon`` and the one in effect at it."""
+        for key, history in self._states.items():
+            first_kept = 0
+            for i, (ts, _, _) in enumerate(history):
+                if ts <= horizon:
+                    first_kept = i
+            if first_kept:
+                del history[:first_kept]
+                self._timeline = None
+
+    def _current_timeline(self) -> Timeline:
+        if self._timeline is None:
+            states = [((0, seq), record) for history in self._states.values() for _, seq, record in history]
+            self._timeline = build_timeline(states, self.interners, self.pricer, self.config,
+                                            lambda where: ("agent", where[1]))
+        return self._timeline
+
+    def _drop_known(self, samples: list[Sample], default_interval: float, cycle: Cycle,
+                    limit: float) -> list[Sample]:
+        """Drop samples already in the ledger (a restart) or older than ``limit``."""
+        kept = []
+        for s in samples:
+            if s.ts < limit:
+                cycle.dropped_late += 1
+                continue
+            done = self.resume.get(s.node)
+            if done is not None and done.holds(minute_of(s, default_interval), s.ts):
+                cycle.dropped_resumed += 1
+                continue
+            kept.append(s)
+        return kept
+
+
+def minute_of(sample: Sample, default_interval: float) -> int:
+    """The minute a sample counts in: the one holding its interval's midpoint (as replay)."""
+    interval = default_interval if sample.interval_s is None else sample.interval_s
+    return int(math.floor((sample.ts - interval / 2) / MINUTE) * MINUTE)
+
+
+def _rows(ledger, timeline: Timeline) -> list[Row]:
+    sums = np.column_stack([getattr(ledger, k) for k in _LEDGER_SUMS]) if len(ledger) else None
+    rows = []
+    for i in range(len(ledger)):
+        slot = timeline.slots[int(ledger.slot[i])]
+        holder = int(ledger.holder[i])
+        pod = timeline.pods[holder] if holder >= 0 else None
+        rows.append(Row(
+            key=RowKey(int(ledger.minute[i]), slot.node, slot.uuid, pod), slot=slot,
+            sums=tuple(float(v) for v in sums[i]), mem_max=float(ledger.mem_max[i]),
+            samples=int(ledger.samples[i]),
+        ))
+    return rows
+
+
+def _readings(samples: list[Sample], slot: np.ndarray, timeline: Timeline) -> list[Reading]:
+    newest: dict[tuple[str, str], int] = {}
+    for i, s in enumerate(samples):
+        key = (s.node, s.uuid)
+        j = newest.get(key)
+        if j is None or samples[j].ts <= s.ts:
+            newest[key] = i
+    out = []
+    for i in newest.values():
+        s = samples[i]
+        k = int(slot[i])
+        holder = int(timeline.holder[k]) if timeline.n_holders[k] == 1 else -1
+        out.append(Reading(timeline.slots[k], s.ts, s.util, s.mem_used_bytes,
+                           timeline.pods[holder] if holder >= 0 else None))
+    return out

@@ -1,0 +1,264 @@
+"""Ledger rollups on the node's disk, written minute by minute so a restart loses nothing.
+
+The agent keeps the rows of the minutes in progress in memory and, once a minute has
+closed, writes it into its node's file for that hour:
+``DIR/<node>/<YYYY-MM-DD>/<HH>.jsonl.gz``. A file is always rewritten whole (a temporary
+file, fsync, rename), so it holds every closed minute of its hour or is the previous
+version: a kill at any moment leaves whole minutes. On shutdown the minute in progress is
+written too, and the header says up to which sample time it holds. On start,
+:meth:`RollupBook.restore` reads the newest files back and reports, per node, what is
+already on disk; the meter skips those samples, so none is counted twice, and rows of a
+minute finished after the restart are added to the rows written before it.
+
+The format is JSON Lines, not Parquet, so the agent never loads Arrow or pandas (its
+memory matters on every GPU node): a header line, then one object per ledger row with
+exactly the columns of ``docs/ledger.md`` (``minute`` in Unix seconds). The weekly
+report reads these files as it reads ``ledger.parquet``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.ledger import LEDGER_VERSION
+from agent.metering import SUMS, Resume, Row, RowKey
+from agent.timeline import SlotInfo
+from collectors.atomicfile import AtomicFile
+
+HOUR = 3600
+SUFFIX = ".jsonl.gz"
+HEADER_KEY = "gpuledger_ledger"  # the header line's marker: {"gpuledger_ledger": "1", ...}
+
+
+@dataclass
+class _Acc:
+    slot: SlotInfo
+    sums: list[float]
+    mem_max: float
+    samples: int
+
+
+@dataclass
+class _Hour:
+    """One node's hour: rows read back from disk, rows accumulated, minutes written."""
+
+    restored: list[dict[str, Any]] = field(default_factory=list)
+    rows: dict[RowKey, _Acc] = field(default_factory=dict)
+    written: set[int] = field(default_factory=set)
+    dirty: bool = False
+
+
+class RollupBook:
+    """Accumulates ledger rows and writes closed minutes to hourly files.
+
+    ``keep_s``: how long after an hour ends its rows stay in memory, so a late sample
+    (the meter accepts samples up to its horizon behind) still lands in the file.
+    """
+
+    def __init__(self, directory: str | Path, currency: str, keep_s: float = 600.0) -> None:
+        self.directory = Path(directory)
+        self.currency = currency
+        self.keep_s = keep_s
+        self._hours: dict[tuple[str, int], _Hour] = {}
+        self.minutes_written = 0
+        self.files_written = 0
+        self._released_before = -math.inf  # hours before this were written and let go
+        self._watermark = -math.inf  # minutes ending by this are closed
+        self.written_through: float | None = None  # end of the newest closed minute on disk
+
+    # ------------------------------------------------------------------ restart
+
+    def restore(self) -> dict[str, Resume]:
+        """Read each node's newest hour files back; node -> what they already hold."""
+        found: dict[str, Resume] = {}
+        if not self.directory.is_dir():
+            return found
+        for node_dir in sorted(p for p in self.directory.iterdir() if p.is_dir()):
+            minutes: list[int] = []
+            samples: list[float] = []
+            for path in sorted(node_dir.glob(f"*/*{SUFFIX}"))[-2:]:  # late rows may go to either
+                header, rows = read_rollup(path)
+                entry = self._hours.setdefault((node_dir.name, int(header["hour"])), _Hour())
+                entry.restored = rows
+                entry.written = {int(r["minute"]) for r in rows}
+                if header.get("minutes_through") is not None:
+                    minutes.append(int(header["minutes_through"]))
+                if header.get("samples_through") is not None:
+                    samples.append(float(header["samples_through"]))
+            if minutes or samples:
+                found[node_dir.name] = Resume(max(minutes, default=None), max(samples, default=None))
+        return found
+
+    # ------------------------------------------------------------------ accumulating
+
+    def add(self, rows: list[Row]) -> int:
+        """Add a cycle's rows; returns how many fell in hours already let go (dropped)."""
+        dropped = 0
+        for row in rows:
+            key = row.key
+            hour = key.minute - key.minute % HOUR
+            entry = self._hours.get((key.node, hour))
+            if entry is None:
+                if self._let_go(hour):
+                    dropped += 1
+                    continue
+                entry = self._hours[(key.node, hour)] = _Hour()
+            acc = entry.rows.get(key)
+            if acc is None:
+                entry.rows[key] = _Acc(row.slot, list(row.sums), row.mem_max, row.samples)
+            else:
+                acc.slot = row.slot
+                acc.sums = [a + b for a, b in zip(acc.sums, row.sums)]
+                acc.mem_max = _fmax(acc.mem_max, row.mem_max)
+                acc.samples += row.samples
+            if key.minute in entry.written:
+                entry.dirty = True  # a late row for a minute already on disk
+        return dropped
+
+    def _let_go(self, hour: int) -> bool:
+        return hour < self._released_before
+
+    # ------------------------------------------------------------------ writing
+
+    def flush(self, watermark: float) -> int:
+        """Write every hour with minutes that closed (minute end <= ``watermark``) and
+        are not on disk yet, or with late rows; returns the minutes newly written."""
+        self._watermark = max(self._watermark, watermark)
+        return self._flush(watermark, None)
+
+    def flush_all(self, samples_through: float) -> int:
+        """Write everything, the minute in progress too: on shutdown, it is all we saw.
+        ``samples_through``: the newest sample time attributed, recorded in the headers."""
+        return self._flush(math.inf, samples_through)
+
+    def _flush(self, watermark: float, samples_through: float | None) -> int:
+        new_minutes = 0
+        for (node, hour), entry in sorted(self._hours.items()):
+            closed = {k.minute for k in entry.rows if k.minute + 60 <= watermark}
+            fresh = closed - entry.written
+            if not fresh and not entry.dirty:
+                continue
+            done = closed | entry.written
+            through = max((m for m in done if m + 60 <= self._watermark), default=None)
+            self._write(node, hour, entry, done, through, samples_through)
+            if through is not None:
+                self.written_through = max(self.written_through or through + 60, through + 60)
+            new_minutes += len(fresh)
+            entry.written = done
+            entry.dirty = False
+        self.minutes_written += new_minutes
+        self._release(self._watermark)
+        return new_minutes
+
+    def _release(self, watermark: float) -> None:
+        """Forget hours that ended more than ``keep_s`` before the watermark."""
+        for key in [k for k in self._hours if k[1] + HOUR + self.keep_s <= watermark]:
+            entry = self._hours[key]
+            if any(m not in entry.written for m in {r.minute for r in entry.rows}):
+                continue  # not all on disk yet
+            del self._hours[key]
+            self._released_before = max(self._released_before, key[1] + HOUR)
+
+    def _write(self, node: str, hour: int, entry: _Hour, minutes: set[int], minutes_through: int | None,
+               samples_through: float | None) -> None:
+        new = [row_dict(k, a) for k, a in entry.rows.items() if k.minute in minutes]
+        rows = _merged(entry.restored, new)
+        rows.sort(key=_order)
+        header = {HEADER_KEY: LEDGER_VERSION, "currency": self.currency, "node": node, "hour": hour,
+                  "minutes_through": minutes_through, "samples_through": samples_through}
+        lines = [json.dumps(header)] + [json.dumps(r, allow_nan=False) for r in rows]
+        data = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+        path = rollup_path(self.directory, node, hour)
+        atomic = AtomicFile(path)
+        try:
+            with open(atomic.tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            atomic.commit()
+        except BaseException:
+            atomic.discard()
+            raise
+        self.files_written += 1
+
+
+def rollup_path(directory: Path, node: str, hour: int) -> Path:
+    stamp = time.gmtime(hour)
+    return directory / node / time.strftime("%Y-%m-%d", stamp) / f"{stamp.tm_hour:02d}{SUFFIX}"
+
+
+def row_dict(key: RowKey, acc: _Acc) -> dict[str, Any]:
+    """A ledger row with the columns of docs/ledger.md (NaN memory becomes null)."""
+    s, p = acc.slot, key.pod
+    row: dict[str, Any] = {
+        "minute": key.minute, "node": key.node, "device_uuid": key.uuid,
+        "parent_uuid": s.parent_uuid, "mig_profile": s.mig_profile, "gpu_model": s.model,
+        "gpu_memory_total_bytes": s.memory_total_bytes,
+        "pod_uid": p.uid if p else None, "namespace": p.namespace if p else None,
+        "pod": p.name if p else None, "team": p.team if p else None,
+        "workload_class": p.workload_class if p else None,
+        "workload_kind": p.workload_kind if p else None,
+        "workload_name": p.workload_name if p else None,
+        "instance_type": s.instance_type, "region": s.region, "zone": s.zone,
+        "capacity_type": s.capacity_type, "price_source": s.price_source,
+        "gpu_hourly_price": s.gpu_hourly_price,
+    }
+    row.update(zip(SUMS, acc.sums))
+    row["memory_used_max_bytes"] = None if math.isnan(acc.mem_max) else acc.mem_max
+    row["samples"] = acc.samples
+    return row
+
+
+def read_rollup(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and rows of one rollup file; ValueError when it is not one."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: empty, expected a gpuledger ledger rollup")
+    header = json.loads(lines[0])
+    if not isinstance(header, dict) or HEADER_KEY not in header:
+        raise ValueError(f"{path}: line 1: expected a header with {HEADER_KEY!r}")
+    return header, [json.loads(line) for line in lines[1:]]
+
+
+_IDENTITY = ("minute", "device_uuid", "pod_uid", "namespace", "pod", "team", "workload_class",
+             "workload_kind", "workload_name")
+
+
+def _merged(restored: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows written before a restart plus the rows since; a minute the agent stopped in
+    has rows on both sides, which add up (they hold different samples)."""
+    if not restored:
+        return new
+    by_identity = {tuple(r[k] for k in _IDENTITY): r for r in new}
+    out = list(new)
+    for old in restored:
+        row = by_identity.get(tuple(old[k] for k in _IDENTITY))
+        if row is None:
+            out.append(old)
+            continue
+        for k in SUMS + ("samples",):
+            row[k] += old[k]
+        mems = [m for m in (row["memory_used_max_bytes"], old["memory_used_max_bytes"]) if m is not None]
+        row["memory_used_max_bytes"] = max(mems) if mems else None
+    return out
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (row["minute"], row["device_uuid"], row["pod_uid"] or "", row["namespace"] or "",
+            row["pod"] or "", row["team"] or "", row["workload_class"] or "")
+
+
+def _fmax(a: float, b: float) -> float:
+    if math.isnan(a):
+        return b
+    if math.isnan(b):
+        return a
+    return max(a, b)
