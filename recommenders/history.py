@@ -1,4 +1,8 @@
-"""Ledger history as a DataFrame: the one place the recommenders read ``ledger.parquet``.
+"""Ledger history as a DataFrame: the one place the recommenders read ledger files.
+
+Two encodings hold the same columns (``docs/ledger.md``): ``ledger.parquet`` from
+``gpuledger replay`` and the agent's hourly rollups (``<dir>/<node>/<date>/<hour>.jsonl.gz``,
+a header line then one row per line). A path may be either file or a directory of them.
 
 Reading is the only I/O here, kept beside the analysis because what to read (which
 columns, from which minute) is decided by the analysis. Strings are read as categoricals
@@ -8,14 +12,18 @@ resolution (ten million rows) fits in a few hundred megabytes.
 
 from __future__ import annotations
 
+import gzip
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 STRINGS = ("node", "device_uuid", "parent_uuid", "mig_profile", "gpu_model", "pod_uid", "namespace", "team",
@@ -46,13 +54,41 @@ class History:
     first_minute: float
 
 
+ROLLUP_SUFFIX = ".jsonl.gz"
+ROLLUP_HEADER = "gpuledger_ledger"
+
+
+def ledger_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(Parquet files, rollup files) named by ``paths``; a directory gives all it holds."""
+    parquet: list[Path] = []
+    rollups: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            parquet += sorted(path.rglob("*.parquet"))
+            rollups += sorted(path.rglob(f"*{ROLLUP_SUFFIX}"))
+            if not parquet and not rollups:
+                raise LedgerError("no ledger files (*.parquet, *.jsonl.gz) in this directory", file=str(path))
+        elif path.name.endswith(ROLLUP_SUFFIX):
+            rollups.append(path)
+        else:
+            parquet.append(path)
+    return parquet, rollups
+
+
 def ledger_end(paths: Sequence[str | Path]) -> tuple[float, float]:
     """(first minute, end) over the files, where end is one minute after the last minute.
 
     Read from the Parquet row-group statistics when present (no data pages are read).
     """
     lo, hi = np.inf, -np.inf
-    for path in paths:
+    parquet, rollups = ledger_files(paths)
+    if rollups:
+        table = _rollup_table(tuple(rollups))
+        if table.num_rows:
+            mm = pc.min_max(table.column("minute").cast(pa.int64()))
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    for path in parquet:
         pf = _open(path)
         _check(pf, path, ["minute"])
         index = pf.schema_arrow.get_field_index("minute")
@@ -80,32 +116,43 @@ def load_history(paths: Sequence[str | Path], start: float, end: float) -> Histo
     """Rows with ``start <= minute < end`` from every file, strings as categoricals."""
     first, _ = ledger_end(paths)
     frames, currency = [], None
-    for path in paths:
+    parquet, rollups = ledger_files(paths)
+    sources: list[tuple[str, dict, Callable[[str], pa.ChunkedArray]]] = []
+    for path in parquet:
         pf = _open(path)
         _check(pf, path, list(COLUMNS))
-        cur = (pf.schema_arrow.metadata or {}).get(b"gpuledger.currency", b"").decode() or None
+        sources.append((str(path), pf.schema_arrow.metadata or {}, lambda name, path=path: _parquet_column(path, name)))
+    if rollups:
+        table = _rollup_table(tuple(rollups))
+        sources.append((str(rollups[0]), table.schema.metadata or {}, table.column))
+    for name, metadata, column in sources:
+        cur = metadata.get(b"gpuledger.currency", b"").decode() or None
         if currency and cur and cur != currency:
             raise LedgerError(f"currency {cur} differs from {currency} in an earlier ledger file",
-                              file=str(path), field="gpuledger.currency")
+                              file=name, field="gpuledger.currency")
         currency = currency or cur
-        frames.append(_read_frame(path, start, end))
+        frames.append(_frame(column, start, end))
     df = frames[0] if len(frames) == 1 else _concat(frames)
     pa.default_memory_pool().release_unused()  # give Arrow's freed read buffers back to the system
     return History(df, float(start), float(end), currency or "USD", first)
 
 
-def _read_frame(path: str | Path, start: float, end: float) -> pd.DataFrame:
-    """The ledger columns of one file as a DataFrame, converted one column at a time.
+def _parquet_column(path: Path, name: str) -> pa.ChunkedArray:
+    return pq.read_table(path, columns=[name], read_dictionary=[name] if name in STRINGS else None).column(name)
+
+
+def _frame(read: Callable[[str], pa.ChunkedArray], start: float, end: float) -> pd.DataFrame:
+    """The ledger columns of one source as a DataFrame, converted one column at a time.
 
     Converting column by column keeps the peak at the DataFrame plus one Arrow column,
     instead of the whole Arrow table beside the whole DataFrame.
     """
-    minute = _read(path, ["minute"]).column("minute").to_numpy()
+    minute = read("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
     keep = (minute >= int(start)) & (minute < int(end))
     everything = bool(keep.all())
     data: dict[str, object] = {"minute": minute if everything else minute[keep]}
     for name in COLUMNS[1:]:
-        column = pq.read_table(path, columns=[name], read_dictionary=[name] if name in STRINGS else None).column(name)
+        column = read(name)
         if name in STRINGS:
             series = column.to_pandas()
             if not isinstance(series.dtype, pd.CategoricalDtype):
@@ -115,6 +162,45 @@ def _read_frame(path: str | Path, start: float, end: float) -> pd.DataFrame:
         del column
         data[name] = series if everything else series[keep].reset_index(drop=True)
     return pd.DataFrame(data, copy=False)
+
+
+_ROLLUP_SCHEMA = pa.schema(
+    [("minute", pa.int64())] + [(c, pa.string()) for c in STRINGS]
+    + [(c, pa.float64()) for c in NUMBERS] + [("samples", pa.int64())]
+)
+
+
+@lru_cache(maxsize=4)
+def _rollup_table(paths: tuple[Path, ...]) -> pa.Table:
+    """Every row of the agent's rollup files as one table (minute as timestamp[s, UTC])."""
+    tables, currency = [], None
+    for path in paths:
+        try:
+            with gzip.open(path, "rb") as f:
+                header_line = f.readline()
+                body = f.read()
+            header = json.loads(header_line)
+        except (OSError, EOFError, ValueError) as err:
+            raise LedgerError(f"cannot read ledger rollup: {err}", file=str(path)) from None
+        if not isinstance(header, dict) or ROLLUP_HEADER not in header:
+            raise LedgerError(f"line 1: expected a header with {ROLLUP_HEADER!r}: is this a gpuledger "
+                              "ledger rollup?", file=str(path))
+        cur = header.get("currency")
+        if currency and cur != currency:
+            raise LedgerError(f"currency {cur} differs from {currency} in an earlier rollup", file=str(path),
+                              field="currency")
+        currency = cur
+        if not body.strip():
+            continue
+        try:
+            table = pajson.read_json(pa.BufferReader(body), parse_options=pajson.ParseOptions(
+                explicit_schema=_ROLLUP_SCHEMA, unexpected_field_behavior="ignore"))
+        except pa.ArrowInvalid as err:
+            raise LedgerError(f"cannot read ledger rollup: {err}", file=str(path)) from None
+        tables.append(table.select(_ROLLUP_SCHEMA.names))
+    table = pa.concat_tables(tables) if tables else _ROLLUP_SCHEMA.empty_table()
+    table = table.set_column(0, "minute", table.column("minute").cast(pa.timestamp("s", tz="UTC")))
+    return table.replace_schema_metadata({"gpuledger.currency": currency or "USD"})
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -137,7 +137,10 @@ def _workload_rows(stats: pd.DataFrame, column: str, top: int) -> list[dict[str,
         return []
     cols = [*KEY, "pods", "gpu_hours", "cost", "idle_cost", "util_p50", "util_p95", "memory_max_bytes",
             "gpu_memory_bytes", "active_share"]
-    part = stats.sort_values(column, ascending=False).head(top)[cols]
+    # ties (two workloads that cost the same) are broken by name, so the table does not
+    # depend on the order the ledger files were read in
+    order = [column, *KEY]
+    part = stats.sort_values(order, ascending=[False] + [True] * len(KEY), kind="stable").head(top)[cols]
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
             for r in part.to_dict("records") if r[column] > 0]
 

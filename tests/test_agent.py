@@ -31,13 +31,20 @@ def _headers(ledger: Path) -> list[dict]:
     return [read_rollup(p)[0] for p in sorted(ledger.rglob("*.jsonl.gz"))]
 
 
-def test_dry_run_writes_replays_ledger(small_trace, reference, tmp_path):
-    done = run_agent(small_trace, tmp_path / "ledger", *FAST, "--exit-at-end")
+@pytest.fixture(scope="module")
+def agent_ledger(small_trace, tmp_path_factory) -> Path:
+    """The ledger directory of one whole dry-run of the small trace."""
+    ledger = tmp_path_factory.mktemp("agent") / "ledger"
+    done = run_agent(small_trace, ledger, *FAST, "--exit-at-end")
     assert done.returncode == 0, done.stderr
-    rows = rollup_rows(tmp_path / "ledger")
+    return ledger
+
+
+def test_dry_run_writes_replays_ledger(agent_ledger, reference):
+    rows = rollup_rows(agent_ledger)
     assert_same_ledger(keyed(rows), reference["rows"])
     # one file per node and hour, named for them
-    files = sorted(p.relative_to(tmp_path / "ledger").as_posix() for p in (tmp_path / "ledger").rglob("*.gz"))
+    files = sorted(p.relative_to(agent_ledger).as_posix() for p in agent_ledger.rglob("*.gz"))
     assert files == [f"gpu-node-000{n}/2025-11-25/{h}.jsonl.gz" for n in range(1, 5) for h in ("05", "06")]
     totals = reference["summary"]["totals"]
     for column in ("allocated_gpu_seconds", "unallocated_gpu_seconds", "cost", "unallocated_cost"):
@@ -191,3 +198,23 @@ def test_a_taken_port_is_a_clear_error(small_trace, tmp_path):
             capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 2
     assert f"field '--listen': cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_weekly_report_from_the_agents_ledger_is_replays(agent_ledger, small_trace, tmp_path):
+    """`report --ledger DIR` on the agent's rollups gives the report of replay's ledger.parquet."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+
+    def cli(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                              timeout=120, cwd=root)
+        assert done.returncode == 0, done.stderr
+
+    cli("replay", str(small_trace), "--out", str(tmp_path / "replay"))
+    cli("report", "--ledger", str(agent_ledger), "--out", str(tmp_path / "from-agent"))
+    cli("report", "--ledger", str(tmp_path / "replay" / "ledger.parquet"), "--out", str(tmp_path / "from-replay"))
+    for name in ("report.md", "recommendations.json", "report.html"):
+        assert (tmp_path / "from-agent" / name).read_text() == (tmp_path / "from-replay" / name).read_text(), name
+    focus = [sorted((tmp_path / d / "focus.csv").read_text().splitlines()) for d in ("from-agent", "from-replay")]
+    assert focus[0] == focus[1] and len(focus[0]) > 1
