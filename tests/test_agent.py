@@ -218,3 +218,27 @@ def test_weekly_report_from_the_agents_ledger_is_replays(agent_ledger, small_tra
         assert (tmp_path / "from-agent" / name).read_text() == (tmp_path / "from-replay" / name).read_text(), name
     focus = [sorted((tmp_path / d / "focus.csv").read_text().splitlines()) for d in ("from-agent", "from-replay")]
     assert focus[0] == focus[1] and len(focus[0]) > 1
+
+
+def test_the_report_job_writes_the_weekly_report_from_the_ledger(agent_ledger, small_trace, tmp_path):
+    """The scheduled job, run once by hand: the child process writes the five files."""
+    import argparse
+
+    from agent import agent_settings
+    from agent.cmd_agent import build
+    from agent.config import Config
+
+    args = argparse.Namespace(**{s.name: None for s in agent_settings.SETTINGS})
+    settings = agent_settings.resolve(args, {
+        "GPULEDGER_DRY_RUN": "true", "GPULEDGER_TRACE": str(small_trace),
+        "GPULEDGER_LEDGER_DIR": str(agent_ledger), "GPULEDGER_REPORT_OUT": str(tmp_path / "reports")})
+    agent = build(settings, Config())
+    try:
+        agent.report()
+    finally:
+        agent.source.close()
+    (day,) = list((tmp_path / "reports").iterdir())
+    assert sorted(p.name for p in day.iterdir()) == sorted(
+        ["report.md", "report.html", "recommendations.json", "recommendations.csv", "focus.csv"])
+    assert not agent.faults.count("agent", "report_failed")
+
