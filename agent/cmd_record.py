@@ -79,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     collector = NvmlCollector(node, resolver=PodResolver(args.proc_root))
     source = collector
     if args.kubernetes == "on" or (args.kubernetes == "auto" and Path(args.kubelet_socket).exists()):
-        source = WithPlacement(collector, placement_source(node, args.kubelet_socket, args.kubeconfig))
+        try:
+            source = WithPlacement(collector, placement_source(node, args.kubelet_socket, args.kubeconfig))
+        except InputError:
+            collector.close()
+            raise
     stats = record(out, [source], args.interval, args.duration)
     print(f"wrote {stats.path}: {stats.samples:,} samples in {stats.polls} polls over "
           f"{stats.seconds:.1f} s (stopped by {stats.stopped_by})")

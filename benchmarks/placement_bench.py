@@ -15,6 +15,14 @@ Memory: RSS (``/proc/self/statm``) and tracemalloc's traced bytes after a warm-u
 1,000 events and at the end; tracemalloc runs in a second pass so it does not slow the
 timing pass.
 
+Then the same events through the wire, as in a pod: a child process (this script with
+``--serve``) serves them as one chunked HTTPS watch stream, and the informer reads them
+through the agent's client (:mod:`collectors.kubehttp`) built as in a pod, from a
+service account directory with a token and the CA; timed is this process's CPU per
+event (TLS, chunk reading, line splitting, decode, slim, apply), not the server's.
+Printed first: the RSS of this process after importing the placement stack and
+building that client, and whether any ``kubernetes`` module was imported.
+
     PYTHONPATH=. .venv/bin/python benchmarks/placement_bench.py [--events 100000]
 """
 
@@ -27,12 +35,17 @@ import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
+from pathlib import Path
 
 from collectors.faults import FaultCounter
-from collectors.kubeapi import Informer, slim_pod
+from collectors.kubeapi import Informer, WatchSettings, slim_pod
+from collectors.kubehttp import KubeClient
 from collectors.kubelet.resources import ContainerAssignment, PodAssignment
 from collectors.placement import placement
 from tests.fakekube import objects as k8s
@@ -78,11 +91,88 @@ def events(count: int, seed_pods: list[dict]):
             yield json.dumps({"type": "MODIFIED", "object": pod})
 
 
-def fresh_informer() -> tuple[Informer, list[dict]]:
-    informer = Informer("pods", lambda **kw: None, slim_pod, faults=FaultCounter())
+def fresh_informer(client: KubeClient | None = None) -> tuple[Informer, list[dict]]:
+    informer = Informer("pods", client, "/api/v1/pods", slim_pod, field_selector=f"spec.nodeName={k8s.NODE}",
+                        faults=FaultCounter(), settings=WatchSettings(read_timeout_s=120))
     seed = [make_pod(i, 1) for i in range(PODS)]
     informer.replace(seed, "5000000")
     return informer, seed
+
+
+def lines_in(count: int) -> int:
+    """How many watch lines ``events(count, ...)`` yields (a replacement is two)."""
+    return count + (count + 1) // 10
+
+
+# --------------------------------------------------------------------------- through the wire
+
+
+def serve(directory: Path, count: int) -> None:
+    """The child: make certificates, serve ``count`` events as one chunked HTTPS watch."""
+    import ssl
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tests.fakekube.tls import make_tls
+
+    tls = make_tls(directory)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            _, seed = fresh_informer()
+            for line in itertools.islice(events(count, seed), lines_in(count)):
+                data = line.encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    print(server.server_address[1], flush=True)
+    server.handle_request()
+
+
+def stream_pass(count: int) -> dict:
+    """The events through the in-pod client from a child server; this process's CPU per line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        child = subprocess.Popen([sys.executable, __file__, "--serve", tmp, "--events", str(count)],
+                                 stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        try:
+            port = child.stdout.readline().strip()
+            account = Path(tmp) / "serviceaccount"
+            account.mkdir()
+            (account / "token").write_text("bench-token")
+            (account / "ca.crt").write_bytes((Path(tmp) / "ca.crt").read_bytes())
+            client = KubeClient.in_cluster(account, environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                                                             "KUBERNETES_SERVICE_PORT": port})
+            informer, _ = fresh_informer(client)
+            gc.collect()
+            rss_before = rss_mib()
+            cpu, wall = time.process_time(), time.perf_counter()
+            informer._watch()  # the informer thread's loop, once: returns when the stream ends
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            gc.collect()
+            rss_after = rss_mib()
+            client.close()
+        finally:
+            if child.wait(30) if sys.exc_info()[0] is None else child.kill():
+                raise RuntimeError(f"the serving child failed: exit status {child.returncode}")
+    assert informer.resource_version == str(5_000_000 + count), informer.resource_version
+    assert PODS - 1 <= len(informer.cache) <= PODS and not informer.faults.counts()
+    lines = lines_in(count)
+    return {"lines": lines, "cpu_us": cpu / lines * 1e6, "wall_s": wall,
+            "rss_before_mib": rss_before, "rss_after_mib": rss_after}
 
 
 def timing_pass(count: int) -> dict:
@@ -142,13 +232,31 @@ def snapshot_pass(informer: Informer, repeat: int = 200) -> dict:
     return {"snapshot_median_us": statistics.median(costs) / 1000}
 
 
+def startup_rss() -> tuple[float, list[str]]:
+    """RSS after importing the placement stack and building the in-pod client (no request)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "token").write_text("t")
+        (Path(tmp) / "ca.crt").write_text("")
+        KubeClient.in_cluster(tmp, environ={"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"})
+    gc.collect()
+    return rss_mib(), sorted(m for m in sys.modules if m.split(".")[0] == "kubernetes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)  # the child of stream_pass
     args = parser.parse_args()
+    if args.serve:
+        serve(Path(args.serve), args.events)
+        return
+    rss_start, kubernetes_modules = startup_rss()
+    print(f"RSS, placement stack + in-pod client: {rss_start:.1f} MiB "
+          f"(kubernetes modules imported: {len(kubernetes_modules)})")
     timing = timing_pass(args.events)
     snapshot = snapshot_pass(timing.pop("informer"))
     memory = memory_pass(args.events)
+    stream = stream_pass(args.events)
     print(f"pods on the node:          {PODS}")
     print(f"watch events applied:      {timing['events']:,}")
     print(f"per event (decode+slim+apply): median {timing['median_us']:.1f} µs, "
@@ -158,6 +266,9 @@ def main() -> None:
     print(f"RSS after {WARMUP:,} events:     {timing['rss_warm_mib']:.1f} MiB; at the end {timing['rss_end_mib']:.1f} MiB")
     print(f"tracemalloc after {WARMUP:,}: {memory['traced_warm_kib']:.0f} KiB; at the end "
           f"{memory['traced_end_kib']:.0f} KiB (peak {memory['traced_peak_kib']:.0f} KiB)")
+    print(f"through HTTPS (in-pod client): {stream['lines']:,} lines in {stream['wall_s']:.1f} s; "
+          f"{stream['cpu_us']:.1f} µs CPU per line (this process: TLS, chunks, lines, decode, slim, apply)")
+    print(f"RSS before the stream:     {stream['rss_before_mib']:.1f} MiB; after {stream['rss_after_mib']:.1f} MiB")
 
 
 if __name__ == "__main__":

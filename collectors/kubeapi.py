@@ -8,9 +8,10 @@ errors. While the API server is unreachable the cache keeps the last known state
 the agent goes on attributing GPUs to the pods it knew. Faults are counted by kind and
 each kind is logged once.
 
-It uses the real ``kubernetes`` client for configuration, authentication and HTTP, but
-reads responses as JSON itself (``_preload_content=False``): the client's model
-classes cost more per pod than all the rest of an update, and we keep only a few fields.
+It talks to the API server through :mod:`collectors.kubehttp`, a small client of our
+own, and reads responses as JSON itself: the ``kubernetes`` package's model classes cost
+more per pod than all the rest of an update, and importing them costs more memory than
+the rest of the agent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from collectors.faults import FAULTS, FaultCounter
+from collectors.kubehttp import SERVICE_ACCOUNT_DIR, ConfigError, KubeClient, KubeError, iter_lines, release
 
 COLLECTOR = "kubeapi"
 
@@ -93,8 +95,8 @@ class _WatchError(Exception):
 class Informer:
     """List, then watch, one kind of object matching a field selector, into a cache.
 
-    ``list_fn`` is a ``kubernetes`` client list method such as
-    ``CoreV1Api.list_pod_for_all_namespaces``. The cache maps UID to the slimmed object;
+    ``client`` GETs ``path``, a collection such as ``/api/v1/pods`` (None: an informer
+    that is only fed through :meth:`handle_line`). The cache maps UID to the slimmed object;
     ``by_name`` maps (namespace, name) to UID; ``version`` goes up on every change, so a
     reader can tell cheaply whether anything moved. Start it with :meth:`start`.
     """
@@ -102,7 +104,8 @@ class Informer:
     def __init__(
         self,
         what: str,
-        list_fn: Callable[..., Any],
+        client: KubeClient | None,
+        path: str,
         slim: Callable[[Mapping[str, Any]], dict[str, Any]],
         field_selector: str = "",
         label_selector: str = "",
@@ -110,10 +113,11 @@ class Informer:
         settings: WatchSettings = WatchSettings(),
     ) -> None:
         self.what = what
-        self._list_fn = list_fn
+        self._client = client
+        self.path = path
         self._slim = slim
-        self._selectors = {k: v for k, v in (("field_selector", field_selector),
-                                              ("label_selector", label_selector)) if v}
+        self._selectors = {k: v for k, v in (("fieldSelector", field_selector),
+                                              ("labelSelector", label_selector)) if v}
         self.faults = faults or FAULTS
         self.settings = settings
         self.cache: dict[str, dict[str, Any]] = {}
@@ -212,41 +216,38 @@ class Informer:
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.backoff_max_s)
 
+    def _timeouts(self) -> tuple[float, float]:
+        return (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+
     def _list(self) -> None:
-        resp = self._list_fn(
-            **self._selectors, _preload_content=False,
-            _request_timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
-        )
-        try:
-            body = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        assert self._client is not None, "an informer without a client cannot list"
+        body = json.loads(self._client.get(self.path, self._selectors, timeout=self._timeouts()).data)
         self.lists += 1
         self.replace(body.get("items") or [], (body.get("metadata") or {}).get("resourceVersion"))
         self.synced.set()
 
     def _watch(self) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-
-        resp = self._list_fn(
-            **self._selectors, watch=True, resource_version=self.resource_version,
-            allow_watch_bookmarks=True, timeout_seconds=self.settings.watch_timeout_s,
-            _preload_content=False,
-            _request_timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
-        )
+        assert self._client is not None, "an informer without a client cannot watch"
+        query = dict(self._selectors, watch=True, resourceVersion=self.resource_version,
+                     allowWatchBookmarks=True, timeoutSeconds=self.settings.watch_timeout_s)
+        try:
+            resp = self._client.get(self.path, query, stream=True, timeout=self._timeouts())
+        except KubeError as err:
+            if err.status == GONE:  # said as an HTTP status rather than an ERROR event
+                raise _Gone() from None
+            raise
         self._resp = resp
         self.watches += 1
         try:
             if self._stop.is_set():
                 return
-            for line in iter_resp_lines(resp):
+            for line in iter_lines(resp):
                 if self._stop.is_set():
                     return
-                if line:
-                    self.handle_line(line)
+                self.handle_line(line)
         finally:
             self._resp = None
-            resp.release_conn()
+            release(resp)
 
     def handle_line(self, line: str | bytes) -> bool:
         """Decode one watch line and apply it; raises _Gone on a 410 ERROR event."""
@@ -286,16 +287,17 @@ def _fault_kind(err: BaseException) -> str:
         return "watch_dropped"
     if name in ("ReadTimeoutError", "TimeoutError", "ConnectTimeoutError"):
         return "timeout"
-    if name == "ApiException":
+    if name in ("SSLError", "SSLCertVerificationError"):
+        return "tls_error"
+    if isinstance(err, KubeError):
         return "api_error"
     return "error"
 
 
 def _describe(err: BaseException) -> str:
-    """One line about a fault (ApiException's own str is a multi-line dump)."""
-    status = getattr(err, "status", None)
-    if status:
-        return f"HTTP {status} {getattr(err, 'reason', '')}".strip()
+    """One line about a fault: for an HTTP error its status, reason and the server's message."""
+    if isinstance(err, KubeError):
+        return str(err).splitlines()[0]
     return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
@@ -314,37 +316,34 @@ def _shutdown(resp: Any) -> None:
 # --------------------------------------------------------------------------- wiring
 
 
-def api_client_from_environment(kubeconfig: str | None = None) -> Any:
-    """A ``kubernetes`` ApiClient: in-cluster service account, else the kubeconfig.
+def api_client_from_environment(kubeconfig: str | None = None,
+                                service_account_dir: str = SERVICE_ACCOUNT_DIR) -> KubeClient:
+    """The API client: ``kubeconfig`` when given, else the pod's service account, else
+    the default kubeconfig (``$KUBECONFIG``, ``~/.kube/config``).
 
-    Retries are left to the informer's backoff (urllib3's own would hide outages).
+    In a pod this never imports the ``kubernetes`` package (:mod:`collectors.kubehttp`
+    says why). ConfigError, naming what was tried, when nothing works.
     """
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
+    if kubeconfig:
+        return KubeClient.from_kubeconfig(kubeconfig)
     try:
-        if kubeconfig:
-            raise config.ConfigException("kubeconfig given")
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    configuration.retries = False
-    return client.ApiClient(configuration)
+        return KubeClient.in_cluster(service_account_dir)
+    except ConfigError as in_cluster:
+        try:
+            return KubeClient.from_kubeconfig(None)
+        except ConfigError as from_file:
+            raise ConfigError(f"{in_cluster}; and {from_file}") from None
 
 
-def pod_informer(api_client: Any, node: str, faults: FaultCounter | None = None,
+def pod_informer(client: KubeClient, node: str, faults: FaultCounter | None = None,
                  settings: WatchSettings = WatchSettings()) -> Informer:
     """An informer of the pods bound to ``node`` (``fieldSelector=spec.nodeName=NODE``)."""
-    from kubernetes import client
-
-    return Informer("pods", client.CoreV1Api(api_client).list_pod_for_all_namespaces, slim_pod,
+    return Informer("pods", client, "/api/v1/pods", slim_pod,
                     field_selector=f"spec.nodeName={node}", faults=faults, settings=settings)
 
 
-def node_informer(api_client: Any, node: str, faults: FaultCounter | None = None,
+def node_informer(client: KubeClient, node: str, faults: FaultCounter | None = None,
                   settings: WatchSettings = WatchSettings()) -> Informer:
     """An informer of this node alone (``fieldSelector=metadata.name=NODE``)."""
-    from kubernetes import client
-
-    return Informer("node", client.CoreV1Api(api_client).list_node, slim_node,
+    return Informer("node", client, "/api/v1/nodes", slim_node,
                     field_selector=f"metadata.name={node}", faults=faults, settings=settings)

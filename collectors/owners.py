@@ -19,12 +19,12 @@ the lookup against the API server.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import quote
 
 from collectors.faults import FAULTS, FaultCounter
 from collectors.records import Owner
@@ -154,6 +154,13 @@ def resource_path(namespace: str, ref: OwnerRef) -> tuple[str, str, str] | None:
     return group, version, plural
 
 
+def object_path(group: str, version: str, namespace: str, plural: str, name: str) -> str:
+    """The REST path of a namespaced object: ``/apis/<group>/<version>/namespaces/<ns>/<plural>/<name>``,
+    or ``/api/<version>/...`` for the core group (``group`` empty)."""
+    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    return f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}/{quote(name, safe='')}"
+
+
 def slim_owner(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The part of an owner object the walk needs, so the cache stays small."""
     meta = obj.get("metadata") or {}
@@ -169,7 +176,7 @@ class OwnerCache:
     """A bounded cache of owner objects read with GET, for :func:`top_owner`.
 
     ``get`` is any function ``(group, version, namespace, plural, name) -> dict`` that
-    raises on failure; :meth:`from_api_client` makes one from the ``kubernetes`` client.
+    raises on failure; :meth:`from_api_client` makes one from the API client.
     A failed GET is remembered for ``retry_s`` (``forbidden_s`` for 403/404) so an
     outage or a missing RBAC rule costs one request per owner per period, not one per
     poll.
@@ -194,20 +201,11 @@ class OwnerCache:
         self.gets = 0
 
     @classmethod
-    def from_api_client(cls, api_client: Any, timeout_s: float = 10.0, **kwargs: Any) -> "OwnerCache":
-        from kubernetes import client as k8s
-
-        api = k8s.CustomObjectsApi(api_client)
+    def from_api_client(cls, client: Any, timeout_s: float = 10.0, **kwargs: Any) -> "OwnerCache":
+        """An OwnerCache that GETs through ``client`` (a :class:`collectors.kubehttp.KubeClient`)."""
 
         def get(group: str, version: str, namespace: str, plural: str, name: str) -> Mapping[str, Any]:
-            resp = api.get_namespaced_custom_object(
-                group, version, namespace, plural, name,
-                _preload_content=False, _request_timeout=timeout_s,
-            )
-            try:
-                return json.loads(resp.data)
-            finally:
-                resp.release_conn()
+            return client.get_json(object_path(group, version, namespace, plural, name), timeout=timeout_s)
 
         return cls(get, **kwargs)
 

@@ -1,4 +1,5 @@
-"""The informers with the real kubernetes client against a local fake API server."""
+"""The informers, through the agent's own API client, against a local fake API server
+(a real HTTP server: list, watch, bookmarks, 410 Gone, injected faults)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from collectors.faults import FaultCounter
+from collectors.kubehttp import KubeClient
 from collectors.kubeapi import (
     Informer,
     WatchSettings,
@@ -43,7 +45,7 @@ def informer(kube):
     made: list[Informer] = []
 
     def make(**kwargs) -> Informer:
-        inf = pod_informer(kube.api_client(), NODE, settings=FAST, faults=FaultCounter(), **kwargs).start()
+        inf = pod_informer(kube.client(), NODE, settings=FAST, faults=FaultCounter(), **kwargs).start()
         made.append(inf)
         assert inf.synced.wait(5)
         kube.wait_for(lambda: kube.open_watches == len(made))  # events from here on reach the watch
@@ -108,9 +110,21 @@ def test_410_gone_relists_and_catches_up(kube, informer):
     assert inf.faults.count("kubeapi", "pods_watch_gone") == 1
 
 
+def test_a_410_status_on_resuming_a_watch_relists_too(kube, informer):
+    kube.add("pods", pod("a"))
+    inf = informer()
+    kube.fail_next(1, 410)  # the resumed watch's request
+    kube.drop_watches()
+    kube.wait_for(lambda: inf.lists == 2)
+    kube.add("pods", pod("b"))
+    kube.wait_for(lambda: names(inf) == {"a", "b"})
+    assert inf.faults.count("kubeapi", "pods_watch_gone") == 1
+    assert inf.faults.count("kubeapi", "pods_http_410") == 0
+
+
 def test_a_watch_from_a_compacted_version_gets_410_and_relists(kube):
     kube.add("pods", pod("a"))
-    inf = pod_informer(kube.api_client(), NODE, settings=FAST, faults=FaultCounter())
+    inf = pod_informer(kube.client(), NODE, settings=FAST, faults=FaultCounter())
     inf.resource_version = "5"  # as if resumed from long ago
     kube.compact()
     kube.add("pods", pod("b"))
@@ -138,10 +152,60 @@ def test_500s_back_off_and_serve_the_last_state_while_down(kube, informer, caplo
     assert inf.faults.count("kubeapi", "pods_watch_dropped") == 1
 
 
+def test_403_and_401_are_counted_by_status(kube, caplog):
+    kube.add("pods", pod("a"))
+    kube.fail_next(2, 403)
+    with caplog.at_level(logging.WARNING):
+        inf = pod_informer(kube.client(), NODE, settings=FAST, faults=FaultCounter()).start()
+        try:
+            assert inf.synced.wait(5) and names(inf) == {"a"}
+        finally:
+            inf.stop()
+    assert inf.faults.count("kubeapi", "pods_http_403") == 2
+    # the log line says what the server said (which RBAC rule is missing, on a real one)
+    assert "pods_http_403: HTTP 403 Forbidden: injected failure 403" in caplog.text
+    kube.tokens = {"right"}
+    inf = pod_informer(kube.client(authorization=lambda: "Bearer wrong"), NODE, settings=FAST,
+                       faults=FaultCounter()).start()
+    try:
+        kube.wait_for(lambda: inf.faults.count("kubeapi", "pods_http_401") >= 2)
+        assert not inf.synced.is_set()
+    finally:
+        inf.stop()
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 20])
+def test_watch_events_cut_anywhere_across_chunks(kube, informer, chunk_size):
+    """The fake cuts the stream every 7 bytes (lines span chunks), or sends every pending
+    event in one chunk (a chunk holds several lines)."""
+    kube.chunk_size = chunk_size
+    kube.add("pods", pod("a"))
+    inf = informer()
+    added = [pod(f"p{i}") for i in range(20)]
+    with kube.cond:  # all twenty land in the history before the watch wakes, so they go out together
+        for obj in added:
+            kube.add("pods", obj)
+    kube.wait_for(lambda: names(inf) == {"a"} | {f"p{i}" for i in range(20)})
+    assert inf.faults.counts() == {} and inf.resource_version == str(kube.rv)
+
+
+def test_a_silent_watch_times_out_and_resumes_without_a_relist(kube):
+    kube.add("pods", pod("a"))
+    settings = WatchSettings(backoff_initial_s=0.01, backoff_max_s=0.05, watch_timeout_s=30, read_timeout_s=0.2)
+    inf = pod_informer(kube.client(), NODE, settings=settings, faults=FaultCounter()).start()
+    try:
+        kube.wait_for(lambda: inf.faults.count("kubeapi", "pods_timeout") >= 2)
+        kube.add("pods", pod("b"))
+        kube.wait_for(lambda: names(inf) == {"a", "b"})
+        assert inf.lists == 1 and inf.watches >= 3
+    finally:
+        inf.stop()
+
+
 def test_backoff_grows_so_an_outage_is_not_a_request_storm(kube):
     kube.set_down(True)
     settings = WatchSettings(backoff_initial_s=0.02, backoff_max_s=0.16, watch_timeout_s=30)
-    inf = pod_informer(kube.api_client(), NODE, settings=settings, faults=FaultCounter()).start()
+    inf = pod_informer(kube.client(), NODE, settings=settings, faults=FaultCounter()).start()
     try:
         kube.wait_for(lambda: inf.faults.count("kubeapi", "pods_http_500") >= 5)
         start = time.monotonic()
@@ -153,12 +217,8 @@ def test_backoff_grows_so_an_outage_is_not_a_request_storm(kube):
 
 
 def test_unreachable_server_is_counted_and_stop_is_prompt():
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = "http://127.0.0.1:9"  # nothing listens on the discard port
-    configuration.retries = False
-    inf = pod_informer(client.ApiClient(configuration), NODE, settings=FAST, faults=FaultCounter()).start()
+    client = KubeClient("http://127.0.0.1:9")  # nothing listens on the discard port
+    inf = pod_informer(client, NODE, settings=FAST, faults=FaultCounter()).start()
     deadline = time.monotonic() + 5
     while inf.faults.count("kubeapi", "pods_unreachable") < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -179,7 +239,7 @@ def test_stop_interrupts_an_open_watch(kube, informer):
 def test_node_informer_sees_label_changes(kube):
     kube.add("nodes", k8s.gpu_node())
     kube.add("nodes", {"metadata": {"name": "gpu-node-2", "labels": {}}})
-    inf = node_informer(kube.api_client(), NODE, settings=FAST, faults=FaultCounter()).start()
+    inf = node_informer(kube.client(), NODE, settings=FAST, faults=FaultCounter()).start()
     try:
         assert inf.synced.wait(5)
         assert [o["metadata"]["name"] for o in inf.items()] == [NODE]
@@ -192,12 +252,10 @@ def test_node_informer_sees_label_changes(kube):
 
 
 def test_label_selector_is_passed_and_honoured(kube):
-    from kubernetes import client
-
     kube.add("pods", pod("a", labels={"team": "x"}))
     kube.add("pods", pod("b", labels={"team": "y"}))
     kube.add("pods", pod("c", labels={}))
-    inf = Informer("pods", client.CoreV1Api(kube.api_client()).list_pod_for_all_namespaces, slim_pod,
+    inf = Informer("pods", kube.client(), "/api/v1/pods", slim_pod,
                    field_selector=f"spec.nodeName={NODE}", label_selector="team in (x, z)", settings=FAST, faults=FaultCounter()).start()
     try:
         assert inf.synced.wait(5)
@@ -219,7 +277,7 @@ def test_status_only_updates_do_not_bump_the_version(kube, informer):
 
 
 def test_apply_handles_every_event_type():
-    inf = Informer("pods", lambda **kw: None, slim_pod, faults=FaultCounter())
+    inf = Informer("pods", None, "/api/v1/pods", slim_pod, faults=FaultCounter())
     obj = k8s.pytorchjob_worker()
     assert inf.handle_line(json.dumps({"type": "ADDED", "object": obj}))
     assert not inf.handle_line(json.dumps({"type": "MODIFIED", "object": obj}))

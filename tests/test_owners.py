@@ -9,6 +9,7 @@ from collectors.owners import (
     OwnerCache,
     OwnerRef,
     controller_of,
+    object_path,
     owner_by_name,
     top_owner,
 )
@@ -169,11 +170,18 @@ def test_owner_cache_is_bounded_and_never_gets_core_kinds():
     assert cache.gets == 10
 
 
+def test_object_paths():
+    assert object_path("apps", "v1", "kubeflow-alice", "statefulsets", "alice-nb") == \
+        "/apis/apps/v1/namespaces/kubeflow-alice/statefulsets/alice-nb"
+    assert object_path("", "v1", "ns", "replicationcontrollers", "rc") == "/api/v1/namespaces/ns/replicationcontrollers/rc"
+    assert object_path("ray.io", "v1", "ray", "rayclusters", "a/b?c") == "/apis/ray.io/v1/namespaces/ray/rayclusters/a%2Fb%3Fc"
+
+
 def test_owner_cache_with_the_real_client_against_the_fake_api_server():
     with FakeKube() as kube:
         kube.add_owner("apps/v1", "statefulsets", k8s.notebook_statefulset())
         kube.add_owner("ray.io/v1", "rayclusters", k8s.rayservice_cluster())
-        cache = OwnerCache.from_api_client(kube.api_client(), faults=FaultCounter())
+        cache = OwnerCache.from_api_client(kube.client(), faults=FaultCounter())
         assert top_owner(k8s.notebook_pod()["metadata"], cache) == Owner("Notebook", "alice-nb")
         assert top_owner(k8s.rayservice_worker()["metadata"], cache) == Owner("RayService", "chat-serve")
         assert top_owner(k8s.notebook_pod()["metadata"], cache) == Owner("Notebook", "alice-nb")

@@ -1,4 +1,4 @@
-"""The placement source: the kubelet (real gRPC) joined with the API server (real client)."""
+"""The placement source: the kubelet (real gRPC) joined with the API server (a real HTTP fake)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from collectors.faults import FaultCounter
 from collectors.kubeapi import WatchSettings, node_informer, pod_informer
+from collectors.kubehttp import KubeClient
 from collectors.kubelet.client import PodResourcesClient
 from collectors.kubelet.deviceids import DeviceInventory
 from collectors.kubelet.resources import ContainerAssignment, PodAssignment
@@ -69,7 +70,7 @@ def world():
     """A fake API server, a fake kubelet, and a started placement source over both."""
     with FakeKube() as kube, FakeKubelet() as kubelet:
         faults = FaultCounter()
-        api = kube.api_client()
+        api = kube.client()
         pods = pod_informer(api, k8s.NODE, faults, FAST).start()
         node = node_informer(api, k8s.NODE, faults, FAST).start()
         source = PlacementSource(
@@ -211,13 +212,8 @@ def test_gke_style_ids_resolve_once_the_devices_are_known(world):
 
 def test_without_the_api_server_the_first_snapshot_waits_then_uses_placeholders():
     with FakeKubelet() as kubelet:
-        from kubernetes import client
-
-        configuration = client.Configuration()
-        configuration.host = "http://127.0.0.1:9"
-        configuration.retries = False
         faults = FaultCounter()
-        pods = pod_informer(client.ApiClient(configuration), k8s.NODE, faults, FAST).start()
+        pods = pod_informer(KubeClient("http://127.0.0.1:9"), k8s.NODE, faults, FAST).start()
         kubelet.set_pod("research", "llama-ft-worker-0", [("pytorch", [("nvidia.com/gpu", [GPU[0]])])])
         source = PlacementSource(k8s.NODE, PodResourcesClient(kubelet.socket_path, faults=faults), pods,
                                  api_wait_s=30, faults=faults)

@@ -63,7 +63,7 @@ def test_live_collectors_record_a_trace_that_replays_to_the_per_team_costs(fake_
         kubelet.set_pod("sandbox", "cuda-debug", [("cuda-debug", [("nvidia.com/gpu.shared", [gpu1.uuid + "::1"])])])
         kubelet.set_pod("kubeflow-alice", "alice-nb-0", [("alice-nb", [("nvidia.com/mig-3g.40gb", [mig_3g])])])
 
-        api = kube.api_client()
+        api = kube.client()
         pods = pod_informer(api, k8s.NODE, faults, FAST).start()
         node = node_informer(api, k8s.NODE, faults, FAST).start()
         kube.wait_for(lambda: len(pods.cache) == 4 and node.get("", k8s.NODE) is not None)

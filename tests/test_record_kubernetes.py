@@ -34,7 +34,7 @@ def test_record_adds_node_and_pods_records(fake_nvml: FakeNvml, tmp_path: Path):
     worker = k8s.pytorchjob_worker()
     gpu0, gpu1 = h100(0, util=90), h100(1, util=10)
     fake_nvml.set([gpu0, gpu1])
-    with FakeKube() as kube, FakeKubelet() as kubelet:
+    with FakeKube(tokens={"test"}) as kube, FakeKubelet() as kubelet:  # the kubeconfig's token, or 401
         kube.add("nodes", k8s.gpu_node({"node.kubernetes.io/instance-type": "p5.48xlarge"}))
         kube.add("pods", worker)
         kubelet.set_pod("research", worker["metadata"]["name"], [("pytorch", [("nvidia.com/gpu", [gpu0.uuid])])])
@@ -59,6 +59,20 @@ def test_record_adds_node_and_pods_records(fake_nvml: FakeNvml, tmp_path: Path):
     assert team["allocated_gpu_seconds"] == pytest.approx(held, rel=1e-9)
     assert team["by_class"].keys() == {"training"}
     assert result.summary["totals"]["unallocated_gpu_seconds"] == pytest.approx(free + early, rel=1e-9)
+
+
+def test_a_kubeconfig_that_cannot_be_loaded_is_an_input_error(fake_nvml: FakeNvml, tmp_path: Path, capsys):
+    fake_nvml.set([h100(0)])
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("apiVersion: v1\nkind: Config\ncurrent-context: nowhere\n")
+    out = tmp_path / "t.jsonl"
+    with FakeKubelet() as kubelet:
+        code = main(["record", "--out", str(out), "--duration", "1s", "--kubernetes", "on",
+                     "--kubelet-socket", kubelet.socket_path, "--kubeconfig", str(bad), "--proc-root", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpuledger: error: {bad}: cannot configure the Kubernetes API client: ") and "nowhere" in err
+    assert not out.exists()
 
 
 def test_kubernetes_off_records_gpus_only(fake_nvml: FakeNvml, tmp_path: Path):

@@ -6,8 +6,12 @@ selectors, ``resourceVersion`` (lists return it, watches resume from it), bookma
 inject faults: the next N requests answer 500, the whole server answers 500 (down),
 open watches are dropped mid-stream (the socket shut without the last chunk).
 
-Watches are streamed with chunked transfer encoding, as the real server does, so the real
-``kubernetes`` client reads them exactly as it reads a cluster's.
+Watches are streamed with chunked transfer encoding, as the real server does, one event
+a chunk (or, with ``chunk_size``, cut into chunks of that many bytes wherever the cut
+falls), so the agent's client reads them exactly as it reads a cluster's. With ``tls``
+it serves HTTPS (and reads a client certificate when one is offered); with ``tokens``
+it answers ``401`` to a request without one of those bearer tokens. Every request's
+Authorization header and client certificate are kept in ``calls``.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid as uuidlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from tests.fakekube.selectors import field_matcher, label_matcher
+from tests.fakekube.tls import TlsFiles
 
 _LIST_KINDS = {"pods": "PodList", "nodes": "NodeList"}
 
@@ -32,10 +39,20 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
             "message": message, "reason": reason, "code": code}
 
 
+@dataclass(frozen=True)
+class Call:
+    """One request as the server saw it."""
+
+    path: str
+    query: dict[str, list[str]]
+    authorization: str | None
+    client_cn: str | None  # the client certificate's common name, when one was presented
+
+
 class FakeKube:
     """The fake API server's state and controls. Use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None, tokens: set[str] | None = None) -> None:
         self.rv = 1000
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"pods": {}, "nodes": {}}
         self.history: dict[str, list[tuple[int, str, dict[str, Any]]]] = {"pods": [], "nodes": []}
@@ -48,18 +65,37 @@ class FakeKube:
         self.down = False
         self._fail_next: list[int] = []
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
+        self.calls: list[Call] = []
+        self.tokens = tokens
+        self.chunk_size: int | None = None
+        #: path -> byte strings sent as they are, one HTTP chunk each (for line-splitting tests)
+        self.raw_chunks: dict[str, list[bytes]] = {}
         self.open_watches = 0
         self.stopping = False
+        self.tls = tls
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # e.g. a client refusing our certificate
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls.cert, tls.key)
+            context.load_verify_locations(tls.ca)
+            context.verify_mode = ssl.CERT_OPTIONAL  # a client certificate is read when offered
+            # the handshake happens in the request's thread, not in the accepting one
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def __enter__(self) -> "FakeKube":
         self._thread.start()
@@ -75,14 +111,14 @@ class FakeKube:
         self._server.shutdown()
         self._server.server_close()
 
-    def api_client(self) -> Any:
-        """A real ``kubernetes`` ApiClient pointed at this server."""
-        from kubernetes import client
+    def client(self, **kwargs: Any) -> Any:
+        """The agent's API client (:class:`collectors.kubehttp.KubeClient`) pointed at this
+        server, trusting its CA when it serves HTTPS."""
+        from collectors.kubehttp import KubeClient
 
-        configuration = client.Configuration()
-        configuration.host = self.url
-        configuration.retries = False
-        return client.ApiClient(configuration)
+        if self.tls is not None:
+            kwargs.setdefault("ca_file", self.tls.ca)
+        return KubeClient(self.url, **kwargs)
 
     # ------------------------------------------------------------------ state
 
@@ -190,10 +226,19 @@ def _handler(kube: FakeKube):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             url = urlparse(self.path)
             query = parse_qs(url.query)
+            authorization = self.headers.get("Authorization")
             kube.requests.append((url.path, query))
+            kube.calls.append(Call(url.path, query, authorization, self._client_cn()))
+            if kube.tokens is not None and authorization not in {f"Bearer {t}" for t in kube.tokens}:
+                self._json(401, status(401, "Unauthorized", "Unauthorized"))
+                return
             failure = kube._take_failure()
             if failure is not None:
-                self._json(failure, status(failure, "InternalError", "injected failure"))
+                reason = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 410: "Expired"}.get(failure, "InternalError")
+                self._json(failure, status(failure, reason, f"injected failure {failure}"))
+                return
+            if url.path in kube.raw_chunks:
+                self._raw(kube.raw_chunks[url.path])
                 return
             parts = url.path.strip("/").split("/")
             if parts[:2] == ["api", "v1"] and len(parts) == 3 and parts[2] in _LIST_KINDS:
@@ -207,6 +252,26 @@ def _handler(kube: FakeKube):
                 self._json(200, kube.owner_objects[url.path])
             else:
                 self._json(404, status(404, "NotFound", f"{url.path} not found"))
+
+        def _client_cn(self) -> str | None:
+            getpeercert = getattr(self.connection, "getpeercert", None)
+            cert = getpeercert() if getpeercert else None
+            for rdn in (cert or {}).get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return value
+            return None
+
+        def _raw(self, chunks: list[bytes]) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for data in chunks:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
 
         def _matcher(self, namespace: str, query: dict[str, list[str]]):
             fields = field_matcher(query.get("fieldSelector", [""])[0])
@@ -227,9 +292,13 @@ def _handler(kube: FakeKube):
             self._json(200, {"kind": _LIST_KINDS[resource], "apiVersion": "v1",
                              "metadata": {"resourceVersion": str(rv)}, "items": items})
 
-        def _chunk(self, event: dict[str, Any]) -> None:
-            data = json.dumps(event).encode() + b"\n"
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        def _send(self, events: list[dict[str, Any]]) -> None:
+            """Events as chunks: one each, or (``chunk_size``) all of them cut every N bytes."""
+            lines = [json.dumps(event).encode() + b"\n" for event in events]
+            size = kube.chunk_size
+            chunks = lines if not size else [b"".join(lines)[i:i + size] for i in range(0, sum(map(len, lines)), size)]
+            for data in chunks:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
 
         def _watch(self, resource: str, matches, query: dict[str, list[str]]) -> None:
@@ -255,8 +324,7 @@ def _handler(kube: FakeKube):
                     since = int(since_text)
             try:
                 while True:
-                    for event in pending:
-                        self._chunk(event)
+                    self._send(pending)
                     if since < 0:
                         break
                     with kube.cond:
