@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> TlsFiles:
-    pytest.importorskip("cryptography")
+    # cryptography comes with the kubernetes package (google-auth requires it): never skipped
     return make_tls(tmp_path_factory.mktemp("tls"))
 
 
