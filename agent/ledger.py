@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from agent.attribution import Allocations
 from agent.timeline import Timeline
 from collectors.atomicfile import atomic_path
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 LEDGER_VERSION = "1"
 
@@ -98,8 +100,14 @@ def _reduce(rows: Ledger, timeline: Timeline) -> Ledger:
     )
 
 
-def ledger_table(ledger: Ledger, timeline: Timeline) -> pa.Table:
-    """The ledger as an Arrow table with the documented columns, sorted by minute."""
+def ledger_table(ledger: Ledger, timeline: Timeline) -> "pa.Table":
+    """The ledger as an Arrow table with the documented columns, sorted by minute.
+
+    Arrow is imported here, not at the top: the agent sums ledger rows on every node
+    and writes them without Arrow (agent/rollups.py), so it never pays for loading it.
+    """
+    import pyarrow as pa
+
     order = np.lexsort((ledger.holder, timeline.device_id[ledger.slot], ledger.minute))
     slot = ledger.slot[order]
     holder = ledger.holder[order]
@@ -154,7 +162,9 @@ def ledger_table(ledger: Ledger, timeline: Timeline) -> pa.Table:
     return pa.table(columns).replace_schema_metadata(metadata)
 
 
-def write_parquet(table: pa.Table, path: str | Path) -> None:
+def write_parquet(table: "pa.Table", path: str | Path) -> None:
     """Write atomically: a reader sees the old file or the whole new one, never a part."""
+    import pyarrow.parquet as pq
+
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
