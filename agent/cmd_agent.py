@@ -89,10 +89,10 @@ def build(settings: dict, config):
         start = _resume_point(resume)
         source = TraceSource(settings["trace"], speed=settings["speed"], start_at=start)
         return Agent(settings, config, chain, source, source.interval, FAULTS, mode, _version(),
-                     refresh_prices=refresh)
+                     refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
     source, placement = _live_source(settings)
     return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, _version(),
-                 needs_placement=placement, refresh_prices=refresh)
+                 needs_placement=placement, refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
 
 
 def _live_source(settings: dict):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from agent.config import Config
 from agent.exporter import AgentMetrics
@@ -63,7 +63,8 @@ class Agent:
     def __init__(self, settings: dict[str, Any], config: Config, pricer: Any, source: RecordSource,
                  default_interval: float, faults: FaultCounter, mode: str, version: str,
                  trace_clock: Callable[[], float] | None = None, needs_placement: bool = False,
-                 refresh_prices: Callable[[], int] | None = None) -> None:
+                 refresh_prices: Callable[[], int] | None = None,
+                 price_faults: Callable[[], Mapping[str, int]] = dict) -> None:
         self.settings = settings
         self.source = source
         self.default_interval = default_interval
@@ -79,7 +80,7 @@ class Agent:
         self._refresh = refresh_prices
         self.prices_at = time.time()
         self.metrics = AgentMetrics(pricer.currency, mode, version, faults,
-                                    price_age=lambda: time.time() - self.prices_at)
+                                    price_age=lambda: time.time() - self.prices_at, price_faults=price_faults)
         self.health = Health(time.time(), needs_placement=needs_placement,
                              ready_within_s=max(10.0, 5 * settings["interval"]))
         self._trace_clock = trace_clock

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -46,12 +46,14 @@ class AgentMetrics(Collector):
     """Every gpuledger_* metric; ``collect`` is what prometheus_client calls on a scrape."""
 
     def __init__(self, currency: str, mode: str, version: str, faults: FaultCounter,
-                 price_age: Callable[[], float | None] = lambda: None) -> None:
+                 price_age: Callable[[], float | None] = lambda: None,
+                 price_faults: Callable[[], Mapping[str, int]] = dict) -> None:
         self.currency = currency
         self.mode = mode
         self.version = version
         self.faults = faults
         self.price_age = price_age
+        self.price_faults = price_faults  # failed price API fetches by source (the price cache counts them)
         self.ledger_writes = 0
         self.ledger_through: float | None = None
         self._lock = threading.Lock()
@@ -130,7 +132,10 @@ class AgentMetrics(Collector):
         errors = CounterMetricFamily("gpuledger_collector_errors",
                                      "Faults survived, by collector and reason (each kind is logged once).",
                                      labels=["collector", "reason"])
-        for (collector, reason), count in sorted(self.faults.counts().items()):
+        counts = dict(self.faults.counts())
+        for source, count in self.price_faults().items():
+            counts[("pricing", f"{source}_failed")] = count
+        for (collector, reason), count in sorted(counts.items()):
             errors.add_metric([collector, reason], count)
         yield errors
         if last_ts is not None:

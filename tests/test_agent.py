@@ -242,3 +242,44 @@ def test_the_report_job_writes_the_weekly_report_from_the_ledger(agent_ledger, s
         ["report.md", "report.html", "recommendations.json", "recommendations.csv", "focus.csv"])
     assert not agent.faults.count("agent", "report_failed")
 
+
+
+def test_an_unreachable_price_api_is_counted_and_the_snapshot_prices(small_trace, tmp_path):
+    """The AWS Price List API down (connection refused): the agent keeps attributing with
+    the snapshot's prices and counts the failures in gpuledger_collector_errors_total."""
+    import argparse
+
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent import agent_settings
+    from agent.config import Config
+    from agent.daemon import Agent
+    from agent.tracesource import TraceSource
+    from collectors.faults import FaultCounter
+    from collectors.pricing.aws import AwsPrices
+    from collectors.pricing.chain import PriceChain
+
+    down = boto3.client("pricing", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                        aws_access_key_id="x", aws_secret_access_key="x",
+                        config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=1))
+    chain = PriceChain(aws=AwsPrices(pricing=down))
+    settings = agent_settings.resolve(argparse.Namespace(**{s.name: None for s in agent_settings.SETTINGS}),
+                                      {"GPULEDGER_LEDGER_DIR": str(tmp_path / "ledger")})
+    source = TraceSource(small_trace, speed=1e6)
+    agent = Agent(settings, Config(), chain, source, source.interval, FaultCounter(), "dry-run", "test",
+                  refresh_prices=chain.cache.refresh_expired, price_faults=lambda: chain.cache.faults)
+    agent.sample()
+    agent.refresh_prices()
+    agent.sample()
+    agent.shutdown()
+    registry = CollectorRegistry()
+    registry.register(agent.metrics)
+    text = generate_latest(registry).decode()
+    failed = [line for line in text.splitlines()
+              if line.startswith('gpuledger_collector_errors_total{collector="pricing",reason="aws-api_failed"}')]
+    assert failed and float(failed[0].split()[-1]) >= 1
+    prices = [line for line in text.splitlines() if line.startswith("gpuledger_gpu_hourly_price{")]
+    assert prices and all('source="snapshot:' in line for line in prices if "p5.48xlarge" in line)
+    assert agent.metrics.totals()["gpuledger_gpu_cost"] > 0
