@@ -482,8 +482,7 @@ def test_dry_run_pod_command_runs_the_agent(helm, tmp_path):
     assert 'gpuledger_build_info{mode="dry-run"' in metrics
     assert re.search(r'^gpuledger_gpu_cost_total\{.*team="ml-research".*\} [0-9.e+]+$', metrics, re.M), metrics[:2000]
     # p4d.24xlarge at 21.96/h for 8 GPUs: the rendered rate card's price, not the snapshot's
-    # (docs/metrics.md spells the source `ratecard`, the agent `rate-card`: either is the card)
-    assert re.search(r'^gpuledger_gpu_hourly_price\{.*instance_type="p4d.24xlarge".*source="rate-?card".*\} 2.745$',
+    assert re.search(r'^gpuledger_gpu_hourly_price\{.*instance_type="p4d.24xlarge".*source="rate-card".*\} 2.745$',
                      metrics, re.M), "the rate card is used"
     assert list((tmp_path / "data" / "ledger").rglob("*.jsonl.gz")), "the ledger is written under the data volume"
 
