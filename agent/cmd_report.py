@@ -1,9 +1,11 @@
-"""``gpuledger report``: the weekly showback report and recommendations from ledger files.
+"""``gpuledger report``: the weekly showback report and recommendations from ledger files or Prometheus.
 
-The shell around :mod:`recommenders`: read the ledger and the rate card, turn the rate
-card's commitment prices into plain data, call the pure report builder, render every
-registered format in memory, and only then write the files (each atomically), so a bad
-input leaves nothing behind. Register it with ``register(subparsers)``.
+The shell around :mod:`recommenders`: read the history (ledger files, or the agent's
+counters from Prometheus through :mod:`collectors.promhistory`) and the rate card, turn
+the rate card's commitment prices into plain data, call the pure report builder, render
+every registered format in memory, and only then write the files (each atomically), so
+a bad input, or a Prometheus that cannot answer, leaves nothing behind. Register it with
+``register(subparsers)``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,24 @@ def parse_duration(text: str, flag: str = "--since") -> float:
         raise InputError(str(err), field=flag) from None
 
 
+def parse_time(text: str, flag: str = "--until") -> float:
+    """ISO 8601 ('2025-12-01', '2025-12-01T06:00Z', with an offset or UTC) or Unix seconds; InputError otherwise."""
+    from datetime import datetime, timezone
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise InputError(f"expected a time such as 2025-12-01T06:00Z or Unix seconds, got {text!r}",
+                         field=flag) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to the CLI's subparsers."""
     from recommenders.settings import setting_fields  # no pandas: building the CLI stays light
@@ -34,12 +54,26 @@ def register(subparsers) -> argparse.ArgumentParser:
     files = "report.md, report.html, recommendations.json, recommendations.csv and focus.csv"
     p = subparsers.add_parser(
         "report", help="weekly showback report, right-sizing and commitment recommendations",
-        description=f"Read ledger files (from `gpuledger replay --out`) and write {files} for the window that "
-        "ends at the last ledger minute and the window before it. See docs/report.md and docs/recommendations.md.",
+        description=f"Read ledger files (from `gpuledger replay --out`), or the agent's counters from Prometheus, "
+        f"and write {files} for the window that ends at the last ledger minute (or --until) and the window before "
+        "it. See docs/report.md and docs/recommendations.md.",
     )
-    p.add_argument("--ledger", nargs="+", required=True, metavar="PATH", help="ledger.parquet file(s)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ledger", nargs="+", metavar="PATH", help="ledger.parquet file(s)")
+    source.add_argument("--prometheus", metavar="URL",
+                        help="read the history from the Prometheus that scrapes the agents (base URL, e.g. "
+                        "http://prometheus:9090) instead of ledger files; see docs/report.md, 'From Prometheus'")
     p.add_argument("--since", default="7d", metavar="DURATION",
                    help="length of the report window, e.g. 7d, 36h, 2w (default 7d)")
+    p.add_argument("--until", metavar="TIME",
+                   help="end of the report window, ISO 8601 (2025-12-01T06:00Z; UTC when no offset) or Unix "
+                   "seconds; with --prometheus rounded down to the hour (default: now), with --ledger to the "
+                   "minute (default: the ledger's end)")
+    p.add_argument("--region", metavar="REGION",
+                   help="with --prometheus: the cluster's region, for commitment prices that name one (the agent's "
+                   "metrics carry no region label)")
+    p.add_argument("--prometheus-timeout", default="60s", metavar="DURATION",
+                   help="with --prometheus: how long to wait for each answer (default 60s)")
     p.add_argument("--rates", metavar="FILE",
                    help="rate card with a `commitments` section for reserved-capacity prices "
                    "(default: the bundled snapshot)")
@@ -105,17 +139,75 @@ def build(args: argparse.Namespace):
     settings = Settings().with_overrides(**overrides)
     card = load_rate_card(args.rates) if args.rates else load_snapshot()
     pools, spot = commitment_prices(card)
-    try:
-        first, end = ledger_end(args.ledger)
-        start = min(end - 2 * since, end - settings.commitment_days * 86400)
-        history = load_history(args.ledger, start, end)
-    except LedgerError as err:
-        raise InputError(err.message, file=err.file, field=err.field) from None
+    until = parse_time(args.until) if getattr(args, "until", None) else None
+    prometheus = getattr(args, "prometheus", None)
+    if getattr(args, "region", None) and not prometheus:
+        raise InputError("applies to --prometheus only", field="--region")
+    notes: list[str] = []
+    if prometheus:
+        history, notes = prometheus_history(args, since, settings.commitment_days, until)
+        first, end = history.first_minute, history.end
+        source = "Prometheus"
+    else:
+        try:
+            first, end = ledger_end(args.ledger)
+            if until is not None:
+                if until <= first:
+                    raise InputError("the ledger holds no minute before this time", field="--until")
+                end = min(end, float(int(until // 60) * 60))
+            start = min(end - 2 * since, end - settings.commitment_days * 86400)
+            history = load_history(args.ledger, start, end)
+        except LedgerError as err:
+            raise InputError(err.message, file=err.file, field=err.field) from None
+        source = "the ledger"
     if args.rates and history.currency != card.currency:
-        raise InputError(f"the ledger is in {history.currency} but the rate card in {card.currency}",
+        raise InputError(f"{source} is in {history.currency} but the rate card in {card.currency}",
                          file=args.rates, field="currency")
-    return build_report(history.rows, end, since, history.currency, first, settings,
-                        pool_prices=pools, spot_hourly=spot)
+    report = build_report(history.rows, end, since, history.currency, first, settings,
+                          pool_prices=pools, spot_hourly=spot)
+    report.notes.extend(notes)
+    return report
+
+
+def prometheus_history(args: argparse.Namespace, since: float, commitment_days: float, until: float | None):
+    """(History, notes) from the agent's counters in Prometheus, for the window and the look-back before it.
+
+    The window ends on the hour (``until``, default now, rounded down); the rows are the
+    hour rows of :func:`collectors.promhistory.hour_rows`, spread over their minutes in
+    the report window (:func:`collectors.promhistory.spread_minutes`).
+    """
+    import time
+
+    from collectors.promhistory import HOUR, PrometheusError, fetch, hour_rows, spread_minutes
+    from recommenders.history import history_from_columns
+
+    timeout = parse_duration(args.prometheus_timeout, "--prometheus-timeout")
+    end = float(int((until if until is not None else time.time()) // HOUR) * HOUR)
+    start = end - max(2 * since, commitment_days * 86400)
+    try:
+        answers = fetch(args.prometheus, start, end, timeout=timeout, detail_from=end - since)
+        rows = hour_rows(answers.results, default_region=args.region)
+    except PrometheusError as err:
+        raise InputError(str(err), field="--prometheus") from None
+    if rows.first_hour is None:
+        raise InputError(f"Prometheus at {args.prometheus} holds gpuledger series but no GPU-time in the window "
+                         "ending at --until", field="--prometheus")
+    history = history_from_columns(spread_minutes(rows, spread_from=end - since), start, end, rows.currency)
+    notes = [PROMETHEUS_NOTE] + rows.notes
+    regions = {r for r in rows.columns["region"] if r}
+    if not regions and any(t for t in rows.columns["instance_type"]):
+        notes.append("The agent's metrics carry no region, so pools show none and commitments are priced by the "
+                     "rate card's region-less entries (the bundled snapshot's are us-east-1 rates): give the "
+                     "cluster's region with --region to use the prices for it.")
+    return history, notes
+
+
+PROMETHEUS_NOTE = (
+    "Built from Prometheus, hour by hour: spend, GPU-hours, idle and unallocated cost, daily cost, anomalies and "
+    "commitment usage come from the agent's counters and match a ledger's; the utilisation distribution and the "
+    "right-sizing evidence (utilisation percentiles, idle share, pods, memory peaks) come from each hour's counters "
+    "shaped by the device gauges as sampled at the scrape interval, coarser than a ledger's minutes (peaks between "
+    "two scrapes are missed). Check a recommendation's evidence before acting on it.")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -261,3 +261,29 @@ def ensure_categorical(rows: pd.DataFrame) -> pd.DataFrame:
     for c in todo:
         rows[c] = rows[c].astype("category")
     return rows
+
+
+# --------------------------------------------------------------------------- rows from elsewhere
+
+
+def history_from_columns(columns, start: float, end: float, currency: str) -> History:
+    """Ledger rows given as columns (``minute`` in Unix seconds, the ledger's columns; others ignored) as a History.
+
+    For history that does not come from ledger files: ``gpuledger report --prometheus``
+    builds its rows from range queries (``collectors.promhistory.spread_minutes``).
+    Strings become categoricals and numbers float64, as :func:`load_history` returns them;
+    a string column may also come as integer ``codes`` (-1: missing) and ``categories``.
+    """
+    minute = np.asarray(columns["minute"], dtype=np.int64)
+    data: dict[str, object] = {"minute": minute}
+    for name in COLUMNS[1:]:
+        column = columns[name]
+        if name in STRINGS and hasattr(column, "codes") and hasattr(column, "categories"):
+            data[name] = pd.Categorical.from_codes(np.asarray(column.codes), categories=pd.Index(
+                list(column.categories), dtype=object))
+        elif name in STRINGS:
+            data[name] = pd.Categorical(np.asarray(column, dtype=object))
+        else:
+            data[name] = np.asarray(columns[name], dtype=np.float64)
+    first = float(minute.min()) if len(minute) else float(start)
+    return History(pd.DataFrame(data), float(start), float(end), currency, first)
