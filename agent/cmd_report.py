@@ -70,8 +70,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "seconds; with --prometheus rounded down to the hour (default: now), with --ledger to the "
                    "minute (default: the ledger's end)")
     p.add_argument("--region", metavar="REGION",
-                   help="with --prometheus: the cluster's region, for commitment prices that name one (the agent's "
-                   "metrics carry no region label)")
+                   help="with --prometheus: the region to assume where the price gauge carries no region label "
+                   "(for commitment prices that name one)")
     p.add_argument("--prometheus-timeout", default="60s", metavar="DURATION",
                    help="with --prometheus: how long to wait for each answer (default 60s)")
     p.add_argument("--rates", metavar="FILE",

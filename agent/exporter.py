@@ -22,7 +22,7 @@ from collectors.faults import FaultCounter
 WORKLOAD_LABELS = ["node", "gpu_model", "namespace", "team", "workload_class", "workload"]
 NODE_LABELS = ["node", "gpu_model"]
 DEVICE_LABELS = ["node", "gpu_model", "uuid", "namespace", "pod"]
-PRICE_LABELS = ["node", "gpu_model", "instance_type", "capacity_type", "source", "currency"]
+PRICE_LABELS = ["node", "gpu_model", "instance_type", "region", "capacity_type", "source", "currency"]
 
 # (metric name without _total, help, index into Row.sums) for the per-workload counters
 _WORKLOAD_COUNTERS = (
@@ -175,7 +175,8 @@ def _device_families(readings: list[Reading], currency: str) -> Iterator:
             used.add_metric(labels, r.mem_used_bytes)
         if s.memory_total_bytes is not None:
             total.add_metric([s.node, s.model, s.uuid], s.memory_total_bytes)
-        prices[(s.node, s.model, s.instance_type or "", s.capacity_type or "", s.price_source, currency)] = s.gpu_hourly_price
+        prices[(s.node, s.model, s.instance_type or "", s.region or "", s.capacity_type or "", s.price_source,
+                currency)] = s.gpu_hourly_price
     for key, value in prices.items():
         price.add_metric(list(key), value)
     return iter((util, used, total, price))

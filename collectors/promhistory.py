@@ -70,7 +70,7 @@ QUERIES: dict[str, str] = {
     "idle_cost": _increase("gpuledger_gpu_idle_cost_total", COUNTER_LABELS),
     "unallocated_gpu_seconds": _increase("gpuledger_gpu_unallocated_seconds_total", NODE_LABELS),
     "unallocated_cost": _increase("gpuledger_gpu_unallocated_cost_total", NODE_LABELS),
-    # region and zone are not in docs/metrics.md; they are read if an agent adds them
+    # region is on the price gauge (docs/metrics.md); zone is read if an agent adds it
     "price": _gauge("last_over_time", "gpuledger_gpu_hourly_price", PRICE_LABELS),
     "memory_total": _gauge("max_over_time", "gpuledger_gpu_memory_total_bytes", ("node", "gpu_model", "uuid")),
     "memory_max": _gauge("max_over_time", "gpuledger_gpu_memory_used_bytes", DEVICE_LABELS),
