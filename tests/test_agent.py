@@ -137,6 +137,7 @@ def test_metrics_health_and_readiness(small_trace, reference, tmp_path):
         prices = metrics["gpuledger_gpu_hourly_price"]
         assert {s.labels["currency"] for s in prices} == {"USD"}
         assert {s.labels["node"] for s in prices} == {f"gpu-node-000{n}" for n in range(1, 5)}
+        assert {s.labels["region"] for s in prices} == {"us-east-1"}  # the simulated nodes' region label
         samples_in_trace = _samples_in(small_trace)
         assert metrics["gpuledger_samples_total"][0].value == samples_in_trace
         util = metrics["gpuledger_gpu_utilization_ratio"]
