@@ -187,27 +187,18 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
     doc, section = _file_section(config_path)
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        raw = getattr(args, s.name, None)
-        where: dict[str, Any] = {"field": s.flag}
+        raw, where = getattr(args, s.name, None), (lambda err, s=s: InputError(err, field=s.flag))
         if raw is None and s.env in environ:
-            raw, where = environ[s.env], {"field": s.env}
-        if raw is None and s.name in section:
-            raw = section[s.name]
-            if raw is None:
-                values[s.name] = None if s.default is None else s.parse(s.default)
-                continue
-            try:
-                values[s.name] = s.parse(raw)
-            except ValueError as err:
-                raise doc.error((FILE_SECTION, s.name), str(err)) from None  # type: ignore[union-attr]
-            continue
+            raw, where = environ[s.env], (lambda err, s=s: InputError(err, field=s.env))
+        if raw is None and section.get(s.name) is not None:
+            raw, where = section[s.name], (lambda err, s=s: doc.error((FILE_SECTION, s.name), err))  # type: ignore[union-attr]
         if raw is None:
             values[s.name] = None if s.default is None else s.parse(s.default)
             continue
         try:
             values[s.name] = s.parse(raw)
         except ValueError as err:
-            raise InputError(str(err), **where) from None
+            raise where(str(err)) from None
     if values["node"] is None:
         values["node"] = environ.get("NODE_NAME") or socket.gethostname()
     _check_together(values, environ)

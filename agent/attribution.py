@@ -79,20 +79,14 @@ def attribute(samples: SampleColumns, timeline: Timeline, where: Locate | None =
 def _slots(samples: SampleColumns, timeline: Timeline, where: Locate) -> np.ndarray:
     """The timeline slot of every sample; InputError naming the first that has none."""
     slot, described, found = _find_slots(samples, timeline)
-    if not described.all():
-        i = int(np.flatnonzero(~described)[0])
-        file, line = where(i)
-        raise InputError(
-            "sample comes before any devices record of its node (a devices record with ts "
-            "at or before the sample's must list the device)", file=file, line=line, field="node",
-        )
-    if not found.all():
-        i = int(np.flatnonzero(~found)[0])
-        file, line = where(i)
-        raise InputError(
-            "sample's device is not in the devices record of its node in effect at the "
-            "sample's ts", file=file, line=line, field="uuid",
-        )
+    for ok, message, field in (
+        (described, "sample comes before any devices record of its node (a devices record with ts "
+                    "at or before the sample's must list the device)", "node"),
+        (found, "sample's device is not in the devices record of its node in effect at the sample's ts", "uuid"),
+    ):
+        if not ok.all():
+            file, line = where(int(np.flatnonzero(~ok)[0]))
+            raise InputError(message, file=file, line=line, field=field)
     return slot
 
 
