@@ -205,6 +205,18 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
     return values
 
 
+def check_file(path: str) -> None:
+    """Check the ``agent:`` section of a config file alone (``gpuledger config FILE``);
+    InputError naming the line of the first bad value."""
+    doc, section = _file_section(path)
+    for s in SETTINGS:
+        if section.get(s.name) is not None:
+            try:
+                s.parse(section[s.name])
+            except ValueError as err:
+                raise doc.error((FILE_SECTION, s.name), str(err)) from None  # type: ignore[union-attr]
+
+
 def _file_section(path: str | None) -> tuple[LocatedYaml | None, dict[str, Any]]:
     if path is None:
         return None, {}

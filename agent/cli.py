@@ -172,7 +172,8 @@ def _import(args: argparse.Namespace) -> int:
 
 def _config_parser(sub) -> None:
     p = sub.add_parser("config", help="check a config file, or print the settings reference",
-                       description="Check a team/workload-class config file, or print the table of settings.")
+                       description="Check a config file (team and workload-class rules, and the agent: "
+                       "section), or print the table of settings.")
     p.add_argument("file", nargs="?", help="config file to check")
     p.add_argument("--docs", action="store_true", help="print the settings table (Markdown)")
     p.set_defaults(handler=_config)
@@ -185,6 +186,9 @@ def _config(args: argparse.Namespace) -> int:
         sys.stdout.write(settings_markdown())
         return 0
     load_config(args.file)
+    from agent.agent_settings import check_file
+
+    check_file(args.file)  # the agent: section, if any
     print(f"{args.file}: ok")
     return 0
 

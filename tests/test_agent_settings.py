@@ -42,3 +42,18 @@ def test_a_config_without_an_agent_section_is_fine_and_teams_still_load(tmp_path
     config.write_text("team_labels: [squad]\nagent:\n  speed: 2\n")
     assert load_config(config).team_labels == ("squad",)
     assert agent_settings.resolve(_args(), {}, str(config))["speed"] == 2.0
+
+
+def test_gpuledger_config_checks_the_agent_section_too(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text("team_labels: [team]\nagent:\n  interval: 1s\n  speed: fast\n")
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"gpuledger: error: {config}:4: field 'agent.speed': "
+                                   "expected a number such as 1, 60 or 3600, got 'fast'")
+    config.write_text("team_labels: [team]\nagent:\n  interval: 1s\n  speed: 60\n")
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"{config}: ok"
