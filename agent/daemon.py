@@ -46,8 +46,11 @@ class Health:
     placement_seen: bool = False
     needs_placement: bool = False
     ready_within_s: float = 10.0
+    trace_finished: bool = False  # dry-run: the final figures stay on /metrics, to be scraped
 
     def ready(self, now: float) -> tuple[bool, str]:
+        if self.trace_finished:
+            return True, "the trace has ended; serving its final figures"
         if self.last_cycle is None:
             return False, "no samples attributed yet"
         if now - self.last_cycle > self.ready_within_s:
@@ -141,6 +144,7 @@ class Agent:
 
     def _finish_trace(self) -> None:
         self._finished = True
+        self.health.trace_finished = True
         self.metrics.settle()
         if self.metrics.last_sample_ts is not None:
             self._write(lambda: self.book.flush_all(self.metrics.last_sample_ts))  # type: ignore[arg-type]

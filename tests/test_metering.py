@@ -159,3 +159,16 @@ def test_a_new_label_set_shows_zero_first_then_its_increments():
     assert math.isclose(metrics.totals()["gpuledger_gpu_cost"], 3 * price)
     metrics.settle()
     assert math.isclose(sum(cost().values()), 3 * price)
+
+
+def test_readiness():
+    from agent.daemon import Health
+
+    health = Health(started=0.0, needs_placement=True, ready_within_s=10.0)
+    assert health.ready(1.0) == (False, "no samples attributed yet")
+    health.last_cycle = 5.0
+    assert health.ready(6.0) == (False, "no answer from the kubelet and the API server yet")
+    health.placement_seen = True
+    assert health.ready(6.0)[0] and not health.ready(16.0)[0]
+    health.trace_finished = True  # dry-run after the end of the trace: still serving
+    assert health.ready(1000.0)[0]
