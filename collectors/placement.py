@@ -133,6 +133,7 @@ class PlacementSource:
         api_wait_s: float = 30.0,
         allocatable_every_s: float = 300.0,
         faults: FaultCounter | None = None,
+        rebuild_every_s: float = 30.0,
     ) -> None:
         self.node = node
         self.kubelet = kubelet
@@ -150,6 +151,12 @@ class PlacementSource:
         self._assignments: tuple[PodAssignment, ...] | None = None
         self._node_labels: dict[str, str] | None = None
         self._pods: tuple[Pod, ...] | None = None
+        # The pods are rebuilt only when the kubelet's answer, the pod informer's cache or
+        # the device inventory changed, and every ``rebuild_every_s`` regardless, so an
+        # owner lookup that failed is retried: nothing is redone for an unchanged node.
+        self.rebuild_every_s = rebuild_every_s
+        self._built_from: tuple | None = None
+        self._built_at = float("-inf")
 
     def set_devices(
         self,
@@ -176,6 +183,10 @@ class PlacementSource:
             return out
         if self.pods is not None and not self.pods.synced.is_set() and now - self._first_poll < self.api_wait_s:
             return out
+        built_from = (self._assignments, self.pods.version if self.pods is not None else None, self.inventory)
+        if built_from == self._built_from and now - self._built_at < self.rebuild_every_s:
+            return out
+        self._built_from, self._built_at = built_from, now
         api_pod = self.pods.get if self.pods is not None else (lambda ns, name: None)
         pods, unresolved, missing = placement(
             self._assignments, api_pod, self.inventory, self.owners, self.lookup_kinds

@@ -224,3 +224,30 @@ def test_without_the_api_server_the_first_snapshot_waits_then_uses_placeholders(
             assert record.pods[0].uid == "kubelet:research/llama-ft-worker-0"
         finally:
             source.close()
+
+
+def test_pods_are_rebuilt_only_on_change_or_every_rebuild_interval(world):
+    """Each rebuild counts the unresolvable device id once: the count says how often the
+    pods were rebuilt. Unchanged answers rebuild nothing until ``rebuild_every_s``."""
+    kube, kubelet, source = world
+    add_pod(kube, kubelet, k8s.pytorchjob_worker(), "nvidia.com/gpu", ["nvidia9"])
+    poll_until(kube, source, lambda r: len(r.pods) == 1)
+    faults = source.faults
+
+    def rebuilds() -> int:
+        return faults.count("placement", "device_id_unresolved")
+
+    start = rebuilds()
+    assert start >= 1
+    for t in range(500, 505):  # five polls, nothing changed
+        source.poll(float(t))
+    assert rebuilds() - start == 1  # the first of them only: 500 s is past rebuild_every_s
+    settled = rebuilds()
+    for t in range(505, 510):
+        source.poll(float(t))
+    assert rebuilds() == settled
+    source.poll(540.0)  # rebuild_every_s (30 s) since the last rebuild
+    assert rebuilds() == settled + 1
+    add_pod(kube, kubelet, k8s.kserve_predictor(), "nvidia.com/gpu", [GPU[1]])
+    poll_until(kube, source, lambda r: len(r.pods) == 2, start=541.0)
+    assert rebuilds() > settled + 1  # the change rebuilt at once
