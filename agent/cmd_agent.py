@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 def build(settings: dict, config):
     """The agent with its sources and prices; InputError for anything the user must fix."""
     from agent.daemon import Agent
+    from agent.rollups import RollupBook
     from collectors.faults import FAULTS
     from collectors.pricing.cache import PriceCache
     from collectors.pricing.chain import PriceChain
@@ -81,18 +82,18 @@ def build(settings: dict, config):
     chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]))
     refresh = chain.cache.refresh_expired if (aws or gcp) else None
     mode = "dry-run" if settings["dry_run"] else "live"
+    book = RollupBook(settings["ledger_dir"], chain.currency)
+    resume = book.restore()
+    common = dict(refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
     if settings["dry_run"]:
-        from agent.rollups import RollupBook
         from agent.tracesource import TraceSource
 
-        resume = RollupBook(settings["ledger_dir"], chain.currency).restore()
-        start = _resume_point(resume)
-        source = TraceSource(settings["trace"], speed=settings["speed"], start_at=start)
-        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, _version(),
-                     refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
+        source = TraceSource(settings["trace"], speed=settings["speed"], start_at=_resume_point(resume))
+        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, _version(), book, resume,
+                     **common)
     source, placement = _live_source(settings)
-    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, _version(),
-                 needs_placement=placement, refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
+    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, _version(), book, resume,
+                 needs_placement=placement, **common)
 
 
 def _live_source(settings: dict):
@@ -115,32 +116,25 @@ def _live_source(settings: dict):
 
 
 def _cloud_sources(settings: dict):
-    import importlib.util
-
-    for flag, module, package in (("aws", "boto3", "boto3"), ("gcp", "google.cloud.billing_v1", "google-cloud-billing")):
-        if settings[flag]:
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except ModuleNotFoundError:
-                found = False
-            if not found:
-                raise InputError(f"--{flag} needs the {package} package (pip install 'gpuledger[cloud]')",
-                                 field=f"--{flag}")
+    from agent.cmd_prices import require_cloud_packages
     from collectors.pricing.aws import AwsPrices
     from collectors.pricing.gcp import GcpPrices
 
+    require_cloud_packages(aws=settings["aws"], gcp=settings["gcp"])
     return (AwsPrices() if settings["aws"] else None), (GcpPrices() if settings["gcp"] else None)
 
 
 def _resume_point(resume) -> float | None:
-    """Where a restarted dry-run picks the trace up: the earliest point any node stopped."""
+    """Where a restarted dry-run picks the trace up: the earliest point any node stopped.
+    Records before it are still handed over at once (the state records are needed); the
+    meter skips the samples the ledger already holds."""
     points = []
     for r in resume.values():
         through = [p for p in (r.minutes_through + 60 if r.minutes_through is not None else None,
                                r.samples_through) if p is not None]
         if through:
             points.append(max(through))
-    return min(points) - 120.0 if points else None
+    return min(points) if points else None
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -79,10 +79,7 @@ def run_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     labels = parse_labels(args.node_labels)
     if args.gpus is not None and args.gpus < 1:
         raise InputError(f"expected a number of GPUs of at least 1, got {args.gpus}", field="--gpus")
-    for flag, module, package in (("aws", "boto3", "boto3"), ("gcp", "google.cloud.billing_v1", "google-cloud-billing")):
-        if getattr(args, flag) and not _importable(module):
-            raise InputError(f"--{flag} needs the {package} package; install it or leave --{flag} out",
-                             field=f"--{flag}")
+    require_cloud_packages(aws=args.aws, gcp=args.gcp)
     card = load_rate_card(args.rates) if args.rates else None
     hint_model, hint_gpus = machine_hint(pricing_labels(labels).instance_type)
     model = args.gpu_model or hint_model or ""
@@ -145,6 +142,15 @@ def machine_hint(instance_type: str | None) -> tuple[str | None, int | None]:
     if shape is not None:
         return SKU_TO_NVML.get(shape.gpu), shape.gpus
     return _snapshot_machines().get(instance_type, (None, None))
+
+
+def require_cloud_packages(aws: bool, gcp: bool) -> None:
+    """InputError naming the flag when a cloud price source's package is not installed."""
+    for flag, wanted, module, package in (("aws", aws, "boto3", "boto3"),
+                                          ("gcp", gcp, "google.cloud.billing_v1", "google-cloud-billing")):
+        if wanted and not _importable(module):
+            raise InputError(f"--{flag} needs the {package} package (pip install 'gpuledger[cloud]'); "
+                             f"install it or leave --{flag} out", field=f"--{flag}")
 
 
 def _importable(module: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 from agent.config import Config
 from agent.exporter import AgentMetrics
-from agent.metering import Meter
+from agent.metering import Meter, Resume
 from agent.rollups import RollupBook
 from collectors.faults import FaultCounter
 from collectors.records import PodsRecord, Record
@@ -65,7 +65,7 @@ class Agent:
 
     def __init__(self, settings: dict[str, Any], config: Config, pricer: Any, source: RecordSource,
                  default_interval: float, faults: FaultCounter, mode: str, version: str,
-                 trace_clock: Callable[[], float] | None = None, needs_placement: bool = False,
+                 book: RollupBook, resume: Mapping[str, Resume], needs_placement: bool = False,
                  refresh_prices: Callable[[], int] | None = None,
                  price_faults: Callable[[], Mapping[str, int]] = dict) -> None:
         self.settings = settings
@@ -73,12 +73,10 @@ class Agent:
         self.default_interval = default_interval
         self.faults = faults
         self.mode = mode
-        self.book = RollupBook(settings["ledger_dir"], pricer.currency)
-        resume = self.book.restore()
+        self.book = book  # already read back: ``resume`` is what it holds
         if resume:
             log.info("resuming after the ledger in %s: %s", settings["ledger_dir"],
                      ", ".join(f"{n} through {r.minutes_through}" for n, r in sorted(resume.items())))
-        self.resume = resume
         self.meter = Meter(pricer, config, resume=resume)
         self._refresh = refresh_prices
         self.prices_at = time.time()
@@ -86,7 +84,6 @@ class Agent:
                                     price_age=lambda: time.time() - self.prices_at, price_faults=price_faults)
         self.health = Health(time.time(), needs_placement=needs_placement,
                              ready_within_s=max(10.0, 5 * settings["interval"]))
-        self._trace_clock = trace_clock
         self._lock = threading.Lock()
         self._finished = False
         self.stop = threading.Event()
@@ -115,13 +112,14 @@ class Agent:
             return
         for reason, count in (("sample_undescribed", cycle.dropped_undescribed),
                               ("sample_late", cycle.dropped_late)):
-            for _ in range(count):
-                self.faults.record(COLLECTOR, reason, _DROPPED[reason])
+            if count:
+                self.faults.record(COLLECTOR, reason, _DROPPED[reason], count=count)
         if cycle.dropped_resumed:
             log.debug("skipped %d samples already in the ledger", cycle.dropped_resumed)
         dropped = self.book.add(cycle.rows)
-        for _ in range(dropped):
-            self.faults.record(COLLECTOR, "row_too_late_for_ledger", "a row for an hour already written and let go")
+        if dropped:
+            self.faults.record(COLLECTOR, "row_too_late_for_ledger", "a row for an hour already written and let go",
+                               count=dropped)
         self.metrics.add_cycle(cycle)
         if cycle.samples:
             self.health.last_cycle = time.time()
@@ -172,8 +170,8 @@ class Agent:
             command += ["--rates", self.settings["rates"]]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            self.faults.record(COLLECTOR, "report_failed", (done.stderr or done.stdout).strip().splitlines()[-1:][0]
-                               if (done.stderr or done.stdout).strip() else f"exit {done.returncode}")
+            said = (done.stderr or done.stdout).strip().splitlines()
+            self.faults.record(COLLECTOR, "report_failed", said[-1] if said else f"exit {done.returncode}")
         else:
             log.info("weekly report written to %s", out)
 

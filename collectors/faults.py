@@ -23,12 +23,12 @@ class FaultCounter:
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
-    def record(self, collector: str, reason: str, detail: str = "") -> None:
-        """Count one fault; log it if this is the first of its kind."""
+    def record(self, collector: str, reason: str, detail: str = "", count: int = 1) -> None:
+        """Count ``count`` faults of one kind; log it if this is the first of its kind."""
         key = (collector, reason)
         with self._lock:
             seen = self._counts.get(key, 0)
-            self._counts[key] = seen + 1
+            self._counts[key] = seen + count
         suffix = f": {detail}" if detail else ""
         if seen == 0:
             self._log.warning(

@@ -257,6 +257,7 @@ def test_an_unreachable_price_api_is_counted_and_the_snapshot_prices(small_trace
     from agent import agent_settings
     from agent.config import Config
     from agent.daemon import Agent
+    from agent.rollups import RollupBook
     from agent.tracesource import TraceSource
     from collectors.faults import FaultCounter
     from collectors.pricing.aws import AwsPrices
@@ -269,8 +270,9 @@ def test_an_unreachable_price_api_is_counted_and_the_snapshot_prices(small_trace
     settings = agent_settings.resolve(argparse.Namespace(**{s.name: None for s in agent_settings.SETTINGS}),
                                       {"GPULEDGER_LEDGER_DIR": str(tmp_path / "ledger")})
     source = TraceSource(small_trace, speed=1e6)
+    book = RollupBook(settings["ledger_dir"], chain.currency)
     agent = Agent(settings, Config(), chain, source, source.interval, FaultCounter(), "dry-run", "test",
-                  refresh_prices=chain.cache.refresh_expired, price_faults=lambda: chain.cache.faults)
+                  book, book.restore(), refresh_prices=chain.cache.refresh_expired, price_faults=lambda: chain.cache.faults)
     agent.sample()
     agent.refresh_prices()
     agent.sample()
