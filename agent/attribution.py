@@ -41,6 +41,7 @@ class Allocations:
     active: np.ndarray  # allocated seconds of samples with utilisation above 0
     cost: np.ndarray
     mem: np.ndarray  # bytes used (NaN where unknown)
+    util: np.ndarray  # the sample's utilisation, percent (NaN where unknown or unallocated)
 
     def __len__(self) -> int:
         return len(self.minute)
@@ -69,6 +70,7 @@ def attribute(samples: SampleColumns, timeline: Timeline, where: Locate | None =
         util_unknown=np.where(allocated & ~s_known, s_dt, 0.0),
         active=np.where(allocated & s_known & (np.nan_to_num(s_util) > 0), s_dt, 0.0),
         cost=s_dt * price[single], mem=samples.mem[single],
+        util=np.where(allocated & s_known, s_util, np.nan),
     )]
     shared = np.flatnonzero(is_shared)
     if len(shared):
@@ -167,7 +169,7 @@ def _split_shared(rows, samples, timeline, slot, dt, price, minute) -> Allocatio
         used=np.where(known, seconds * np.nan_to_num(util) / 100.0, 0.0),
         util_unknown=np.where(known, 0.0, seconds),
         active=np.where(known & (np.nan_to_num(util) > 0), seconds, 0.0),
-        cost=seconds * price[pair_sample], mem=pod_mem,
+        cost=seconds * price[pair_sample], mem=pod_mem, util=np.where(known, util, np.nan),
     )
 
 

@@ -19,7 +19,7 @@ from collectors.atomicfile import atomic_path
 if TYPE_CHECKING:
     import pyarrow as pa
 
-LEDGER_VERSION = "1"
+LEDGER_VERSION = "1.1"  # 1.1 added util_peak; readers take 1 too (docs/ledger.md)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Ledger:
     idle_cost: np.ndarray
     unallocated_cost: np.ndarray
     mem_max: np.ndarray
+    util_peak: np.ndarray  # the highest sample utilisation of the row, 0-1 (NaN where unknown)
     samples: np.ndarray
 
     def __len__(self) -> int:
@@ -46,6 +47,7 @@ class Ledger:
 
 SUMMED = ("allocated", "unallocated", "used", "util_unknown", "active", "cost", "idle_cost",
           "unallocated_cost", "samples")
+MAXED = ("mem_max", "util_peak")  # the row's highest sample value, NaN when no sample had one
 
 
 def rollup(allocs: Allocations, timeline: Timeline) -> Ledger:
@@ -62,7 +64,7 @@ def rollup(allocs: Allocations, timeline: Timeline) -> Ledger:
         cost=np.where(allocated, allocs.cost, 0.0),
         idle_cost=np.where(allocated, allocs.cost * idle_share, 0.0),
         unallocated_cost=np.where(allocated, 0.0, allocs.cost),
-        mem_max=allocs.mem, samples=np.ones(len(allocs), np.int64),
+        mem_max=allocs.mem, util_peak=allocs.util / 100.0, samples=np.ones(len(allocs), np.int64),
     )
     return _reduce(rows, timeline)
 
@@ -91,12 +93,12 @@ def _reduce(rows: Ledger, timeline: Timeline) -> Ledger:
     sorted_key = key[order]
     starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
     first = order[starts]
-    mem = rows.mem_max[order]
-    mem_max = np.fmax.reduceat(mem, starts)  # fmax: NaN only where all are NaN
+    # fmax: NaN only where all are NaN
+    maxima = {k: np.fmax.reduceat(getattr(rows, k)[order], starts) for k in MAXED}
     out = {k: np.add.reduceat(getattr(rows, k)[order], starts) for k in SUMMED}
     return Ledger(
         minute=rows.minute[first], slot=np.maximum.reduceat(rows.slot[order], starts),
-        holder=rows.holder[first], mem_max=mem_max, **out,
+        holder=rows.holder[first], **maxima, **out,
     )
 
 
@@ -126,6 +128,7 @@ def ledger_table(ledger: Ledger, timeline: Timeline) -> "pa.Table":
         return values[order]
 
     mem = col(ledger.mem_max)
+    peak = col(ledger.util_peak)
     columns = {
         "minute": pa.array(col(ledger.minute), pa.timestamp("s", tz="UTC")),
         "node": pa.array(from_slot("node"), pa.string()),
@@ -153,6 +156,7 @@ def ledger_table(ledger: Ledger, timeline: Timeline) -> "pa.Table":
         "util_unknown_gpu_seconds": pa.array(col(ledger.util_unknown)),
         "active_gpu_seconds": pa.array(col(ledger.active)),
         "memory_used_max_bytes": pa.array(mem, pa.float64(), mask=np.isnan(mem)),
+        "util_peak": pa.array(peak, pa.float64(), mask=np.isnan(peak)),
         "cost": pa.array(col(ledger.cost)),
         "idle_cost": pa.array(col(ledger.idle_cost)),
         "unallocated_cost": pa.array(col(ledger.unallocated_cost)),

@@ -49,6 +49,7 @@ class Row:
     slot: SlotInfo
     sums: tuple[float, ...]  # in the order of SUMS
     mem_max: float  # NaN when unknown
+    util_peak: float  # 0-1, NaN when unknown
     samples: int
 
 
@@ -215,7 +216,7 @@ def _rows(ledger, timeline: Timeline) -> list[Row]:
         rows.append(Row(
             key=RowKey(int(ledger.minute[i]), slot.node, slot.uuid, pod), slot=slot,
             sums=tuple(float(v) for v in sums[i]), mem_max=float(ledger.mem_max[i]),
-            samples=int(ledger.samples[i]),
+            util_peak=float(ledger.util_peak[i]), samples=int(ledger.samples[i]),
         ))
     return rows
 

@@ -42,6 +42,7 @@ class _Acc:
     slot: SlotInfo
     sums: list[float]
     mem_max: float
+    util_peak: float
     samples: int
 
 
@@ -112,11 +113,12 @@ class RollupBook:
                 entry = self._hours[(key.node, hour)] = _Hour()
             acc = entry.rows.get(key)
             if acc is None:
-                entry.rows[key] = _Acc(row.slot, list(row.sums), row.mem_max, row.samples)
+                entry.rows[key] = _Acc(row.slot, list(row.sums), row.mem_max, row.util_peak, row.samples)
             else:
                 acc.slot = row.slot
                 acc.sums = [a + b for a, b in zip(acc.sums, row.sums)]
                 acc.mem_max = _fmax(acc.mem_max, row.mem_max)
+                acc.util_peak = _fmax(acc.util_peak, row.util_peak)
                 acc.samples += row.samples
             if key.minute in entry.written:
                 entry.dirty = True  # a late row for a minute already on disk
@@ -212,6 +214,7 @@ def row_dict(key: RowKey, acc: _Acc) -> dict[str, Any]:
     }
     row.update(zip(SUMS, acc.sums))
     row["memory_used_max_bytes"] = None if math.isnan(acc.mem_max) else acc.mem_max
+    row["util_peak"] = None if math.isnan(acc.util_peak) else acc.util_peak
     row["samples"] = acc.samples
     return row
 
@@ -246,8 +249,9 @@ def _merged(restored: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
             continue
         for k in SUMS + ("samples",):
             row[k] += old[k]
-        mems = [m for m in (row["memory_used_max_bytes"], old["memory_used_max_bytes"]) if m is not None]
-        row["memory_used_max_bytes"] = max(mems) if mems else None
+        for k in ("memory_used_max_bytes", "util_peak"):
+            highest = [m for m in (row[k], old.get(k)) if m is not None]
+            row[k] = max(highest) if highest else None
     return out
 
 

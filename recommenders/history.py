@@ -26,13 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-STRINGS = ("node", "device_uuid", "parent_uuid", "mig_profile", "gpu_model", "pod_uid", "namespace", "team",
-           "workload_class", "workload_kind", "workload_name", "instance_type", "region",
-           "capacity_type")
+STRINGS = ("node", "device_uuid", "parent_uuid", "mig_profile", "gpu_model", "pod_uid", "namespace", "pod",
+           "team", "workload_class", "workload_kind", "workload_name", "instance_type", "region",
+           "capacity_type", "price_source")
 NUMBERS = ("gpu_memory_total_bytes", "gpu_hourly_price", "allocated_gpu_seconds",
            "unallocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds",
-           "active_gpu_seconds", "memory_used_max_bytes", "cost", "idle_cost", "unallocated_cost")
+           "active_gpu_seconds", "memory_used_max_bytes", "util_peak", "cost", "idle_cost", "unallocated_cost")
 COLUMNS = ("minute", *STRINGS, *NUMBERS)
+# Columns a later ledger version added: an older ledger without them reads as all null.
+OPTIONAL = frozenset({"util_peak"})
 
 
 class LedgerError(ValueError):
@@ -120,8 +122,10 @@ def load_history(paths: Sequence[str | Path], start: float, end: float) -> Histo
     sources: list[tuple[str, dict, Callable[[str], pa.ChunkedArray]]] = []
     for path in parquet:
         pf = _open(path)
-        _check(pf, path, list(COLUMNS))
-        sources.append((str(path), pf.schema_arrow.metadata or {}, lambda name, path=path: _parquet_column(path, name)))
+        _check(pf, path, [c for c in COLUMNS if c not in OPTIONAL])
+        present = set(pf.schema_arrow.names)
+        sources.append((str(path), pf.schema_arrow.metadata or {},
+                        lambda name, path=path, present=present: _parquet_column(path, name, present)))
     if rollups:
         table = _rollup_table(tuple(rollups))
         sources.append((str(rollups[0]), table.schema.metadata or {}, table.column))
@@ -137,7 +141,9 @@ def load_history(paths: Sequence[str | Path], start: float, end: float) -> Histo
     return History(df, float(start), float(end), currency or "USD", first)
 
 
-def _parquet_column(path: Path, name: str) -> pa.ChunkedArray:
+def _parquet_column(path: Path, name: str, present: set[str]) -> pa.ChunkedArray:
+    if name not in present:  # an OPTIONAL column an older ledger lacks
+        return pa.chunked_array([pa.nulls(pq.ParquetFile(path).metadata.num_rows, pa.float64())])
     return pq.read_table(path, columns=[name], read_dictionary=[name] if name in STRINGS else None).column(name)
 
 
@@ -277,13 +283,13 @@ def history_from_columns(columns, start: float, end: float, currency: str) -> Hi
     minute = np.asarray(columns["minute"], dtype=np.int64)
     data: dict[str, object] = {"minute": minute}
     for name in COLUMNS[1:]:
-        column = columns[name]
+        column = columns[name] if name in columns or name not in OPTIONAL else np.full(len(minute), np.nan)
         if name in STRINGS and hasattr(column, "codes") and hasattr(column, "categories"):
             data[name] = pd.Categorical.from_codes(np.asarray(column.codes), categories=pd.Index(
                 list(column.categories), dtype=object))
         elif name in STRINGS:
             data[name] = pd.Categorical(np.asarray(column, dtype=object))
         else:
-            data[name] = np.asarray(columns[name], dtype=np.float64)
+            data[name] = np.asarray(column, dtype=np.float64)
     first = float(minute.min()) if len(minute) else float(start)
     return History(pd.DataFrame(data), float(start), float(end), currency, first)
