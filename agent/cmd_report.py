@@ -129,13 +129,14 @@ def build(args: argparse.Namespace):
     from collectors.pricing.ratecard import load_rate_card, load_snapshot
     from recommenders.history import LedgerError, ledger_end, load_history
     from recommenders.report import build_report
-    from recommenders.settings import Settings, setting_fields
+    from recommenders.settings import Settings, check, setting_fields
 
     since = parse_duration(args.since)
     overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}
     for name, value in overrides.items():
-        if value is not None and value < 0:
-            raise InputError(f"expected a value of at least 0, got {value}", field="--" + name.replace("_", "-"))
+        problem = None if value is None else check(name, value)
+        if problem:
+            raise InputError(problem, field="--" + name.replace("_", "-"))
     settings = Settings().with_overrides(**overrides)
     card = load_rate_card(args.rates) if args.rates else load_snapshot()
     pools, spot = commitment_prices(card)

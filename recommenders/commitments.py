@@ -11,12 +11,17 @@ or not, so ``u_h`` counts the nodes (node-equivalents, for nodes present part of
 hour) or GPUs present each hour. Spot and already-reserved capacity are left out: a
 commitment would not cover them. The *needed* usage, after right-sizing, counts only
 the GPU-time pods would still hold once the recommendations are applied.
+
+A commitment binds for years, so it must know how sure it is: the look-back is whole
+hours (:func:`lookback`: no partial first or last hour counted as low usage), each pool
+says how many days of history back it, and a term is recommended only with the days of
+history its caller asks for (``min_history_days``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -68,6 +73,7 @@ class OptionResult:
     utilization: float  # of the committed units, the share of hours they were used
     coverage: float  # of the usage, the share the commitment covered
     break_even: float  # c / p: the utilisation above which one committed unit pays
+    eligible: bool = True  # the pool has the history this term needs
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class PoolResult:
     spot_hourly: float | None
     spot_note: str | None
     usage: tuple[float, ...] = field(repr=False, default=())
+    history_days: float = 0.0  # from the pool's first hour with capacity to the end of the look-back
+    reason: str | None = None  # why no term is recommended although one would save (not enough history)
+    assumes: tuple[str, ...] = ()  # the recommendations the after-right-sizing figure assumes applied
 
     @property
     def label(self) -> str:
@@ -118,6 +127,16 @@ def optimal_k(usage: np.ndarray, c: float, p: float) -> tuple[int, float]:
     costs = commitment_costs(usage, c, p)
     k = int(np.argmin(costs))
     return k, float(costs[k])
+
+
+def lookback(first_minute: float, end: float, days: float) -> tuple[float, float]:
+    """The look-back ``[start, end)`` in whole hours: ending at the last complete hour of the
+    ledger (``end`` is one minute past its last minute), starting ``days`` earlier or at the
+    ledger's first complete hour, whichever is later. A partial hour at either edge would
+    read as low usage and lower the optimum commitment."""
+    last = math.floor(end / 3600) * 3600
+    first = math.ceil(first_minute / 3600) * 3600
+    return float(max(last - days * 86400, first)), float(last)
 
 
 def evaluate(usage: np.ndarray, option: Option, p: float) -> OptionResult:
@@ -190,17 +209,23 @@ def hourly_usage(rows: pd.DataFrame, mask: np.ndarray, kind: str, start_hour: in
 def commitment_plan(
     rows: pd.DataFrame, prices: Sequence[PoolPrices], start: float, end: float,
     freed: np.ndarray | None = None, spot_hourly: Mapping[tuple, float] | None = None,
+    min_history_days: Mapping[int, float] | None = None, freed_by: np.ndarray | None = None,
+    freed_labels: Sequence[str] = (),
 ) -> list[PoolResult]:
-    """One result per pool in the ledger rows of the look-back ``[start, end)``.
+    """One result per pool in the ledger rows of the look-back ``[start, end)`` (whole hours).
 
     Pools are node pools (instance type × region) for every on-demand instance type in
     the ledger, and GPU pools (GPU model × region) for every ``gpu`` entry of
     ``prices``. Node pools with no commitment price are listed with their usage only.
     ``spot_hourly`` maps (instance_type, region) to a known spot price per node-hour
     (region None: any region); spot rows in the ledger give one too.
+    ``min_history_days`` maps a term in years to the days of pool history it needs
+    (missing: none); ``freed_by`` gives, per row, the index into ``freed_labels`` of the
+    recommendation that frees it (-1: none), so a pool names what its after-right-sizing
+    figure assumes.
     """
-    start_hour = int(start // 3600)
-    hours = int(math.ceil(end / 3600)) - start_hour
+    start_hour = int(math.ceil(start / 3600))  # whole hours only (see lookback)
+    hours = int(end // 3600) - start_hour
     if len(rows) == 0 or hours <= 0:
         return []
     if freed is None:
@@ -222,27 +247,52 @@ def commitment_plan(
             _, _, p_spot = hourly_usage(rows, mask, "node", start_hour, hours, n_gpus)
             spot_prices.setdefault((itype, region), p_spot)
 
+    need_days = dict(min_history_days or {})
+
     def pool(kind: str, mask: np.ndarray, options: tuple[Option, ...], itype, model, region) -> PoolResult:
         usage, needed, p = hourly_usage(rows, mask, kind, start_hour, hours, n_gpus, freed)
-        evaluated = tuple(sorted((evaluate(usage, o, p) for o in options), key=lambda r: -r.monthly_savings))
-        best = evaluated[0] if evaluated and evaluated[0].monthly_savings > 0 else None
-        beats = (evaluated[1].option.label if len(evaluated) > 1 else "on-demand only") if best else ""
+        present = np.flatnonzero(usage > 0)
+        history = (hours - int(present[0])) / 24.0 if len(present) else 0.0
+        evaluated = tuple(sorted(
+            (replace(r, eligible=history >= need_days.get(o.term_years, 0.0) - 1e-9)
+             for o in options for r in (evaluate(usage, o, p),)),
+            key=lambda r: (-r.eligible, -r.monthly_savings)))
+        saving = [r for r in evaluated if r.monthly_savings > 0]
+        best = next((r for r in saving if r.eligible), None)
+        reason = None
+        if best is None and saving:
+            wanted = min(need_days.get(r.option.term_years, 0.0) for r in saving)
+            reason = (f"not enough history ({history:.1f} days; the options that would save need "
+                      f"{wanted:g} days or more)")
+        runner_up = [r for r in evaluated if r is not best and r.eligible]
+        beats = (runner_up[0].option.label if runner_up else "on-demand only") if best else ""
         after = evaluate(needed, best.option, p) if best is not None else None
+        assumes: tuple[str, ...] = ()
+        if freed_by is not None and after is not None:
+            ids = np.unique(freed_by[mask & (freed > 0)])
+            assumes = tuple(freed_labels[i] for i in ids if i >= 0)
         alloc = alloc_all[mask]
         share = float(alloc[training[mask]].sum() / alloc.sum()) if alloc.sum() > 0 else 0.0
         spot = spot_prices.get((itype, region), spot_prices.get((itype, None))) if kind == "node" else None
         note = None
         if spot is not None and share >= 0.5 and spot < p:
-            spot_month = spot * float(needed.sum()) * HOURS_PER_MONTH / hours
-            committed = after.monthly_after if after else p * float(needed.sum()) * HOURS_PER_MONTH / hours
-            if spot_month < committed:
-                note = (f"mostly training ({share:.0%}): on spot at {spot:.2f}/h the needed capacity would cost "
-                        f"{spot_month:,.0f}/month against {committed:,.0f} committed; checkpoint and tolerate interruptions")
+            scale = HOURS_PER_MONTH / hours
+            spot_month = spot * float(needed.sum()) * scale
+            on_demand = p * float(needed.sum()) * scale
+            committed = after.monthly_after if after and after.k > 0 else None
+            if spot_month < min(on_demand, committed if committed is not None else math.inf):
+                against = f"on demand {on_demand:,.0f}/month"
+                if committed is not None:
+                    against += f", with the best commitment ({best.option.label}, k={after.k}) {committed:,.0f}/month"
+                note = (f"mostly training ({share:.0%}): on spot at {spot:.2f}/h the capacity still needed after "
+                        f"right-sizing would cost {spot_month:,.0f}/month, against {against}; spot needs "
+                        f"checkpointing and tolerance of interruptions")
         return PoolResult(
             kind=kind, instance_type=itype, gpu_model=model, region=region, hours=hours, on_demand_hourly=p,
             usage_mean=float(usage.mean()), usage_min=float(usage.min()), usage_max=float(usage.max()),
             needed_mean=float(needed.mean()), options=evaluated, best=best, beats=beats, after_rightsizing=after,
             training_share=share, spot_hourly=spot, spot_note=note, usage=tuple(float(x) for x in usage),
+            history_days=history, reason=reason, assumes=assumes,
         )
 
     results: list[PoolResult] = []

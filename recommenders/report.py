@@ -14,15 +14,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recommenders.anomalies import DAY, Anomaly, find_anomalies
+from recommenders.anomalies import DAY, MIN_HISTORY_DAYS, Anomaly, find_anomalies
 from recommenders.catalog import Catalog, load_catalog
-from recommenders.commitments import PoolPrices, PoolResult, commitment_plan
-from recommenders.rightsizing import GIB, Recommendation, best_per_workload, recommend
+from recommenders.commitments import PoolPrices, PoolResult, commitment_plan, lookback
+from recommenders.grouping import column_codes, group_ids
+from recommenders.rightsizing import Recommendation, best_per_workload, not_judged, recommend, workload_key
 from recommenders.settings import Settings
-from recommenders.grouping import group_ids
 from recommenders.workloads import KEY, allocated_mask, workload_ids, workload_stats
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 UNALLOCATED = "(unallocated)"
 UTIL_BUCKETS = (0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -62,6 +62,18 @@ class Report:
     focus_rows: list[dict[str, Any]]
     settings: Settings
     notes: list[str] = field(default_factory=list)
+    not_judged: list[dict[str, Any]] = field(default_factory=list)
+    price_sources: list[dict[str, Any]] = field(default_factory=list)
+    history_days: float = 0.0  # from the ledger's first minute to the window's end
+
+    @property
+    def has_previous(self) -> bool:
+        return self.previous.hours > 0
+
+    @property
+    def anomalies_judged(self) -> bool:
+        """Enough history before the window's last day for any entity to have a range."""
+        return self.history_days >= MIN_HISTORY_DAYS + 1
 
 
 def _figures(rows: pd.DataFrame) -> dict[str, float]:
@@ -112,37 +124,60 @@ def team_table(current: pd.DataFrame, previous: pd.DataFrame) -> list[dict[str, 
         known = r["gpu_hours"] - r["unknown_hours"]
         out.append({"team": team, "gpu_hours": float(r["gpu_hours"]), "used_gpu_hours": float(r["used_hours"]),
                     "utilization": float(r["used_hours"] / known) if known > 0 else None,
-                    "cost": float(r["cost"]), "idle_cost": float(r["idle_cost"]),
+                    "cost": float(r["cost"]), "idle_cost": _idle_or_unknown(r),
+                    "util_unknown_gpu_hours": float(r["unknown_hours"]),
                     "previous_cost": prev, "change": delta, "change_pct": pct})
     un_now = float(current["unallocated_cost"].sum())
     un_prev = float(previous["unallocated_cost"].sum()) if len(previous) else None
     delta, pct = _change(un_now, un_prev)
     out.append({"team": UNALLOCATED, "gpu_hours": float(current["unallocated_gpu_seconds"].sum() / 3600),
                 "used_gpu_hours": 0.0, "utilization": None, "cost": un_now, "idle_cost": un_now,
+                "util_unknown_gpu_hours": 0.0,
                 "previous_cost": un_prev, "change": delta, "change_pct": pct})
     return out
 
 
 def class_table(current: pd.DataFrame) -> list[dict[str, Any]]:
-    """Training vs inference vs interactive (vs other): GPU-hours, cost and share of cost."""
+    """Training vs inference vs interactive (vs other), and unallocated capacity: GPU-hours,
+    cost and share of the whole spend (so the shares add up to 100%)."""
     by = _by(current, "workload_class")
-    total = float(by["cost"].sum()) or 1.0
-    return [{"workload_class": c, "gpu_hours": float(r["gpu_hours"]), "cost": float(r["cost"]),
-             "idle_cost": float(r["idle_cost"]), "share": float(r["cost"]) / total}
-            for c, r in by.sort_values("cost", ascending=False).iterrows()]
+    unallocated = float(current["unallocated_cost"].sum())
+    total = float(by["cost"].sum()) + unallocated
+    out = [{"workload_class": c, "gpu_hours": float(r["gpu_hours"]), "cost": float(r["cost"]),
+            "idle_cost": _idle_or_unknown(r), "share": float(r["cost"]) / total if total > 0 else 0.0}
+           for c, r in by.sort_values("cost", ascending=False).iterrows()]
+    if unallocated > 0 or float(current["unallocated_gpu_seconds"].sum()) > 0:
+        out.append({"workload_class": UNALLOCATED, "gpu_hours": float(current["unallocated_gpu_seconds"].sum() / 3600),
+                    "cost": unallocated, "idle_cost": unallocated,
+                    "share": unallocated / total if total > 0 else 0.0})
+    return out
+
+
+def _idle_or_unknown(r) -> float | None:
+    """Idle cost, or None where utilisation was never reported (MIG): unknown is not 0."""
+    if r["gpu_hours"] > 0 and r["unknown_hours"] >= r["gpu_hours"] - 1e-9:
+        return None
+    return float(r["idle_cost"])
 
 
 def _workload_rows(stats: pd.DataFrame, column: str, top: int) -> list[dict[str, Any]]:
     if stats.empty:
         return []
     cols = [*KEY, "pods", "gpu_hours", "cost", "idle_cost", "util_p50", "util_p95", "memory_max_bytes",
-            "gpu_memory_bytes", "active_share"]
+            "gpu_memory_bytes", "active_share", "util_known_share"]
     # ties (two workloads that cost the same) are broken by name, so the table does not
     # depend on the order the ledger files were read in
     order = [column, *KEY]
     part = stats.sort_values(order, ascending=[False] + [True] * len(KEY), kind="stable").head(top)[cols]
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in part.to_dict("records") if r[column] > 0]
+    out = []
+    for r in part.to_dict("records"):
+        if not r[column] > 0:
+            continue
+        r = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        if not r.pop("util_known_share"):  # utilisation never reported (MIG): idle cost unknown, not 0
+            r["idle_cost"] = None
+        out.append(r)
+    return out
 
 
 def utilization_histogram(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -156,14 +191,22 @@ def utilization_histogram(rows: pd.DataFrame) -> list[dict[str, Any]]:
     per = np.bincount(tenth, weights=alloc, minlength=11) / 3600
     out = [{"bucket": "0%", "gpu_hours": float(per[0])}]
     out += [{"bucket": f"{(i - 1) * 10}–{i * 10}%", "gpu_hours": float(per[i])} for i in range(1, 11)]
-    unknown = float(all_alloc[~known].sum() / 3600)
-    if unknown > 0:
-        out.append({"bucket": "not reported (MIG)", "gpu_hours": unknown})
+    unknown_rows = ~known
+    mig = rows["mig_profile"].notna().to_numpy()[mask] if "mig_profile" in rows else np.zeros(len(known), bool)
+    for label, which in (("not reported (MIG)", unknown_rows & mig), ("not reported", unknown_rows & ~mig)):
+        unknown = float(all_alloc[which].sum() / 3600)
+        if unknown > 0:
+            out.append({"bucket": label, "gpu_hours": unknown})
     return out
 
 
-def daily_cost_by_team(rows: pd.DataFrame) -> dict[str, Any]:
-    """Cost per UTC day and team (unallocated capacity as its own series)."""
+def daily_cost_by_team(rows: pd.DataFrame, start: float | None = None, end: float | None = None) -> dict[str, Any]:
+    """Cost per UTC day and team (unallocated capacity as its own series).
+
+    ``partial`` marks the days the data ``[start, end)`` (default: the rows' first minute
+    to one minute past their last) does not cover whole, so a short first or last day is
+    not read as a drop in spend.
+    """
     day = rows["minute"].to_numpy(np.int64) // DAY
     allocated = rows["pod_uid"].notna().to_numpy()
     ids, keys = group_ids(rows, ["team"], extra={"day": day, "allocated": allocated.astype(np.int64)})
@@ -174,7 +217,11 @@ def daily_cost_by_team(rows: pd.DataFrame) -> dict[str, Any]:
     table = table.groupby(["day", "team"])["cost"].sum().unstack(fill_value=0.0)
     table = table[table.sum().sort_values(ascending=False).index]
     days = [pd.Timestamp(int(d) * DAY, unit="s", tz="UTC").strftime("%Y-%m-%d") for d in table.index]
-    return {"days": days, "teams": {str(t): [float(x) for x in table[t]] for t in table.columns}}
+    minute = rows["minute"].to_numpy(np.int64)
+    lo = float(minute.min()) if start is None and len(minute) else (start or 0.0)
+    hi = float(minute.max()) + 60 if end is None and len(minute) else (end or 0.0)
+    partial = [bool(int(d) * DAY < lo or (int(d) + 1) * DAY > hi) for d in table.index]
+    return {"days": days, "partial": partial, "teams": {str(t): [float(x) for x in table[t]] for t in table.columns}}
 
 
 def focus_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -211,24 +258,60 @@ def focus_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return [merged[k] for k in sorted(merged, key=lambda k: tuple(str(x) for x in k))]
 
 
+@dataclass(frozen=True)
+class Freed:
+    """Per ledger row, the share of its allocated time right-sizing would give back, and which
+    recommendation (an index into ``labels``, -1 for none) gives it back."""
+
+    share: np.ndarray
+    by: np.ndarray
+    labels: tuple[str, ...]
+
+
 def freed_shares(rows: pd.DataFrame, recs: Sequence[Recommendation]) -> np.ndarray:
     """Per ledger row, the share of its allocated time the best recommendation of its workload frees."""
+    return freed_by_recommendation(rows, recs).share
+
+
+def freed_by_recommendation(rows: pd.DataFrame, recs: Sequence[Recommendation]) -> Freed:
+    """:class:`Freed` for the best recommendation of each workload (alternatives do not add up)."""
     freed = np.zeros(len(rows))
+    by = np.full(len(rows), -1, np.int64)
     best = best_per_workload(recs)
+    chosen = sorted(best.values(), key=lambda r: (-r.monthly_savings, str(r.namespace), str(r.workload_name)))
+    labels = tuple(f"{r.type} {r.namespace}/{r.workload_name}" for r in chosen)
     if not best or len(rows) == 0:
-        return freed
+        return Freed(freed, by, labels)
     mask = allocated_mask(rows)
     if not mask.any():
-        return freed
+        return Freed(freed, by, labels)
     wid, keys = workload_ids(rows, mask)
+    index = {workload_key(r): i for i, r in enumerate(chosen)}
+
     def share(rec: Recommendation) -> float:
         # a downsized workload leaves its current pool altogether (it moves to another GPU)
         return 1.0 if rec.type == "downsize-model" else rec.freed_share
 
-    per_key = np.array([share(best[k]) if (k := tuple(r)) in best else 0.0
-                        for r in keys[list(KEY)].itertuples(index=False)])
-    freed[mask] = per_key[wid]
-    return freed
+    per_key = [index.get(tuple(r), -1) for r in keys[list(KEY)].itertuples(index=False)]
+    per_key_share = np.array([share(chosen[i]) if i >= 0 else 0.0 for i in per_key])
+    freed[mask] = per_key_share[wid]
+    by[mask] = np.array(per_key, np.int64)[wid]
+    return Freed(freed, by, labels)
+
+
+def price_source_table(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Spend (pods' and unallocated) by the price source that priced it, largest first."""
+    if "price_source" not in rows or len(rows) == 0:
+        return []
+    code, names = column_codes(rows["price_source"])
+    money = rows["cost"].to_numpy(np.float64) + rows["unallocated_cost"].to_numpy(np.float64)
+    per = np.bincount(code, weights=money, minlength=len(names))
+    total = float(per.sum())
+    # rounded to cents and parts per million: the sums' last digits depend on the order the
+    # ledger files were read in, and the report must not
+    out = [{"source": "(none)" if names[i] is None else str(names[i]), "cost": round(float(per[i]), 2),
+            "share": round(float(per[i]) / total, 6) if total > 0 else 0.0} for i in range(len(names)) if per[i] > 0]
+    return sorted(out, key=lambda d: (-d["cost"], d["source"]))
 
 
 def _slice(rows: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
@@ -252,32 +335,41 @@ def build_report(
     minute = rows["minute"].to_numpy(np.int64)
     current = Window(max(end - since_s, first_minute), end)
     previous = Window(max(end - 2 * since_s, first_minute), current.start)
-    commit = Window(max(end - settings.commitment_days * DAY, first_minute), end)
+    commit = Window(*lookback(first_minute, end, settings.commitment_days))
     cur_rows = _slice(rows, minute >= current.start)
     prev_rows = _slice(rows, (minute >= previous.start) & (minute < previous.end))
     hours = current.hours
-    stats = workload_stats(cur_rows, hours, settings.idle_memory_floor_gib * GIB)
+    stats = workload_stats(cur_rows, hours, settings)
     recs = recommend(cur_rows, hours, currency, settings, catalog, stats=stats)
     best = best_per_workload(recs)
     by_type: dict[str, float] = {}
     for r in best.values():
         by_type[r.type] = by_type.get(r.type, 0.0) + r.monthly_savings
-    commit_rows = _slice(rows, minute >= commit.start)
+    commit_rows = _slice(rows, minute >= commit.start)  # commitment_plan counts whole hours before commit.end
     recent = _slice(rows, minute >= previous.start)
-    plan = commitment_plan(commit_rows, pool_prices, commit.start, commit.end,
-                           freed=freed_shares(commit_rows, recs), spot_hourly=spot_hourly)
+    freed = freed_by_recommendation(commit_rows, recs)
+    plan = commitment_plan(commit_rows, pool_prices, commit.start, commit.end, freed=freed.share,
+                           spot_hourly=spot_hourly, freed_by=freed.by, freed_labels=freed.labels,
+                           min_history_days={1: settings.commitment_min_days_1y, 3: settings.commitment_min_days_3y})
     notes = []
     if current.hours < since_s / 3600 - 1e-9:
         notes.append(f"The ledger starts {current.hours:.1f} h before its end, so this window is shorter than "
                      f"the {since_s / 86400:g} days asked for; savings are projected from what was seen.")
     if previous.hours <= 0:
-        notes.append("No ledger data before this window: the change columns are empty.")
+        notes.append("No ledger data before this window: there is no previous window to compare with.")
     if commit.hours < settings.commitment_days * 24 - 1e-9:
-        notes.append(f"Commitments are judged on {commit.hours / 24:.1f} days of history (the look-back asks for "
-                     f"{settings.commitment_days:g}); commit on longer history before buying.")
+        notes.append(f"Commitments are judged on {max(commit.hours, 0.0) / 24:.1f} days of history (the look-back asks "
+                     f"for {settings.commitment_days:g}); a term is recommended only with {settings.commitment_min_days_1y:g} "
+                     f"days (1 year) or {settings.commitment_min_days_3y:g} days (3 years) of a pool's history.")
     if not pool_prices:
         notes.append("No commitment prices: add a `commitments` section to the rate card (--rates) to see what "
                      "reserved capacity would save; pools are listed with their usage only.")
+    sources = price_source_table(cur_rows)
+    default = sum(p["share"] for p in sources if p["source"] == "default")
+    if default > 0:
+        notes.append(f"{default:.0%} of the spend was priced at the default price (no rate card or snapshot entry "
+                     "matched): give a rate card (--rates) so costs and savings are real; model changes are not "
+                     "offered where the saving would rest on that placeholder.")
     return Report(
         currency=currency, window=current, previous=previous, requested_days=since_s / DAY,
         totals=_figures(cur_rows), previous_totals=_figures(prev_rows) if len(prev_rows) else {},
@@ -286,9 +378,11 @@ def build_report(
         anomalies=find_anomalies(recent, current.start, settings),
         recommendations=recs, savings_by_type=by_type,
         potential_monthly_savings=float(sum(r.monthly_savings for r in best.values())),
-        commitments=plan, commitment_window=commit, daily_cost=daily_cost_by_team(recent),
+        commitments=plan, commitment_window=commit,
+        daily_cost=daily_cost_by_team(recent, max(previous.start, first_minute), end),
         utilization_histogram=utilization_histogram(cur_rows), focus_rows=focus_rows(cur_rows),
-        settings=settings, notes=notes,
+        settings=settings, notes=notes, not_judged=not_judged(stats, recs, settings, catalog),
+        price_sources=sources, history_days=(end - first_minute) / DAY,
     )
 
 

@@ -1,11 +1,22 @@
 """What each workload held and used over a window: the evidence every recommendation cites.
 
 A workload is (team, class, namespace, owner kind, owner name) on one GPU model (and MIG
-profile, for slices), as ``docs/classification.md`` defines it. Utilisation is per
-GPU-minute row: used seconds over allocated seconds (rows of unknown utilisation, MIG
-slices, are left out of it); memory is the row's peak. Percentiles are over the rows, so
-each GPU-minute counts once. Everything is computed on integer codes and numpy arrays
-(:mod:`recommenders.grouping`), so a week of a thousand GPUs takes seconds.
+profile, for slices), as ``docs/classification.md`` defines it. Per GPU-minute row:
+
+* utilisation is used seconds over allocated seconds (the minute's mean); the row's
+  **peak** is its highest sample's utilisation (``util_peak``; the mean where a 1.0
+  ledger lacks it). Compute checks use percentiles of the peaks, so a spiky pod is never
+  understated by averaging; rows of unknown utilisation (MIG slices) are left out;
+* memory is the row's peak.
+
+Per minute of the workload, its **demand** is the busy GPU-equivalents of all its pods
+together: the sum of its rows' peaks, each row being one GPU the pod held (a row of
+unknown utilisation counts as fully busy). That is what ``replicas`` sizes, for
+workloads whose pods hold GPUs of their own. Per hour of the week, the GPU-time
+held and the activity seen are what ``schedule`` reads.
+
+Everything is computed on integer codes and numpy arrays (:mod:`recommenders.grouping`),
+so a week of a thousand GPUs takes seconds.
 """
 
 from __future__ import annotations
@@ -13,10 +24,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recommenders.clock import WEEK_HOURS, hour_of_day, hour_of_week
 from recommenders.grouping import column_codes, dense_ids, group_ids, group_max
-from recommenders.quantiles import group_quantiles
+from recommenders.quantiles import group_sorted
+from recommenders.settings import Settings
 
 KEY = ("team", "workload_class", "namespace", "workload_kind", "workload_name", "gpu_model", "mig_profile")
+GIB = float(1 << 30)
+DEFAULT_PRICE = "default"  # the price source of a GPU no rate card or snapshot knew (docs/pricing.md)
 
 
 def allocated_mask(rows: pd.DataFrame) -> np.ndarray:
@@ -33,20 +48,35 @@ def workload_ids(rows: pd.DataFrame, mask: np.ndarray | None = None) -> tuple[np
     return group_ids(rows, KEY, mask)
 
 
-def workload_stats(rows: pd.DataFrame, window_hours: float, idle_memory_floor: float) -> pd.DataFrame:
+def _col(rows: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in rows:  # a column a 1.0 ledger (or a hand-built frame) lacks
+        return np.full(len(rows), np.nan)
+    return rows[name].to_numpy(np.float64)
+
+
+def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings | float | None = None) -> pd.DataFrame:
     """One row per workload with the figures of ``docs/recommendations.md`` ("Evidence").
 
     ``rows`` are ledger rows (any; unallocated ones are skipped). Columns: the KEY, pods,
-    gpu_hours, cost, idle_cost, util_p50/p95/max (fraction), memory_p99/max_bytes,
-    gpu_memory_bytes, memory_max_fraction, active_share, hourly_price (per GPU),
-    gpus_per_pod (median over pods of the most GPUs a pod held at once), replicas (median
-    pods at once), hours_observed, coverage, idle_share, idle_memory_max_bytes,
-    util_known_share; ``attrs['idle_gpus']`` holds, per multi-GPU pod and device, the
-    seconds :func:`idle_devices_per_pod` needs.
+    gpu_hours, cost, idle_cost, util_p50 (of minute means), util_p95/p99/max (of minute
+    peaks), memory_p99/max_bytes, gpu_memory_bytes, memory_max_fraction, active_share,
+    hourly_price (per GPU), price_source (the one that priced most of its cost),
+    default_price_share, gpus_per_pod (median over pods of the most GPUs a pod held at
+    once), replicas (median pods at once), replicas_mean, hours_observed, span_days,
+    coverage, idle_share, idle_memory_max_bytes, util_known_share, exclusive (every pod
+    held whole GPUs of its own), and the arrays the time-shaped strategies read: ``peaks``
+    (sorted minute peaks), ``demand`` (sorted per-minute demand), ``demand_by_hour`` (the
+    ``demand_percentile`` of demand per hour of the day in ``time_zone``), ``week_held``,
+    ``week_active``, ``week_known``, ``week_cost`` (per hour of the week) and
+    ``idle_pods``. ``attrs['idle_gpus']`` holds, per multi-GPU pod and device, the seconds
+    :func:`idle_devices_per_pod` needs.
 
     The columns are used in place, full length (no masked copies of ten million rows):
     unallocated rows fall into groups of their own, dropped at the end.
     """
+    if not isinstance(settings, Settings):  # older callers passed the idle memory floor in bytes
+        settings = Settings() if settings is None else Settings(idle_memory_floor_gib=float(settings) / GIB)
+    idle_memory_floor = settings.idle_memory_floor_gib * GIB
     mask = allocated_mask(rows)
     if not mask.any():
         return pd.DataFrame(columns=[*KEY])
@@ -55,11 +85,12 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, idle_memory_floor: f
     held_group = keys.pop("_held").to_numpy(dtype=np.int64) == 1
 
     def col(name: str) -> np.ndarray:
-        return rows[name].to_numpy(np.float64)
+        return _col(rows, name)
 
     alloc, used, unknown, active, mem = (col(c) for c in ("allocated_gpu_seconds", "used_gpu_seconds",
                                                           "util_unknown_gpu_seconds", "active_gpu_seconds",
                                                           "memory_used_max_bytes"))
+    cost_col = col("cost")
     known = (unknown <= 0) & mask
     idle_row = known & (active <= 0)
 
@@ -68,7 +99,7 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, idle_memory_floor: f
 
     out = keys
     out["gpu_hours"] = total(alloc) / 3600.0
-    out["cost"] = total(col("cost"))
+    out["cost"] = total(cost_col)
     out["idle_cost"] = total(col("idle_cost"))
     with np.errstate(invalid="ignore", divide="ignore"):
         out["hourly_price"] = out["cost"] / out["gpu_hours"]
@@ -77,15 +108,20 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, idle_memory_floor: f
         out["active_share"] = total(np.where(known, active, 0.0)) / known_seconds
         out["idle_share"] = total(np.where(idle_row, alloc, 0.0)) / known_seconds
         util = np.divide(used, alloc, out=np.full(len(alloc), np.nan), where=known & (alloc > 0))
-    q = group_quantiles(wid, util, (0.5, 0.95, 1.0), k)
+    peak = np.where(known, np.where(np.isnan(peak_col := col("util_peak")), util, peak_col), np.nan)
+    del peak_col
+    out["util_p50"] = group_sorted(wid, util, k).quantiles((0.5,))[:, 0]
     del util
-    out["util_p50"], out["util_p95"], out["util_max"] = q[:, 0], q[:, 1], q[:, 2]
-    qm = group_quantiles(wid, mem, (0.99, 1.0), k)
+    peaks = group_sorted(wid, peak, k)
+    q = peaks.quantiles((0.95, 0.99, 1.0))
+    out["util_p95"], out["util_p99"], out["util_max"] = q[:, 0], q[:, 1], q[:, 2]
+    qm = group_sorted(wid, mem, k).quantiles((0.99, 1.0))
     out["memory_p99_bytes"], out["memory_max_bytes"] = qm[:, 0], qm[:, 1]
     out["idle_memory_max_bytes"] = group_max(wid, np.where(idle_row, mem, np.nan), k)
     out["gpu_memory_bytes"] = group_max(wid, col("gpu_memory_total_bytes"), k)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["memory_max_fraction"] = out["memory_max_bytes"] / out["gpu_memory_bytes"]
+    out["price_source"], out["default_price_share"] = _price_sources(rows, wid, k, cost_col, out["cost"].to_numpy())
 
     # pods, GPUs per pod, replicas (pods at once) and minutes seen, from (pod, minute) pairs;
     # pod code 0 is "no pod" (unallocated rows) and belongs to a dummy group k
@@ -100,20 +136,59 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, idle_memory_floor: f
     pod_w[pod[mask]] = wid[mask]
     pod_w[0] = k
     pm_ids, pm_keys = dense_ids(pod * n_min + m, n_pod * n_min)
-    del m
     gpus_at_once = np.bincount(pm_ids)
     del pm_ids
     pm_pod, pm_min = np.divmod(pm_keys, n_min)
     seen_pods = np.unique(pm_pod[pm_pod > 0])
     out["pods"] = np.bincount(pod_w[seen_pods], minlength=k + 1)[:k]
     per_pod_max = group_max(pm_pod, gpus_at_once.astype(np.float64), n_pod)[seen_pods]
-    out["gpus_per_pod"] = group_quantiles(pod_w[seen_pods], per_pod_max, (0.5,), k + 1)[:k, 0]
+    out["gpus_per_pod"] = group_sorted(pod_w[seen_pods], per_pod_max, k + 1).quantiles((0.5,))[:k, 0]
     wm_ids, wm_keys = dense_ids(pod_w[pm_pod] * n_min + pm_min, (k + 1) * n_min)
     pods_at_once = np.bincount(wm_ids).astype(np.float64)
     wm_w = wm_keys // n_min
-    out["replicas"] = group_quantiles(wm_w, pods_at_once, (0.5,), k + 1)[:k, 0]
-    out["hours_observed"] = np.bincount(wm_w, minlength=k + 1)[:k] / 60.0
+    out["replicas"] = group_sorted(wm_w, pods_at_once, k + 1).quantiles((0.5,))[:k, 0]
+    minutes_seen = np.bincount(wm_w, minlength=k + 1)[:k]
+    out["replicas_mean"] = np.bincount(wm_w, weights=pods_at_once, minlength=k + 1)[:k] / np.maximum(minutes_seen, 1)
+    out["hours_observed"] = minutes_seen / 60.0
     out["coverage"] = np.minimum(out["hours_observed"] / window_hours, 1.0) if window_hours > 0 else 0.0
+    first_seen = np.full(k, np.inf)
+    np.fmin.at(first_seen, wid[mask], minute[mask].astype(np.float64))
+    last_seen = group_max(wid[mask], minute[mask].astype(np.float64), k)
+    out["span_days"] = np.where(np.isfinite(first_seen), (last_seen + 60 - first_seen) / 86400.0, 0.0)
+    del pm_pod, pm_min, wm_ids, wm_keys
+
+    # demand: busy GPU-equivalents per (workload, minute). A workload is "exclusive" when
+    # its pods held their GPUs alone (no other pod's row on the device in that minute) for
+    # 99% of its GPU-time; then each row is one whole GPU, busy at its peak
+    dm_ids, _ = dense_ids(dev.astype(np.int64) * n_min + m, (int(dev.max()) + 1) * n_min)
+    alone = mask & (np.bincount(dm_ids, weights=mask)[dm_ids] == 1)
+    del dm_ids
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["exclusive"] = total(np.where(alone, alloc, 0.0)) >= 0.99 * total(np.where(mask, alloc, 0.0))
+    del alone
+    # a row of unknown utilisation counts as fully busy: the safe side for taking replicas away
+    busy = np.where(mask, np.where(known, peak, 1.0), 0.0)
+    demand_ids, demand_keys = dense_ids(wid * n_min + m, k * n_min)
+    demand = np.bincount(demand_ids, weights=busy)
+    demand_w = demand_keys // n_min
+    out["demand"] = _views(group_sorted(demand_w, demand, k))
+    out["demand_mean"] = np.bincount(demand_w, weights=demand, minlength=k) / np.maximum(
+        np.bincount(demand_w, minlength=k), 1)
+    hod = hour_of_day(minute.min() + (demand_keys % n_min) * 60, settings.time_zone)
+    by_hour = group_sorted(demand_w * 24 + hod, demand, k * 24).quantiles((settings.demand_percentile,))[:, 0]
+    out["demand_by_hour"] = _objects(list(by_hour.reshape(k, 24)))
+    del busy, demand_ids, demand_keys, demand, demand_w, hod
+
+    # the week, hour by hour, in the declared time zone
+    how = hour_of_week(minute, settings.time_zone)
+    bins = wid * WEEK_HOURS + how
+    for name, values in (("week_held", alloc), ("week_active", np.where(known, active, 0.0)),
+                         ("week_known", np.where(known, alloc, 0.0)), ("week_cost", cost_col)):
+        out[name] = _objects(list(np.bincount(bins, weights=values, minlength=k * WEEK_HOURS).reshape(k, WEEK_HOURS)))
+    del bins, how
+
+    out["peaks"] = _views(peaks)
+    out["idle_pods"] = _objects(_idle_pods(rows, wid, k, mask, known, idle_row, alloc, cost_col, mem, settings))
 
     # GPUs a multi-GPU pod never used: idle for idle_share of its time and holding no memory
     new_index = np.cumsum(held_group) - 1
@@ -135,6 +210,65 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, idle_memory_floor: f
     out = out[held_group].reset_index(drop=True)
     out.attrs["idle_gpus"] = idle_gpus
     out.attrs["idle_memory_floor"] = idle_memory_floor
+    return out
+
+
+def _views(s) -> pd.Series:
+    """Each group's sorted values (views into one array)."""
+    return _objects([s.of(g) for g in range(len(s.counts))])
+
+
+def _objects(values: list) -> pd.Series:
+    """A column holding one Python object (an array, a list) per workload."""
+    holder = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):  # one by one: numpy would stack equal-length arrays into 2-D
+        holder[i] = v
+    return pd.Series(holder, dtype=object)
+
+
+def _price_sources(rows: pd.DataFrame, wid: np.ndarray, k: int, cost: np.ndarray,
+                   totals: np.ndarray) -> tuple[list, np.ndarray]:
+    """Per workload: the price source that priced most of its cost, and the share priced at the default."""
+    if "price_source" not in rows:
+        return [None] * k, np.zeros(k)
+    code, names = column_codes(rows["price_source"])
+    n = len(names)
+    by_source = np.bincount(wid * n + code, weights=cost, minlength=k * n).reshape(k, n)
+    main = [names[i] for i in np.argmax(by_source, axis=1)]
+    default = [i for i, name in enumerate(names) if name == DEFAULT_PRICE]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = by_source[:, default[0]] / totals if default else np.zeros(k)
+    return main, np.nan_to_num(share)
+
+
+def _idle_pods(rows, wid, k, mask, known, idle_row, alloc, cost, mem, settings: Settings) -> list[list[dict]]:
+    """Per workload: its pods that were idle (``idle_share`` of their known time), largest cost first.
+
+    A pod counts only when it held at least ``min_hours`` GPU-hours and its utilisation was
+    known for ``min_util_known_share`` of its GPU-time. Workloads of one pod get an empty list (the workload-level ``idle`` covers them).
+    """
+    names = rows["pod"] if "pod" in rows else rows["pod_uid"]
+    code, values = column_codes(names)
+    code = np.where(mask, code, 0).astype(np.int64)
+    n = len(values)
+    ids, pkeys = dense_ids(wid * n + code, k * n)
+    sums = {name: np.bincount(ids, weights=x) for name, x in (
+        ("alloc", alloc * mask), ("known", np.where(known, alloc, 0.0)), ("idle", np.where(idle_row, alloc, 0.0)),
+        ("cost", cost * mask))}
+    mem_max = group_max(ids, np.where(mask, mem, np.nan), len(pkeys))
+    w, p = np.divmod(pkeys, n)
+    pods_per_w = np.bincount(w[p > 0], minlength=k)
+    out: list[list[dict]] = [[] for _ in range(k)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        idle = ((p > 0) & (pods_per_w[w] >= 2) & (sums["alloc"] >= settings.min_hours * 3600)
+                & (sums["known"] >= settings.min_util_known_share * sums["alloc"])
+                & (sums["known"] > 0) & (sums["idle"] >= settings.idle_share * sums["known"]))
+    for i in np.flatnonzero(idle):
+        out[int(w[i])].append({"pod": str(values[p[i]]), "gpu_hours": float(sums["alloc"][i] / 3600),
+                               "cost": float(sums["cost"][i]), "idle_share": float(sums["idle"][i] / sums["known"][i]),
+                               "memory_max_bytes": None if np.isnan(mem_max[i]) else float(mem_max[i])})
+    for pods in out:
+        pods.sort(key=lambda d: (-d["cost"], d["pod"]))
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 from recommenders.commitments import Option, PoolPrices
 from recommenders.formats import FORMATS, render_all
 from recommenders.report import UNALLOCATED, build_report
-from recommenders.rightsizing import COLUMNS
+from recommenders.rightsizing import COLUMNS, TYPES
 from recommenders.settings import Settings, settings_markdown
 from tests.test_report_rows import T0, frame, gpu_minutes
 
@@ -78,8 +78,11 @@ def test_report_model_figures_by_hand():
     # FOCUS rows add up to the total spend; one row per day × team × workload
     assert sum(x["cost"] for x in r.focus_rows) == pytest.approx(r.totals["total_cost"])
     assert len(r.focus_rows) == 7 + 7 + 2 + 7  # steady, serve, burst (2 days), unallocated
+    # class shares are of the whole spend, unallocated capacity included: 13, 7 and 7 GPU-days of 27
     classes = {c["workload_class"]: c["share"] for c in r.classes}
-    assert classes["training"] == pytest.approx(13 / 20)
+    assert classes["training"] == pytest.approx(13 / 27)
+    assert classes[UNALLOCATED] == pytest.approx(7 / 27)
+    assert sum(classes.values()) == pytest.approx(1.0)
 
 
 def test_commitments_in_the_report_use_thirty_days_when_there():
@@ -171,10 +174,17 @@ commitments:
       - {kind: reserved-instance, term_years: 1, payment: no-upfront, hourly: 14.0}
 """)
     # the ledger was priced with the snapshot, the commitment table with the card: both in USD
+    # nine days of demo ledger: a 1-year term wants 14 by default, so the table says why not ...
     done = report_cmd("--ledger", str(demo), "--rates", str(rates), "--out", str(tmp_path / "r"))
     assert done.returncode == 0, done.stderr
     md = (tmp_path / "r" / "report.md").read_text()
-    assert re.search(r"\| p4d\.24xlarge \(us-east-1\) \| 1\.00 .*\| 1y reserved-instance no-upfront \| 1 \|", md), md
+    assert re.search(r"\| p4d\.24xlarge \(us-east-1\) \| 9\.0 \| 1\.00 .*\| not enough history \(9\.0 days", md), md
+    # ... and with the bar lowered to 7 days the option is recommended
+    done = report_cmd("--ledger", str(demo), "--rates", str(rates), "--commitment-min-days-1y", "7",
+                      "--out", str(tmp_path / "r7"))
+    assert done.returncode == 0, done.stderr
+    md = (tmp_path / "r7" / "report.md").read_text()
+    assert re.search(r"\| p4d\.24xlarge \(us-east-1\) \| 9\.0 \| 1\.00 .*\| 1y reserved-instance no-upfront \| 1 \|", md), md
 
 
 def test_settings_table_is_in_the_docs():

@@ -11,12 +11,14 @@ from html import escape
 
 from recommenders.formats import register
 from recommenders.formats.text import (
-    day, gib, hours, money, pct, signed_money, signed_pct, target, when, workload,
+    after_rightsizing, commitment_choice, compared_with, day, gib, hours, idle_money, money, no_anomaly,
+    no_recommendation, pct, price_sources, signed_money, signed_pct, target, when, workload,
 )
 from recommenders.report import UNALLOCATED, Report
 
+# Tableau 10 plus two more, so up to 12 teams never share a colour (grey is kept for unallocated)
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-           "#9c755f", "#bab0ac")
+           "#9c755f", "#2f4b7c", "#a05195", "#17becf")
 UNALLOCATED_COLOUR = "#c9ced6"
 
 CSS = """
@@ -39,6 +41,7 @@ tr.muted td{color:#7b8794}
 .tag{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
 .t-idle{background:#fde2e1;color:#a61b1b}.t-reduce-count{background:#fff0d6;color:#8a5300}
 .t-downsize-model{background:#e0ecff;color:#1d4ed8}.t-mig{background:#efe4ff;color:#6b21a8}.t-share{background:#dcf5e7;color:#166534}
+.t-idle-pods{background:#fde2e1;color:#a61b1b}.t-replicas{background:#e3f4f4;color:#0f5e5e}.t-schedule{background:#fff3c4;color:#7a5a00}
 .r-low{color:#2e7d32}.r-medium{color:#b26a00}.r-high{color:#c62828}
 .ev{color:#52606d;font-size:12px}
 .legend span{display:inline-block;margin-right:14px;font-size:12px;color:#3e4c59}
@@ -53,12 +56,14 @@ def _e(x) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: set[int], row_class: list[str] | None = None,
-           cls: str = "") -> str:
+           cls: str = "", empty: str = "Nothing to show.") -> str:
+    if not rows:  # never bare headers
+        return f"<p>{_e(empty)}</p>"
     head = "".join(f"<th class='n'>{_e(h)}</th>" if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
     body = []
     for j, r in enumerate(rows):
-        cls = f" class='{row_class[j]}'" if row_class and row_class[j] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td class='n'>{c}</td>" if i in numeric else f"<td>{c}</td>"
+        row_attr = f" class='{row_class[j]}'" if row_class and row_class[j] else ""
+        body.append(f"<tr{row_attr}>" + "".join(f"<td class='n'>{c}</td>" if i in numeric else f"<td>{c}</td>"
                                             for i, c in enumerate(r)) + "</tr>")
     return f"<table class='{cls}'><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -76,6 +81,8 @@ def _kpis(r: Report) -> str:
     if p.get("total_cost"):
         d = (t["total_cost"] - p["total_cost"]) / p["total_cost"]
         change = f"<span class='{'up' if d > 0 else 'down'}'>{_e(signed_pct(d))}</span> vs previous"
+    elif not r.has_previous:
+        change = "no previous window"
     waste = t["idle_cost"] + t["unallocated_cost"]
     cards = [
         ("GPU spend", money(t["total_cost"], r.currency), change or f"{hours(t['capacity_gpu_hours'])} GPU-h"),
@@ -112,7 +119,8 @@ def _daily_chart(r: Report) -> str:
         segs = "".join(f"<span class='bar' title='{_e(t)}: {_e(money(v[i]))}' style='width:{v[i] / top * 100:.2f}%;"
                        f"background:{colours[t]}'></span>" for t, v in teams.items() if v[i] > 0)
         style = "" if _in_window(d, r) else " style='color:#9aa5b1'"
-        rows.append(f"<tr><td{style}>{_e(d)}</td><td style='width:70%'><div style='white-space:nowrap;font-size:0'>{segs}"
+        label = d + (" (partial)" if (r.daily_cost.get("partial") or [False] * len(days))[i] else "")
+        rows.append(f"<tr><td{style}>{_e(label)}</td><td style='width:70%'><div style='white-space:nowrap;font-size:0'>{segs}"
                     f"</div></td><td class='n'>{_e(money(totals[i]))}</td></tr>")
     legend = "".join(f"<span><i style='background:{c}'></i>{_e(t)}</span>" for t, c in colours.items())
     return (f"<div class='legend'>{legend}</div><table>{''.join(rows)}</table>"
@@ -142,23 +150,25 @@ def _histogram(r: Report) -> str:
 def render(r: Report) -> str:
     cur = r.currency
     parts = [f"<h1>GPU cost report</h1><p class='sub'>{_e(day(r.window.start))} – {_e(day(r.window.end - 1))} · "
-             f"{r.window.hours:.0f} h ending {_e(when(r.window.end))} · compared with the {r.previous.hours / 24:.0f} days "
-             f"before · costs in {_e(cur)}</p>", _kpis(r)]
+             f"{r.window.hours:.0f} h ending {_e(when(r.window.end))} · compared with {_e(compared_with(r))} · "
+             f"costs in {_e(cur)} · priced by {_e(price_sources(r))}</p>", _kpis(r)]
     parts += [f"<div class='note'>{_e(n)}</div>" for n in r.notes]
 
     parts.append("<h2>Showback by team</h2>")
     parts.append(_table(["team", "GPU-h", "utilisation", "cost", "idle cost", "previous", "change"],
                         [[_e(t["team"]), hours(t["gpu_hours"]), pct(t["utilization"]), money(t["cost"]),
-                          money(t["idle_cost"]), money(t["previous_cost"]), _change_html(t["change"], t["change_pct"])]
+                          idle_money(t["idle_cost"]), money(t["previous_cost"]),
+                          _change_html(t["change"], t["change_pct"]) if r.has_previous else "–"]
                          for t in r.teams], {1, 2, 3, 4, 5, 6},
                         ["muted" if t["team"] == UNALLOCATED else "" for t in r.teams]))
 
     parts.append("<h2>Daily cost by team</h2>" + _daily_chart(r))
 
     parts.append("<h2>Training, inference, interactive</h2>")
-    colours = {"training": "#4e79a7", "inference": "#59a14f", "interactive": "#f28e2b", "other": "#bab0ac"}
-    parts.append(_table(["class", "GPU-h", "cost", "idle cost", "share of cost", ""],
-                        [[_e(c["workload_class"]), hours(c["gpu_hours"]), money(c["cost"]), money(c["idle_cost"]),
+    colours = {"training": "#4e79a7", "inference": "#59a14f", "interactive": "#f28e2b", "other": "#bab0ac",
+               UNALLOCATED: UNALLOCATED_COLOUR}
+    parts.append(_table(["class", "GPU-h", "cost", "idle cost", "share of spend", ""],
+                        [[_e(c["workload_class"]), hours(c["gpu_hours"]), money(c["cost"]), idle_money(c["idle_cost"]),
                           pct(c["share"]), f"<span class='bar' style='width:{c['share'] * 200:.1f}px;background:"
                           f"{colours.get(c['workload_class'], '#9c755f')}'></span>"] for c in r.classes], {1, 2, 3, 4}))
 
@@ -166,11 +176,13 @@ def render(r: Report) -> str:
 
     for title, rows in (("Top workloads by cost", r.top_by_cost), ("Top workloads by idle cost", r.top_by_idle)):
         parts.append(f"<h2>{title}</h2>")
-        parts.append(_table(["workload", "team", "class", "GPU", "pods", "GPU-h", "util p95", "peak memory", "cost", "idle cost"],
+        parts.append(_table(["workload", "team", "class", "GPU", "pods", "GPU-h", "peak p95", "peak memory", "cost", "idle cost"],
                             [[_e(workload(w)), _e(w["team"]), _e(w["workload_class"]),
                               _e(w["gpu_model"]) + (f" <span class='ev'>{_e(w['mig_profile'])}</span>" if w["mig_profile"] else ""),
                               str(w["pods"]), hours(w["gpu_hours"]), pct(w["util_p95"]), gib(w["memory_max_bytes"]),
-                              money(w["cost"]), money(w["idle_cost"])] for w in rows], {4, 5, 6, 7, 8, 9}))
+                              money(w["cost"]), idle_money(w["idle_cost"])] for w in rows], {4, 5, 6, 7, 8, 9},
+                            empty="No workload held GPUs in the window." if title.endswith("by cost")
+                            else "No workload left GPUs idle."))
 
     parts.append("<h2>Anomalies</h2>")
     if r.anomalies:
@@ -178,8 +190,7 @@ def render(r: Report) -> str:
                             [[_e(a.day), f"{_e(a.scope)} <b>{_e(a.name)}</b>", money(a.cost), money(a.recent_max),
                               f"{a.factor:.1f}"] for a in r.anomalies], {2, 3, 4}))
     else:
-        parts.append(f"<p>No team or workload's daily cost rose above {r.settings.anomaly_factor:g}× its highest day "
-                     f"of the {r.settings.anomaly_days} before.</p>")
+        parts.append(f"<p>{_e(no_anomaly(r))}</p>")
 
     parts.append("<h2>Right-sizing recommendations</h2>")
     if r.recommendations:
@@ -195,7 +206,14 @@ def render(r: Report) -> str:
                               f"<b>{_e(money(x.monthly_savings, cur))}</b>", _e(x.confidence),
                               f"<span class='r-{x.risk}'>{_e(x.risk)}</span>"] for x in r.recommendations], {3, 4}))
     else:
-        parts.append("<p>No recommendation: every workload seen long enough uses what it holds.</p>")
+        parts.append(f"<p>{_e(no_recommendation(r))}</p>")
+
+    if r.not_judged:
+        parts.append("<h2>Not judged</h2><p class='ev'>Workloads that got no recommendation for a reason other than "
+                     "using what they hold.</p>")
+        parts.append(_table(["workload", "team", "GPU", "GPU-h", "cost", "why"],
+                            [[_e(workload(w)), _e(w["team"]), _e(w["gpu_model"]) + (f" {_e(w['mig_profile'])}" if w["mig_profile"] else ""),
+                              hours(w["gpu_hours"]), money(w["cost"]), _e(w["reason"])] for w in r.not_judged], {3, 4}))
 
     parts.append("<h2>Reserved capacity (commitments)</h2>")
     parts.append(f"<p class='ev'>Look-back {_e(when(r.commitment_window.start))} to {_e(when(r.commitment_window.end))}. "
@@ -203,26 +221,26 @@ def render(r: Report) -> str:
                  "capacity excluded. k is the exact cost-minimising commitment.</p>")
     rows = []
     for p in r.commitments:
-        b, a = p.best, p.after_rightsizing
+        b = p.best
         usage = f"{p.usage_mean:.2f}<br><span class='ev'>{p.usage_min:.2f}–{p.usage_max:.2f}</span>"
+        history = f"{p.history_days:.1f}"
         if b is None:
-            rows.append([_e(p.label), usage, money(p.on_demand_hourly),
-                         "<span class='ev'>no commitment price</span>" if not p.options else "stay on demand",
-                         "–", "–", "–", "–", "–"])
+            rows.append([_e(p.label), history, usage, money(p.on_demand_hourly),
+                         f"<span class='ev'>{_e(commitment_choice(p))}</span>", "–", "–", "–", "–", "–"])
             continue
-        after = (f"k={a.k}: saves {money(a.monthly_savings)}" if a and a.k > 0 else "stay on demand")
-        rows.append([_e(p.label), usage, money(p.on_demand_hourly),
+        rows.append([_e(p.label), history, usage, money(p.on_demand_hourly),
                      f"{_e(b.option.label)}<br><span class='ev'>beats {_e(p.beats)}</span>",
                      f"{b.k}<br><span class='ev'>{money(b.hourly_commitment)}/h</span>",
                      f"{money(b.monthly_before)} →<br>{money(b.monthly_after)}",
                      f"<b>{money(b.monthly_savings)}</b><br><span class='ev'>{pct(b.savings_pct)}</span>",
-                     f"{pct(b.utilization)} / {pct(b.coverage)} / {pct(b.break_even)}", _e(after)])
-    parts.append(_table(["pool", "units/h mean, range", "on-demand /h", "best option", "commit k", "month before → after",
-                         "saves / month", "used / covered / break-even", "after right-sizing"],
-                        rows, {1, 2, 4, 5, 6, 7}, cls="compact"))
+                     f"{pct(b.utilization)} / {pct(b.coverage)} / {pct(b.break_even)}", _e(after_rightsizing(p))])
+    parts.append(_table(["pool", "history days", "units/h mean, range", "on-demand /h", "best option", "commit k",
+                         "month before → after", "saves / month", "used / covered / break-even", "after right-sizing"],
+                        rows, {1, 2, 3, 5, 6, 7, 8}, cls="compact",
+                        empty="No commitment pool: no on-demand capacity in the look-back carries an instance type (node pools) or a GPU model with commitment prices (GPU pools)."))
     parts += [f"<div class='note'><b>{_e(p.label)}</b>: {_e(p.spot_note)}.</div>" for p in r.commitments if p.spot_note]
 
-    parts.append(f"<p class='foot'>gpuledger report v1 · headroom {r.settings.headroom:.0%} · target utilisation "
+    parts.append(f"<p class='foot'>gpuledger report v2 · headroom {r.settings.headroom:.0%} · target utilisation "
                  f"{r.settings.target_utilization:.0%} · idle ≥ {r.settings.idle_share:.0%} of the time · files: "
                  f"recommendations.csv, recommendations.json, focus.csv</p>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "

@@ -66,4 +66,80 @@ def target(rec) -> str:
     if rec.type == "share":
         n = rec.replicas or 0
         return f"{n:g} replicas on {round(n * (rec.target_gpus_per_pod or 0)):g} shared GPU(s)"
+    if rec.type == "replicas":
+        return (f"{rec.target_replicas:g} replicas instead of {rec.replicas:g} (autoscale "
+                f"{rec.autoscale_min_replicas}–{rec.autoscale_max_replicas})")
+    if rec.type == "schedule":
+        return f"stop {rec.stop_hours}"
+    if rec.type == "idle-pods":
+        n = len((rec.pod_names or "").split())
+        return f"remove {n} idle pod{'s' if n != 1 else ''}"
     return rec.type
+
+
+# --------------------------------------------------------------------------- sentences both formats print
+
+
+def compared_with(r) -> str:
+    """What the window is compared with: the window before it, or nothing."""
+    if not r.has_previous:
+        return "no previous window"
+    return f"the {r.previous.hours / 24:.1f} days before"
+
+
+def idle_money(x) -> str:
+    """Idle cost, or 'unknown' where utilisation was never reported (MIG slices)."""
+    return "unknown" if x is None else money(x)
+
+
+def no_recommendation(r) -> str:
+    """Why the recommendation table is empty, without claiming efficiency the figures deny."""
+    t = r.totals
+    waste = t["idle_cost"] + t["unallocated_cost"]
+    share = waste / t["total_cost"] if t["total_cost"] else 0.0
+    if share >= 0.5:
+        return (f"No recommendation, although {pct(share)} of the spend bought no work (idle or unallocated): "
+                "see the workloads not judged below and the top workloads by idle cost.")
+    if r.not_judged:
+        return ("No recommendation for the workloads that could be judged; the others are listed below with the "
+                "reason.")
+    return "No recommendation: every workload seen long enough uses what it holds."
+
+
+def no_anomaly(r) -> str:
+    from recommenders.anomalies import MIN_HISTORY_DAYS
+
+    if not r.anomalies_judged:
+        return (f"Not enough history to judge anomalies: the ledger holds {r.history_days:.1f} days (a day is judged "
+                f"against at least {MIN_HISTORY_DAYS} earlier days with cost).")
+    return (f"No team or workload's daily cost rose above {r.settings.anomaly_factor:g}× its highest day of the "
+            f"{r.settings.anomaly_days} before.")
+
+
+def price_sources(r) -> str:
+    """'snapshot:2026-11-23 96%, default 4%': which sources priced how much of the spend."""
+    if not r.price_sources:
+        return "–"
+    return ", ".join(f"{p['source']} {pct(p['share'])}" for p in r.price_sources)
+
+
+def commitment_choice(p) -> str:
+    """The best option of a pool, or why there is none."""
+    if p.best is not None:
+        return p.best.option.label
+    if p.reason:
+        return p.reason
+    return "no price" if not p.options else "stay on demand"
+
+
+def after_rightsizing(p) -> str:
+    """The after-right-sizing figure, naming what it assumes."""
+    a = p.after_rightsizing
+    if p.best is None or a is None:
+        return "–"
+    head = f"k={a.k}, saves {money(a.monthly_savings)}" if a.k > 0 else "stay on demand"
+    if p.assumes:
+        shown = "; ".join(p.assumes[:3]) + (f"; and {len(p.assumes) - 3} more" if len(p.assumes) > 3 else "")
+        return f"{head} (assumes {shown})"
+    return f"{head} (counting only the GPU-time pods held; no recommendation touches this pool)"
+
