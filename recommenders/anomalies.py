@@ -39,7 +39,7 @@ class Anomaly:
 def daily_costs(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Cost per UTC day (column ``day``, days since the epoch) and the ``by`` columns, for pods' rows."""
     mask = rows["pod_uid"].notna().to_numpy()
-    day = rows["minute"].to_numpy(np.int64)[mask] // DAY
+    day = (rows["minute"].to_numpy(np.int64)[mask] // DAY).astype(np.int32)
     ids, keys = group_ids(rows, by, mask, extra={"day": day})
     keys["cost"] = np.bincount(ids, weights=rows["cost"].to_numpy(np.float64)[mask], minlength=len(keys))
     for column in by:

@@ -168,41 +168,72 @@ def equals(rows: pd.DataFrame, column: str, value) -> np.ndarray:
     return hits[codes]
 
 
-def gpus_per_node(rows: pd.DataFrame) -> np.ndarray:
-    """Per row, the physical GPUs of its node (MIG slices count as their parent)."""
+@dataclass(frozen=True)
+class NodeGpus:
+    """The physical GPUs of each node (MIG slices count as their parent), by node code."""
+
+    node: np.ndarray  # per row, its node's code (int32)
+    per_node: np.ndarray  # per node code, its physical GPUs
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        return self.per_node[self.node[rows]]
+
+
+def gpus_per_node(rows: pd.DataFrame) -> NodeGpus:
+    """Per node, the physical GPUs seen on it (MIG slices count as their parent)."""
     node, _ = column_codes(rows["node"])
     dev, dev_values = column_codes(rows["device_uuid"])
     par, par_values = column_codes(rows["parent_uuid"])
     names = pd.Index(pd.unique(np.concatenate([dev_values[1:], par_values[1:]]).astype(object)))
     dev_map = np.concatenate([[-1], names.get_indexer(dev_values[1:])])
     par_map = np.concatenate([[-1], names.get_indexer(par_values[1:])])
-    physical = np.where(par > 0, par_map[par], dev_map[dev])
-    size = int(physical.max()) + 2
-    ids, keys = dense_ids(node * size + physical + 1, (int(node.max()) + 1) * size)
-    count = np.bincount(keys // size, minlength=int(node.max()) + 1)
-    return count[node].astype(np.float64)
+    size = len(names) + 1
+    n_nodes = int(node.max()) + 1
+    pairs = np.zeros(n_nodes * size, bool)
+    for lo in range(0, len(node), CHUNK):  # in chunks: a few full-length int64 temporaries would be 100s of MB
+        hi = lo + CHUNK
+        physical = np.where(par[lo:hi] > 0, par_map[par[lo:hi]], dev_map[dev[lo:hi]]) + 1
+        pairs[node[lo:hi].astype(np.int64) * size + physical] = True
+    per_node = pairs.reshape(n_nodes, size).sum(axis=1).astype(np.float64)
+    return NodeGpus(node, per_node)
+
+
+CHUNK = 1 << 21  # rows per pass where a computation over the ledger would otherwise copy whole columns
 
 
 def hourly_usage(rows: pd.DataFrame, mask: np.ndarray, kind: str, start_hour: int, hours: int,
-                 n_gpus: np.ndarray, freed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                 n_gpus: NodeGpus, freed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """(capacity units per hour, needed units per hour, on-demand price per unit-hour) of the masked rows.
 
     Node units are node-equivalents (a node present for half an hour counts 0.5); GPU
     units are physical GPUs. ``freed`` is, per row, the share of its allocated seconds
-    right-sizing would give back.
+    right-sizing would give back. The rows are read in chunks, so a pool of ten million
+    rows costs a few chunk-sized temporaries, not copies of whole columns.
     """
-    alloc = rows["allocated_gpu_seconds"].to_numpy(np.float64)[mask]
-    cap = alloc + rows["unallocated_gpu_seconds"].to_numpy(np.float64)[mask]
-    if freed is not None:
-        alloc = alloc * (1.0 - freed[mask])
-    hour = rows["minute"].to_numpy(np.int64)[mask] // 3600 - start_hour
-    keep = (hour >= 0) & (hour < hours)
-    gpus = n_gpus[mask] if kind == "node" else np.ones(len(cap))
-    weight = 1.0 / (3600.0 * gpus)
-    usage = np.bincount(hour[keep], weights=(cap * weight)[keep], minlength=hours)[:hours]
-    needed = np.bincount(hour[keep], weights=(alloc * weight)[keep], minlength=hours)[:hours]
-    price_unit = rows["gpu_hourly_price"].to_numpy(np.float64)[mask] * gpus
-    p = float(np.average(price_unit, weights=cap)) if cap.sum() > 0 else 0.0
+    columns = {c: rows[c].to_numpy(np.float64) for c in ("allocated_gpu_seconds", "unallocated_gpu_seconds",
+                                                          "gpu_hourly_price")}
+    minute = rows["minute"].to_numpy(np.int64)
+    usage = np.zeros(hours)
+    needed = np.zeros(hours)
+    priced = cap_total = 0.0
+    for lo in range(0, len(mask), CHUNK):
+        idx = lo + np.flatnonzero(mask[lo:lo + CHUNK])
+        if not len(idx):
+            continue
+        alloc = columns["allocated_gpu_seconds"][idx]
+        cap = alloc + columns["unallocated_gpu_seconds"][idx]
+        if freed is not None:
+            alloc = alloc * (1.0 - freed[idx])
+        gpus = n_gpus.of(idx) if kind == "node" else 1.0
+        hour = minute[idx] // 3600 - start_hour
+        keep = (hour >= 0) & (hour < hours)
+        usage += np.bincount(hour[keep], weights=(cap / (3600.0 * gpus))[keep] if kind == "node"
+                             else cap[keep] / 3600.0, minlength=hours)[:hours]
+        needed += np.bincount(hour[keep], weights=(alloc / (3600.0 * gpus))[keep] if kind == "node"
+                              else alloc[keep] / 3600.0, minlength=hours)[:hours]
+        priced += float(np.dot(columns["gpu_hourly_price"][idx] * gpus, cap))
+        cap_total += float(cap.sum())
+    p = priced / cap_total if cap_total > 0 else 0.0
     return usage, needed, p
 
 

@@ -3,8 +3,9 @@
 pandas ``groupby`` on categoricals is correct but slow and memory-hungry at this size;
 here the columns' integer codes are combined into one key per row (mixed radix), and
 the key is compressed to dense group ids with a counting pass when the key space is
-small, or a sort when it is not. Group keys are decoded back to the category values
-only once per group.
+small, or a hash table (``pandas.factorize``) when it is not: linear in the rows, where
+a sort (``numpy.unique``) took seconds. Group keys are decoded back to the category
+values only once per group.
 """
 
 from __future__ import annotations
@@ -33,10 +34,19 @@ def dense_ids(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
     if space <= DENSE_LIMIT:
         present = np.bincount(key, minlength=space) > 0
         uniq = np.flatnonzero(present)
-        remap = np.cumsum(present) - 1
+        remap = (np.cumsum(present) - 1).astype(_id_type(len(uniq)))
         return remap[key], uniq
-    uniq, inverse = np.unique(key, return_inverse=True)
-    return inverse, uniq
+    codes, found = pd.factorize(key, sort=False)  # hashing: one pass, however sparse the space
+    found = np.asarray(found, dtype=np.int64)
+    order = np.argsort(found, kind="stable")  # ascending keys, as the counting pass gives them
+    rank = np.empty(len(order), _id_type(len(order)))
+    rank[order] = np.arange(len(order))
+    return rank[codes], found[order]
+
+
+def _id_type(n_groups: int) -> type:
+    """The narrowest integer type for group ids: half the memory of int64 for ten million rows."""
+    return np.int32 if n_groups < (1 << 31) else np.int64
 
 
 def group_ids(
@@ -56,7 +66,11 @@ def group_ids(
         nonlocal key, space
         if space * size >= (1 << 62):
             raise OverflowError("too many groups to key")
-        key = codes.astype(np.int64) if key is None else key * size + codes
+        if key is None:
+            key = codes.astype(np.int64)
+        else:  # in place: one key array, however many columns
+            key *= size
+            key += codes
         space *= size
         parts.append((name, size, values))
 
@@ -64,9 +78,9 @@ def group_ids(
         codes, values = column_codes(rows[c])
         push(c, codes if mask is None or mask.all() else codes[mask], len(values), values)
     for name, arr in (extra or {}).items():
-        arr = np.asarray(arr, dtype=np.int64)
+        arr = np.asarray(arr)
         lo = int(arr.min()) if len(arr) else 0
-        push(name, arr - lo, (int(arr.max()) - lo + 1) if len(arr) else 1, np.array([lo]))
+        push(name, arr - lo if lo else arr, (int(arr.max()) - lo + 1) if len(arr) else 1, np.array([lo]))
     if key is None:
         key = np.zeros(0 if mask is None else int(mask.sum()), np.int64)
     ids, uniq = dense_ids(key, space)

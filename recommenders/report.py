@@ -200,6 +200,11 @@ def utilization_histogram(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _days(rows: pd.DataFrame) -> np.ndarray:
+    """UTC day (days since the epoch) of each row, int32."""
+    return (rows["minute"].to_numpy(np.int64) // DAY).astype(np.int32)
+
+
 def daily_cost_by_team(rows: pd.DataFrame, start: float | None = None, end: float | None = None) -> dict[str, Any]:
     """Cost per UTC day and team (unallocated capacity as its own series).
 
@@ -207,9 +212,8 @@ def daily_cost_by_team(rows: pd.DataFrame, start: float | None = None, end: floa
     to one minute past their last) does not cover whole, so a short first or last day is
     not read as a drop in spend.
     """
-    day = rows["minute"].to_numpy(np.int64) // DAY
     allocated = rows["pod_uid"].notna().to_numpy()
-    ids, keys = group_ids(rows, ["team"], extra={"day": day, "allocated": allocated.astype(np.int64)})
+    ids, keys = group_ids(rows, ["team"], extra={"day": _days(rows), "allocated": allocated.view(np.int8)})
     cost = np.bincount(ids, weights=rows["cost"].to_numpy(np.float64) + rows["unallocated_cost"].to_numpy(np.float64),
                        minlength=len(keys))
     team = [UNALLOCATED if not a else ("(none)" if t is None else t) for t, a in zip(keys["team"], keys["allocated"])]
@@ -226,10 +230,9 @@ def daily_cost_by_team(rows: pd.DataFrame, start: float | None = None, end: floa
 
 def focus_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per UTC day × team × workload (and GPU model, region), plus unallocated capacity."""
-    day = rows["minute"].to_numpy(np.int64) // DAY
     allocated = rows["pod_uid"].notna().to_numpy()
     cols = ["team", "workload_class", "namespace", "workload_kind", "workload_name", "gpu_model", "region"]
-    ids, keys = group_ids(rows, cols, extra={"day": day, "allocated": allocated.astype(np.int64)})
+    ids, keys = group_ids(rows, cols, extra={"day": _days(rows), "allocated": allocated.view(np.int8)})
     n = len(keys)
     f = {c: rows[c].to_numpy(np.float64) for c in ("allocated_gpu_seconds", "unallocated_gpu_seconds", "cost",
                                                        "idle_cost", "unallocated_cost")}
@@ -276,7 +279,7 @@ def freed_shares(rows: pd.DataFrame, recs: Sequence[Recommendation]) -> np.ndarr
 def freed_by_recommendation(rows: pd.DataFrame, recs: Sequence[Recommendation]) -> Freed:
     """:class:`Freed` for the best recommendation of each workload (alternatives do not add up)."""
     freed = np.zeros(len(rows))
-    by = np.full(len(rows), -1, np.int64)
+    by = np.full(len(rows), -1, np.int32)
     best = best_per_workload(recs)
     chosen = sorted(best.values(), key=lambda r: (-r.monthly_savings, str(r.namespace), str(r.workload_name)))
     labels = tuple(f"{r.type} {r.namespace}/{r.workload_name}" for r in chosen)
@@ -295,7 +298,7 @@ def freed_by_recommendation(rows: pd.DataFrame, recs: Sequence[Recommendation]) 
     per_key = [index.get(tuple(r), -1) for r in keys[list(KEY)].itertuples(index=False)]
     per_key_share = np.array([share(chosen[i]) if i >= 0 else 0.0 for i in per_key])
     freed[mask] = per_key_share[wid]
-    by[mask] = np.array(per_key, np.int64)[wid]
+    by[mask] = np.array(per_key, np.int32)[wid]
     return Freed(freed, by, labels)
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from recommenders.clock import WEEK_HOURS, hour_of_day, hour_of_week
 from recommenders.grouping import column_codes, dense_ids, group_ids, group_max
-from recommenders.quantiles import group_sorted
+from recommenders.quantiles import Sorted, group_order, group_sorted
 from recommenders.settings import Settings
 
 KEY = ("team", "workload_class", "namespace", "workload_kind", "workload_name", "gpu_model", "mig_profile")
@@ -49,9 +49,11 @@ def workload_ids(rows: pd.DataFrame, mask: np.ndarray | None = None) -> tuple[np
 
 
 def _col(rows: pd.DataFrame, name: str) -> np.ndarray:
+    """A numeric column as it is held (float64, or float32 for readings: no copy)."""
     if name not in rows:  # a column a 1.0 ledger (or a hand-built frame) lacks
-        return np.full(len(rows), np.nan)
-    return rows[name].to_numpy(np.float64)
+        return np.full(len(rows), np.nan, np.float32)
+    column = rows[name].to_numpy()
+    return column if column.dtype.kind == "f" else column.astype(np.float64)
 
 
 def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings | float | None = None) -> pd.DataFrame:
@@ -76,60 +78,87 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings |
     """
     if not isinstance(settings, Settings):  # older callers passed the idle memory floor in bytes
         settings = Settings() if settings is None else Settings(idle_memory_floor_gib=float(settings) / GIB)
-    idle_memory_floor = settings.idle_memory_floor_gib * GIB
     mask = allocated_mask(rows)
     if not mask.any():
         return pd.DataFrame(columns=[*KEY])
     wid, keys = group_ids(rows, KEY, extra={"_held": mask.astype(np.int64)})
-    k = len(keys)
+    wid = wid.astype(np.int32 if len(keys) < (1 << 31) else np.int64)
     held_group = keys.pop("_held").to_numpy(dtype=np.int64) == 1
+    # each section below is a function, so its full-length temporaries are freed when it returns
+    out = keys
+    _sums_and_percentiles(out, rows, wid, mask, settings)
+    minute = rows["minute"].to_numpy(np.int64)
+    m = ((minute - minute.min()) // 60).astype(np.int32)
+    idle_gpus = _pods_and_replicas(out, rows, wid, mask, m, window_hours, held_group, settings)
+    _demand(out, rows, wid, mask, m, int(minute.min()), settings)
+    _week(out, rows, wid, mask, minute, settings)
+    out = out[held_group].reset_index(drop=True)
+    out.attrs["idle_gpus"] = idle_gpus
+    out.attrs["idle_memory_floor"] = settings.idle_memory_floor_gib * GIB
+    return out
 
-    def col(name: str) -> np.ndarray:
-        return _col(rows, name)
 
-    alloc, used, unknown, active, mem = (col(c) for c in ("allocated_gpu_seconds", "used_gpu_seconds",
-                                                          "util_unknown_gpu_seconds", "active_gpu_seconds",
-                                                          "memory_used_max_bytes"))
-    cost_col = col("cost")
-    known = (unknown <= 0) & mask
+def _known(rows: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
+    """Rows held by a pod whose utilisation was reported."""
+    return (_col(rows, "util_unknown_gpu_seconds") <= 0) & mask
+
+
+def _sums_and_percentiles(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray,
+                          settings: Settings) -> None:
+    """GPU-hours, cost, shares of time, utilisation and memory percentiles, prices, idle pods."""
+    k = len(out)
+    alloc, used, active, mem, cost = (_col(rows, c) for c in ("allocated_gpu_seconds", "used_gpu_seconds",
+                                                              "active_gpu_seconds", "memory_used_max_bytes", "cost"))
+    known = _known(rows, mask)
     idle_row = known & (active <= 0)
 
     def total(x: np.ndarray) -> np.ndarray:
         return np.bincount(wid, weights=x, minlength=k)
 
-    out = keys
     out["gpu_hours"] = total(alloc) / 3600.0
-    out["cost"] = total(cost_col)
-    out["idle_cost"] = total(col("idle_cost"))
+    out["cost"] = total(cost)
+    out["idle_cost"] = total(_col(rows, "idle_cost"))
     with np.errstate(invalid="ignore", divide="ignore"):
         out["hourly_price"] = out["cost"] / out["gpu_hours"]
         known_seconds = total(np.where(known, alloc, 0.0))
         out["util_known_share"] = known_seconds / (out["gpu_hours"] * 3600.0)
         out["active_share"] = total(np.where(known, active, 0.0)) / known_seconds
         out["idle_share"] = total(np.where(idle_row, alloc, 0.0)) / known_seconds
-        util = np.divide(used, alloc, out=np.full(len(alloc), np.nan), where=known & (alloc > 0))
-    peak = np.where(known, np.where(np.isnan(peak_col := col("util_peak")), util, peak_col), np.nan)
-    del peak_col
-    out["util_p50"] = group_sorted(wid, util, k).quantiles((0.5,))[:, 0]
-    del util
-    peaks = group_sorted(wid, peak, k)
-    q = peaks.quantiles((0.95, 0.99, 1.0))
-    out["util_p95"], out["util_p99"], out["util_max"] = q[:, 0], q[:, 1], q[:, 2]
-    qm = group_sorted(wid, mem, k).quantiles((0.99, 1.0))
-    out["memory_p99_bytes"], out["memory_max_bytes"] = qm[:, 0], qm[:, 1]
     out["idle_memory_max_bytes"] = group_max(wid, np.where(idle_row, mem, np.nan), k)
-    out["gpu_memory_bytes"] = group_max(wid, col("gpu_memory_total_bytes"), k)
+    out["gpu_memory_bytes"] = group_max(wid, _col(rows, "gpu_memory_total_bytes"), k)
+    out["price_source"], out["default_price_share"] = _price_sources(rows, wid, k, cost, out["cost"].to_numpy())
+    out["idle_pods"] = _objects(_idle_pods(rows, wid, k, mask, known, idle_row, alloc, cost, mem, settings))
+    del idle_row
+    by_workload = group_order(wid, k)  # one radix sort, shared by the three percentile columns
+    qm = group_sorted(wid, mem, k, by_workload).quantiles((0.99, 1.0))
+    out["memory_p99_bytes"], out["memory_max_bytes"] = qm[:, 0], qm[:, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         out["memory_max_fraction"] = out["memory_max_bytes"] / out["gpu_memory_bytes"]
-    out["price_source"], out["default_price_share"] = _price_sources(rows, wid, k, cost_col, out["cost"].to_numpy())
+        util = np.divide(used, alloc, out=np.full(len(alloc), np.nan), where=known & (alloc > 0))
+    out["util_p50"] = group_sorted(wid, util, k, by_workload).quantiles((0.5,))[:, 0]
+    peak = _col(rows, "util_peak").copy()
+    missing = np.isnan(peak)
+    peak[missing] = util[missing]  # a 1.0 ledger has no peaks: the minute's mean stands in
+    del missing, util
+    peak[~known] = np.nan
+    del known
+    peaks = group_sorted(wid, peak, k, by_workload)
+    del peak, by_workload
+    q = peaks.quantiles((0.95, 0.99, 1.0))
+    out["util_p95"], out["util_p99"], out["util_max"] = q[:, 0], q[:, 1], q[:, 2]
+    # the sorted peaks stay for the saturation counts; float32 halves them (a count at a
+    # threshold moves by at most the rows within 1e-7 of it)
+    out["peaks"] = _views(Sorted(peaks.values.astype(np.float32), peaks.starts, peaks.counts))
 
-    # pods, GPUs per pod, replicas (pods at once) and minutes seen, from (pod, minute) pairs;
+
+def _pods_and_replicas(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, m: np.ndarray,
+                       window_hours: float, held_group: np.ndarray, settings: Settings) -> "pd.DataFrame | None":
+    """Pods, GPUs per pod, replicas and minutes seen, from (pod, minute) pairs; and, for
+    multi-GPU pods, the per-device seconds :func:`idle_devices_per_pod` reads."""
+    k = len(out)
     # pod code 0 is "no pod" (unallocated rows) and belongs to a dummy group k
     pod, _ = column_codes(rows["pod_uid"])
-    dev, _ = column_codes(rows["device_uuid"])
     pod = np.where(mask, pod, 0).astype(np.int64)
-    minute = rows["minute"].to_numpy(np.int64)
-    m = (minute - minute.min()) // 60
     n_min = int(m.max()) + 1
     n_pod = int(pod.max()) + 1
     pod_w = np.full(n_pod, k, np.int64)
@@ -144,6 +173,7 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings |
     per_pod_max = group_max(pm_pod, gpus_at_once.astype(np.float64), n_pod)[seen_pods]
     out["gpus_per_pod"] = group_sorted(pod_w[seen_pods], per_pod_max, k + 1).quantiles((0.5,))[:k, 0]
     wm_ids, wm_keys = dense_ids(pod_w[pm_pod] * n_min + pm_min, (k + 1) * n_min)
+    del pm_pod, pm_min, pm_keys
     pods_at_once = np.bincount(wm_ids).astype(np.float64)
     wm_w = wm_keys // n_min
     out["replicas"] = group_sorted(wm_w, pods_at_once, k + 1).quantiles((0.5,))[:k, 0]
@@ -151,66 +181,87 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings |
     out["replicas_mean"] = np.bincount(wm_w, weights=pods_at_once, minlength=k + 1)[:k] / np.maximum(minutes_seen, 1)
     out["hours_observed"] = minutes_seen / 60.0
     out["coverage"] = np.minimum(out["hours_observed"] / window_hours, 1.0) if window_hours > 0 else 0.0
-    first_seen = np.full(k, np.inf)
-    np.fmin.at(first_seen, wid[mask], minute[mask].astype(np.float64))
-    last_seen = group_max(wid[mask], minute[mask].astype(np.float64), k)
-    out["span_days"] = np.where(np.isfinite(first_seen), (last_seen + 60 - first_seen) / 86400.0, 0.0)
-    del pm_pod, pm_min, wm_ids, wm_keys
+    first = np.full(k + 1, np.inf)
+    np.fmin.at(first, wm_w, (wm_keys % n_min).astype(np.float64))
+    last = group_max(wm_w, (wm_keys % n_min).astype(np.float64), k + 1)
+    out["span_days"] = np.where(np.isfinite(first[:k]), (last[:k] + 1 - first[:k]) * 60 / 86400.0, 0.0)
+    del wm_ids, wm_keys, wm_w
 
-    # demand: busy GPU-equivalents per (workload, minute). A workload is "exclusive" when
-    # its pods held their GPUs alone (no other pod's row on the device in that minute) for
-    # 99% of its GPU-time; then each row is one whole GPU, busy at its peak
+    # GPUs a multi-GPU pod never used: idle for idle_share of its time and holding no memory
+    multi = per_pod_max >= 2
+    if not multi.any():
+        return None
+    dev, _ = column_codes(rows["device_uuid"])
+    known = _known(rows, mask)
+    alloc = _col(rows, "allocated_gpu_seconds")
+    idle_row = known & (_col(rows, "active_gpu_seconds") <= 0)
+    multi_pods = np.zeros(n_pod, bool)
+    multi_pods[seen_pods[multi]] = True
+    sel = multi_pods[pod]
+    n_dev = int(dev.max()) + 1
+    pd_ids, pd_keys = dense_ids(pod[sel] * n_dev + dev[sel], n_pod * n_dev)
+    n = len(pd_keys)
+    known_s = np.bincount(pd_ids, weights=np.where(known, alloc, 0.0)[sel], minlength=n)
+    idle_s = np.bincount(pd_ids, weights=np.where(idle_row, alloc, 0.0)[sel], minlength=n)
+    mem_max = group_max(pd_ids, _col(rows, "memory_used_max_bytes")[sel], n)
+    new_index = np.cumsum(held_group) - 1
+    return pd.DataFrame({
+        "w": new_index[pod_w[pd_keys // n_dev]], "p": pd_keys // n_dev, "known": known_s, "idle": idle_s,
+        "mem": np.nan_to_num(mem_max, nan=0.0)})
+
+
+def _demand(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, m: np.ndarray,
+            first_minute: int, settings: Settings) -> None:
+    """Busy GPU-equivalents per (workload, minute), and whether its pods held GPUs alone.
+
+    A workload is "exclusive" when its pods held their GPUs alone (no other pod's row on
+    the device in that minute) for 99% of its GPU-time; then each row is one whole GPU,
+    busy at its peak. A row of unknown utilisation counts as fully busy: the safe side for
+    taking replicas away.
+    """
+    k = len(out)
+    n_min = int(m.max()) + 1
+    alloc = _col(rows, "allocated_gpu_seconds")
+    dev, _ = column_codes(rows["device_uuid"])
     dm_ids, _ = dense_ids(dev.astype(np.int64) * n_min + m, (int(dev.max()) + 1) * n_min)
+    del dev
     alone = mask & (np.bincount(dm_ids, weights=mask)[dm_ids] == 1)
     del dm_ids
+    held = np.where(mask, alloc, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["exclusive"] = total(np.where(alone, alloc, 0.0)) >= 0.99 * total(np.where(mask, alloc, 0.0))
-    del alone
-    # a row of unknown utilisation counts as fully busy: the safe side for taking replicas away
-    busy = np.where(mask, np.where(known, peak, 1.0), 0.0)
-    demand_ids, demand_keys = dense_ids(wid * n_min + m, k * n_min)
+        out["exclusive"] = (np.bincount(wid, weights=np.where(alone, alloc, 0.0), minlength=k)
+                            >= 0.99 * np.bincount(wid, weights=held, minlength=k))
+    del alone, held
+    known = _known(rows, mask)
+    peak = _col(rows, "util_peak")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = _col(rows, "used_gpu_seconds") / alloc
+    busy = np.where(mask, np.where(known, np.where(np.isnan(peak), mean, peak), 1.0), 0.0)
+    del known, peak, mean
+    demand_ids, demand_keys = dense_ids(wid.astype(np.int64) * n_min + m, k * n_min)
     demand = np.bincount(demand_ids, weights=busy)
+    del busy, demand_ids
     demand_w = demand_keys // n_min
     out["demand"] = _views(group_sorted(demand_w, demand, k))
     out["demand_mean"] = np.bincount(demand_w, weights=demand, minlength=k) / np.maximum(
         np.bincount(demand_w, minlength=k), 1)
-    hod = hour_of_day(minute.min() + (demand_keys % n_min) * 60, settings.time_zone)
+    hod = hour_of_day(first_minute + (demand_keys % n_min) * 60, settings.time_zone)
     by_hour = group_sorted(demand_w * 24 + hod, demand, k * 24).quantiles((settings.demand_percentile,))[:, 0]
     out["demand_by_hour"] = _objects(list(by_hour.reshape(k, 24)))
-    del busy, demand_ids, demand_keys, demand, demand_w, hod
 
-    # the week, hour by hour, in the declared time zone
-    how = hour_of_week(minute, settings.time_zone)
-    bins = wid * WEEK_HOURS + how
-    for name, values in (("week_held", alloc), ("week_active", np.where(known, active, 0.0)),
-                         ("week_known", np.where(known, alloc, 0.0)), ("week_cost", cost_col)):
-        out[name] = _objects(list(np.bincount(bins, weights=values, minlength=k * WEEK_HOURS).reshape(k, WEEK_HOURS)))
-    del bins, how
 
-    out["peaks"] = _views(peaks)
-    out["idle_pods"] = _objects(_idle_pods(rows, wid, k, mask, known, idle_row, alloc, cost_col, mem, settings))
-
-    # GPUs a multi-GPU pod never used: idle for idle_share of its time and holding no memory
-    new_index = np.cumsum(held_group) - 1
-    idle_gpus = None
-    multi = per_pod_max >= 2
-    if multi.any():
-        multi_pods = np.zeros(n_pod, bool)
-        multi_pods[seen_pods[multi]] = True
-        sel = multi_pods[pod]
-        n_dev = int(dev.max()) + 1
-        pd_ids, pd_keys = dense_ids(pod[sel] * n_dev + dev[sel], n_pod * n_dev)
-        n = len(pd_keys)
-        known_s = np.bincount(pd_ids, weights=np.where(known, alloc, 0.0)[sel], minlength=n)
-        idle_s = np.bincount(pd_ids, weights=np.where(idle_row, alloc, 0.0)[sel], minlength=n)
-        mem_max = group_max(pd_ids, mem[sel], n)
-        idle_gpus = pd.DataFrame({
-            "w": new_index[pod_w[pd_keys // n_dev]], "p": pd_keys // n_dev, "known": known_s, "idle": idle_s,
-            "mem": np.nan_to_num(mem_max, nan=0.0)})
-    out = out[held_group].reset_index(drop=True)
-    out.attrs["idle_gpus"] = idle_gpus
-    out.attrs["idle_memory_floor"] = idle_memory_floor
-    return out
+def _week(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, minute: np.ndarray,
+          settings: Settings) -> None:
+    """GPU-seconds held, of known utilisation, active, and their cost, per hour of the week."""
+    k = len(out)
+    bins = wid.astype(np.int64) * WEEK_HOURS + hour_of_week(minute, settings.time_zone)
+    known = _known(rows, mask)
+    alloc = _col(rows, "allocated_gpu_seconds")
+    for name, values in (("week_held", lambda: alloc),
+                         ("week_active", lambda: np.where(known, _col(rows, "active_gpu_seconds"), 0.0)),
+                         ("week_known", lambda: np.where(known, alloc, 0.0)), ("week_cost", lambda: _col(rows, "cost"))):
+        sums = np.bincount(bins, weights=values(), minlength=k * WEEK_HOURS).reshape(k, WEEK_HOURS)
+        out[name] = _objects(list(sums))
 
 
 def _views(s) -> pd.Series:

@@ -180,3 +180,87 @@ def test_snapshot_commitments_are_sourced_and_below_on_demand():
         for terms in by_payment.values():
             if 1 in terms and 3 in terms:
                 assert terms[3] < terms[1]
+
+
+# --------------------------------------------------------------------------- how sure: look-back and history
+
+
+def brute_force_hours(first_minute: int, end: int, days: float) -> list[int]:
+    """The look-back by its definition: the last days × 24 whole hours [h, h + 1h) that lie
+    entirely inside the ledger's minutes [first_minute, end)."""
+    whole = [h for h in range(first_minute // 3600 * 3600, end + 1, 3600) if h >= first_minute and h + 3600 <= end]
+    return whole[-int(days * 24):] if whole else []
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lookback_is_whole_hours_against_brute_force(seed):
+    from recommenders.commitments import lookback
+
+    rng = np.random.default_rng(seed)
+    first = T0 + int(rng.integers(0, 200)) * 60  # may start mid-hour
+    end = first + int(rng.integers(1, 60 * 24 * 5)) * 60  # may end mid-hour; one minute past the last minute
+    days = float(rng.choice([0.5, 1, 2, 30]))
+    start, stop = lookback(first, end, days)
+    hours = brute_force_hours(first, end, days)
+    if hours:
+        assert (start, stop) == (hours[0], hours[-1] + 3600)
+    else:
+        assert stop <= start
+
+
+def test_usage_has_no_phantom_or_partial_hours():
+    # a node up from 00:30 to 05:30 (the ledger's edges): hours 01–04 are whole, 00 and 05 are not
+    from recommenders.commitments import lookback
+
+    rows = frame(_node("node-1", 0)[:0] + [r for r in _node("node-1", 6) if 30 <= (r["minute"] - T0) // 60 < 330])
+    first = T0 + 30 * 60
+    end = T0 + 330 * 60
+    start, stop = lookback(first, end, 30)
+    assert (start, stop) == (T0 + 3600, T0 + 5 * 3600)
+    p = 21.957642
+    prices = [PoolPrices("node", {"instance_type": "p4d.24xlarge"}, (Option("reserved-instance", 1, "no-upfront", 0.5 * p),))]
+    [pool] = commitment_plan(rows, prices, start, stop)
+    assert pool.usage == pytest.approx((1, 1, 1, 1)) and pool.hours == 4
+    # the old edges (a started and a finished hour) would have read 0.5 usage twice and moved k
+    [ragged] = commitment_plan(rows, prices, T0, T0 + 6 * 3600)
+    assert ragged.hours == 6 and ragged.usage == pytest.approx((0.5, 1, 1, 1, 1, 0.5))
+
+
+def test_a_term_needs_its_days_of_history():
+    rows = frame(_node("node-1", 10))
+    p = 21.957642
+    options = (Option("reserved-instance", 1, "no-upfront", 0.7 * p), Option("savings-plan", 3, "no-upfront", 0.45 * p))
+    prices = [PoolPrices("node", {"instance_type": "p4d.24xlarge"}, options)]
+    [pool] = commitment_plan(rows, prices, T0, T0 + 10 * 3600, min_history_days={1: 14, 3: 30})
+    assert pool.best is None and pool.history_days == pytest.approx(10 / 24)
+    assert pool.reason == "not enough history (0.4 days; the options that would save need 14 days or more)"
+    assert [o.eligible for o in pool.options] == [False, False] and pool.options[0].monthly_savings > 0
+    # enough for the 1-year term only: that one is recommended although the 3-year one would save more
+    [pool] = commitment_plan(rows, prices, T0, T0 + 10 * 3600, min_history_days={1: 0.4, 3: 30})
+    assert pool.best.option.term_years == 1 and pool.beats == "on-demand only"
+
+
+def test_after_rightsizing_names_what_it_assumes_and_spot_is_compared_with_both():
+    from recommenders.report import freed_by_recommendation
+    from recommenders.rightsizing import recommend
+
+    busy = _node("node-1", 10)
+    idle = _node("node-2", 10, util=0.0, cls="inference")
+    for r in idle:
+        r["memory_used_max_bytes"] = 0.0
+    spot = _node("spot-1", 10, capacity="spot")
+    rows = frame(busy, idle, spot)
+    rows.loc[rows["node"].astype(str) == "spot-1", "gpu_hourly_price"] = 1.0  # 8/h per node
+    recs = recommend(rows, 10.0, "USD", types=["idle"])
+    freed = freed_by_recommendation(rows, recs)
+    assert freed.labels == ("idle ns/node-2-job",)
+    prices = [PoolPrices("node", {"instance_type": "p4d.24xlarge"}, (Option("reserved-instance", 1, "no-upfront", 15.0),))]
+    [pool] = commitment_plan(rows, prices, T0, T0 + 10 * 3600, freed=freed.share, freed_by=freed.by,
+                             freed_labels=freed.labels)
+    assert pool.assumes == ("idle ns/node-2-job",)
+    # needed after right-sizing: node-1 for the 10 hours, × 730/10 for a month: on spot at 8/h 5,840;
+    # on demand at 21.957642/h 16,029; with the 1-year commitment (k=1 at 15/h) 10,950
+    note = pool.spot_note
+    assert "on spot at 8.00/h the capacity still needed after right-sizing would cost 5,840/month" in note
+    assert ("against on demand 16,029/month, with the best commitment (1y reserved-instance no-upfront, k=1) "
+            "10,950/month") in note

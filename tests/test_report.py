@@ -211,3 +211,92 @@ def test_register_adds_the_report_command():
 def test_render_all_is_pure():
     r = build_report(two_weeks(), T0 + 14 * 86400, 7 * 86400, "USD", T0)
     assert render_all(r) == render_all(r)
+
+
+# --------------------------------------------------------------------------- what the report says, and does not claim
+
+
+def _render(r) -> tuple[str, str]:
+    texts = render_all(r)
+    return texts["report.md"], texts["report.html"]
+
+
+def test_a_first_window_says_there_is_none_before_it_and_marks_partial_days():
+    # three days starting at 05:00: no previous window, the first and last days partial
+    start = 5 * 60
+    rows = frame(gpu_minutes(pod="a", minutes=range(start, start + 3 * DAY_MIN), util=0.5, mem_gib=5.0))
+    end = T0 + (start + 3 * DAY_MIN) * 60
+    r = build_report(rows, end, 7 * 86400, "USD", T0 + start * 60)
+    md, html = _render(r)
+    assert not r.has_previous
+    assert "no previous window" in md and "0 days before" not in md and "compared with the 0" not in html
+    assert r.daily_cost["partial"] == [True, False, False, True]
+    assert "2025-11-25 (partial)" in md and "2025-11-28 (partial)" in md and "2025-11-26 (partial)" not in md
+    # three days are not enough to call anything an anomaly, so the report does not say "no anomaly"
+    assert "Not enough history to judge anomalies: the ledger holds 3.0 days" in md
+    assert "No team or workload's daily cost rose" not in md
+
+
+def test_empty_tables_are_sentences_and_mig_idle_is_unknown():
+    # one MIG workload only: utilisation never reported, nothing idle to rank, no instance type
+    rows = frame(gpu_minutes(pod="m", minutes=range(8 * 60), mig_profile="3g.20gb", parent="GPU-0", mem_gib=8.0,
+                             instance_type=None, name="mig-serve"))
+    r = build_report(rows, T0 + 8 * 3600, 7 * 86400, "USD", T0)
+    md, html = _render(r)
+    assert "No workload left GPUs idle." in md and "No workload left GPUs idle." in html
+    assert "No commitment pool" in md
+    top = [line for line in md.splitlines() if line.startswith("| ns/mig-serve |")]
+    assert top and top[0].rstrip(" |").endswith("unknown")  # idle cost of a MIG workload: unknown, not 0
+    team = [line for line in md.splitlines() if line.startswith("| team-a |")][0]
+    assert "| unknown |" in team
+    assert [b["bucket"] for b in r.utilization_histogram][-1] == "not reported (MIG)"
+    assert r.not_judged and r.not_judged[0]["reason"].startswith("utilisation unknown for 100%")
+    assert "## Not judged" in md and "(MIG slices report none)" in md
+    for text in (md, html):  # no table is bare headers
+        assert "| --- |\n\n" not in text and "<tr><th>workload</th></tr></table>" not in text
+
+
+def test_utilisation_not_reported_off_mig_is_not_called_mig():
+    unknown = [m % 2 == 0 for m in range(600)]
+    rows = frame(gpu_minutes(pod="a", minutes=range(600), util=0.5, unknown=unknown))
+    r = build_report(rows, T0 + 600 * 60, 7 * 86400, "USD", T0)
+    labels = [b["bucket"] for b in r.utilization_histogram]
+    assert labels[-1] == "not reported" and "not reported (MIG)" not in labels
+
+
+def test_no_claim_of_efficiency_while_most_of_the_spend_is_idle():
+    # a single GPU, 60% unallocated and the rest too short-lived to judge: nothing to recommend
+    rows = frame(gpu_minutes(pod="a", minutes=range(120), util=0.9, mem_gib=5.0),
+                 gpu_minutes(pod="x", device="GPU-x", minutes=range(600), allocated=False))
+    r = build_report(rows, T0 + 600 * 60, 7 * 86400, "USD", T0)
+    md, _ = _render(r)
+    assert r.recommendations == []
+    assert "uses what it holds" not in md
+    # waste: 600 unallocated GPU-minutes + 10% of the 120 allocated = 612 of 720 = 85%
+    assert "No recommendation, although 85% of the spend bought no work" in md
+
+
+def test_twelve_teams_get_twelve_colours():
+    from recommenders.formats.html import _colours
+
+    names = [f"team-{i}" for i in range(12)] + [UNALLOCATED]
+    colours = _colours(names)
+    assert len({colours[n] for n in names[:12]}) == 12 and colours[UNALLOCATED] not in [colours[n] for n in names[:12]]
+
+
+def test_the_headline_says_what_priced_the_spend_and_json_carries_the_plan(demo_report):
+    md = (demo_report / "report.md").read_text()
+    assert "priced by snapshot:2026-11-23 100%" in md
+    doc = json.loads((demo_report / "recommendations.json").read_text())
+    assert doc["version"] == 2
+    assert doc["price_sources"] == [{"source": "snapshot:2026-11-23", "cost": pytest.approx(doc["price_sources"][0]["cost"]),
+                                     "share": 1.0}]
+    pools = {(p["instance_type"], p["region"]): p for p in doc["commitments"]}
+    p4d = pools[("p4d.24xlarge", "us-east-1")]
+    # nine days of history: every term is evaluated, none recommended, and the plan says why. The first
+    # sample (every 120 s from 05:00) counts in 05:01, so the look-back's first whole hour is 06:00: 215 hours
+    assert doc["commitment_window"]["hours"] == 215 and p4d["hours"] == 215
+    assert p4d["recommended"] is None and p4d["reason"].startswith("not enough history (9.0 days")
+    assert p4d["history_days"] == pytest.approx(215 / 24, abs=1e-6)
+    assert p4d["options"] and not any(o["eligible"] for o in p4d["options"])
+    assert all({"reason", "workload_name", "cost"} <= set(w) for w in doc["not_judged"])
