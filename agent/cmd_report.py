@@ -82,7 +82,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     for f in setting_fields():
         group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
                            metavar=f.metadata["unit"].upper().replace(" ", "_") or "N",
-                           help=f"{f.metadata['help']} (default {f.default})")
+                           help=f"{f.metadata['help'].replace('%', '%%')} (default {f.default})")
     p.set_defaults(handler=run)
     return p
 
