@@ -17,6 +17,39 @@ from collectors.errors import InputError
 EXIT_INPUT = 2
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line that names the command and the flag:
+    ``gpuledger simulate: error: unrecognized arguments: --hour (see gpuledger simulate --help)``,
+    exit 2. Long flags are matched whole (``--hour`` is not ``--hours``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A subcommand's parser is asked for the arguments it knows; one it does not know
+        # is its own error (argparse would hand it to the top level, whose usage names
+        # neither the subcommand nor its flags).
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(self, message: str):  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """The installed gpuledger's version."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("gpuledger")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -34,11 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gpuledger",
         description="Attribute every GPU-second and its cost to a team and a workload. "
         "Try it with no GPU: `gpuledger simulate --out demo.jsonl.gz && gpuledger replay demo.jsonl.gz`.",
     )
+    parser.add_argument("--version", action="version", version=f"gpuledger {version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _replay_parser(sub)
     _simulate_parser(sub)
@@ -154,7 +188,7 @@ def _import_parser(sub) -> None:
         "import", help="turn logs you already have (nvidia-smi, public traces) into a trace",
         description="Convert another format into a gpuledger trace that `gpuledger replay` reads.",
     )
-    kinds = p.add_subparsers(title="formats", metavar="FORMAT")
+    kinds = p.add_subparsers(title="formats", metavar="FORMAT", required=True)
     for importer in IMPORTERS.values():
         q = kinds.add_parser(importer.name, help=importer.help, description=importer.description)
         importer.add_arguments(q)

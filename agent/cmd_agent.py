@@ -9,7 +9,6 @@ import argparse
 import logging
 import signal
 import threading
-from importlib.metadata import PackageNotFoundError, version
 
 from agent import agent_settings, logs
 from collectors.errors import InputError
@@ -68,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build(settings: dict, config):
     """The agent with its sources and prices; InputError for anything the user must fix."""
+    from agent.cli import version
     from agent.daemon import Agent
     from collectors.faults import FAULTS
     from collectors.pricing.cache import PriceCache
@@ -93,12 +93,12 @@ def build(settings: dict, config):
             source.close()
             raise
         source.skip_to(_resume_point(resume))
-        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, _version(), book, resume,
+        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, version(), book, resume,
                      **common)
     book = _ledger_book(settings, chain.currency, None)
     resume = book.restore()
     source, placement = _live_source(settings)
-    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, _version(), book, resume,
+    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, version(), book, resume,
                  needs_placement=placement, **common)
 
 
@@ -181,9 +181,3 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
-
-def _version() -> str:
-    try:
-        return version("gpuledger")
-    except PackageNotFoundError:
-        return "unknown"

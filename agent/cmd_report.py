@@ -81,10 +81,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     group = p.add_argument_group("recommendation settings (docs/recommendations.md)")
     for f in setting_fields():
         group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
-                           metavar=f.metadata["unit"].upper().replace(" ", "_") or "N",
+                           metavar=_metavar(f.metadata["unit"]),
                            help=f"{f.metadata['help']} (default {f.default})")
     p.set_defaults(handler=run)
     return p
+
+
+def _metavar(unit: str) -> str:
+    """A flag's metavar from a setting's unit: 'GPU-HOURS', 'DAYS'; 'FACTOR' for '×', 'N' for none."""
+    if unit == "×":
+        return "FACTOR"
+    text = unit.upper().replace(" ", "_")
+    return text if text and all(c.isascii() and (c.isalnum() or c in "_-") for c in text) else "N"
 
 
 def commitment_prices(card) -> tuple[list, dict]:
