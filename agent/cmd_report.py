@@ -219,20 +219,16 @@ PROMETHEUS_NOTE = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from collectors.atomicfile import write_text
+    from collectors.atomicfile import atomic_paths, check_dir_target
     from recommenders.formats import render_all
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError("expected a directory for --out, found a file", file=args.out)
+    check_dir_target(out)
     report = build(args)
     texts = render_all(report)  # everything rendered before anything is written
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output directory: {err.strerror}", file=args.out) from None
-    for name, text in texts.items():
-        write_text(out / name, text)
+    with atomic_paths([out / name for name in texts]) as paths:  # all five files, or none
+        for path, text in zip(paths, texts.values()):
+            path.write_text(text, encoding="utf-8")
     sys.stdout.write(
         f"{report.window.hours / 24:.1f} days to {_iso(report.window.end)}: spend {report.totals['total_cost']:,.2f} "
         f"{report.currency}, {len(report.recommendations)} recommendations, potential savings "

@@ -49,14 +49,17 @@ class Health:
     needs_placement: bool = False
     ready_within_s: float = 10.0
     trace_finished: bool = False  # dry-run: the final figures stay on /metrics, to be scraped
+    cause: Callable[[], str | None] = lambda: None  # why the source samples no GPU (no driver, no GPU), if known
 
     def ready(self, now: float) -> tuple[bool, str]:
         if self.trace_finished:
             return True, "the trace has ended; serving its final figures"
+        cause = self.cause()
+        because = f": {cause}" if cause else ""
         if self.last_cycle is None:
-            return False, "no samples attributed yet"
+            return False, "no samples attributed yet" + because
         if now - self.last_cycle > self.ready_within_s:
-            return False, f"no samples attributed for {now - self.last_cycle:.0f} s"
+            return False, f"no samples attributed for {now - self.last_cycle:.0f} s" + because
         if self.needs_placement and not self.placement_seen:
             return False, "no answer from the kubelet and the API server yet"
         return True, "ok"
@@ -85,7 +88,8 @@ class Agent:
         self.metrics = AgentMetrics(pricer.currency, mode, version, faults,
                                     price_age=lambda: time.time() - self.prices_at, price_faults=price_faults)
         self.health = Health(time.time(), needs_placement=needs_placement,
-                             ready_within_s=max(10.0, 5 * settings["interval"]))
+                             ready_within_s=max(10.0, 5 * settings["interval"]),
+                             cause=lambda: getattr(source, "problem", None))
         self._lock = threading.Lock()
         self._finished = False
         self.stop = threading.Event()

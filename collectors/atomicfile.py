@@ -11,29 +11,58 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
+
+from collectors.errors import InputError
 
 
 class AtomicFile:
-    """A temporary file beside ``path`` that :meth:`commit` renames onto ``path``."""
+    """A temporary file beside ``path`` that :meth:`commit` renames onto ``path``.
+
+    Directories it has to create for it are removed again by :meth:`discard` when they
+    are left empty, so a failed write leaves nothing behind: no temporary file, no folder.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._made: list[Path] = []  # deepest first
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            self._made.append(folder)
+            folder = folder.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except BaseException:
+            self._remove_made()
+            raise
         os.close(fd)
         self.tmp = Path(tmp)
 
     def commit(self) -> None:
-        """Give the file the usual permissions (0666 less the umask) and move it into place."""
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self.tmp, 0o666 & ~mask)
-        os.replace(self.tmp, self.path)
+        """Give the file the usual permissions (0666 less the umask) and move it into place;
+        on failure (the path is a directory, say) the temporary file is removed."""
+        try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(self.tmp, 0o666 & ~mask)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self._made = []
 
     def discard(self) -> None:
-        if self.tmp.exists():
-            self.tmp.unlink()
+        self.tmp.unlink(missing_ok=True)
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (another file went there): keep it and its parents
+        self._made = []
 
 
 @contextmanager
@@ -46,6 +75,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         atomic.discard()
         raise
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Temporary paths for files that belong together (a report's files): they replace
+    their paths only once every one was written; on any error, all are removed."""
+    files: list[AtomicFile] = []
+    try:
+        for path in paths:
+            files.append(AtomicFile(path))
+        yield [f.tmp for f in files]
+        for f in files:
+            f.commit()
+    except BaseException:
+        for f in reversed(files):
+            f.discard()
+        raise
+
+
+def check_file_target(path: str | Path, flag: str = "--out") -> None:
+    """InputError, before any work, when ``path`` cannot become a file: it is a directory,
+    or what would hold it is a file."""
+    _check_target(Path(path), flag, "file")
+
+
+def check_dir_target(path: str | Path, flag: str = "--out") -> None:
+    """InputError, before any work, when ``path`` cannot be (or become) a directory."""
+    _check_target(Path(path), flag, "directory")
+
+
+def _check_target(path: Path, flag: str, kind: str) -> None:
+    if kind == "file" and path.is_dir():
+        raise InputError(f"expected a file for {flag}, found a directory", file=str(path), field=flag)
+    if kind == "directory" and path.exists() and not path.is_dir():
+        raise InputError(f"expected a directory for {flag}, found a file", file=str(path), field=flag)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot create {path}: {folder} is a file, not a directory", file=str(path), field=flag)
 
 
 def write_text(path: str | Path, text: str) -> None:
