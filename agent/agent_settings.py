@@ -253,8 +253,13 @@ def _check_together(values: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not values["trace"]:
             raise InputError("--dry-run needs --trace FILE (make one with `gpuledger simulate --out FILE`)",
                              field="--trace")
-        if not Path(values["trace"]).is_file():
-            raise InputError("trace not found", file=values["trace"], field="--trace")
+        trace = Path(values["trace"])
+        if trace.is_dir():
+            raise InputError("expected a trace file (.jsonl or .jsonl.gz, from `gpuledger simulate`, `record` or "
+                             "`import`), found a directory", file=values["trace"], field="--trace")
+        if not trace.is_file():
+            raise InputError("no such trace file (make one with `gpuledger simulate --out FILE`)",
+                             file=values["trace"], field="--trace")
     elif values["trace"]:
         raise InputError("--trace is for --dry-run; add --dry-run to replay it", field="--trace")
 

@@ -201,3 +201,42 @@ def test_register_adds_the_report_command():
 def test_render_all_is_pure():
     r = build_report(two_weeks(), T0 + 14 * 86400, 7 * 86400, "USD", T0)
     assert render_all(r) == render_all(r)
+
+
+def test_ledger_directory_and_trace_mix_ups_say_what_was_expected(demo, tmp_path):
+    """A directory is read by the ledgers' names (a trace beside them is left alone); one
+    with no ledger, or a trace given as a ledger, is one line saying what was expected."""
+    import shutil
+
+    mixed = tmp_path / "demo"
+    (mixed / "out").mkdir(parents=True)
+    shutil.copy(demo, mixed / "out" / "ledger.parquet")
+    shutil.copy(demo.parent.parent / "t.jsonl.gz", mixed / "trace.jsonl.gz")
+    (mixed / "notes.jsonl.gz").write_bytes(b"not even gzip")
+    done = report_cmd("--ledger", str(mixed), "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(
+        ["report.md", "report.html", "recommendations.json", "recommendations.csv", "focus.csv"])
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "trace.jsonl.gz").write_bytes((mixed / "trace.jsonl.gz").read_bytes())
+    for argv, line in (
+            ([str(empty)], f"gpuledger: error: {empty}: field '--ledger': no ledger files in this directory: expected "
+                           "the agent's ledger directory (<node>/<YYYY-MM-DD>/<HH>.jsonl.gz files) or ledger.parquet "
+                           "files from `gpuledger replay --out`"),
+            ([str(mixed / "trace.jsonl.gz")], f"gpuledger: error: {mixed / 'trace.jsonl.gz'}:1: field '--ledger': "
+                                               "is a trace, not a ledger: replay it first")):
+        done = report_cmd("--ledger", *argv, "--out", str(tmp_path / "r2"))
+        assert done.returncode == 2 and done.stderr.startswith(line), done.stderr
+        assert done.stderr.count("\n") == 1
+        assert not (tmp_path / "r2").exists()
+
+
+def test_agent_dry_run_trace_that_is_a_directory_says_so(tmp_path):
+    for trace, words in ((tmp_path, "field '--trace': expected a trace file (.jsonl or .jsonl.gz"),
+                         (tmp_path / "nope.jsonl", "field '--trace': no such trace file")):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--dry-run", "--trace", str(trace),
+                               "--ledger-dir", str(tmp_path / "ledger")], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 2 and words in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        assert not (tmp_path / "ledger").exists()
