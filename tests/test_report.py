@@ -240,3 +240,27 @@ def test_agent_dry_run_trace_that_is_a_directory_says_so(tmp_path):
                                "--ledger-dir", str(tmp_path / "ledger")], capture_output=True, text=True, cwd=ROOT)
         assert done.returncode == 2 and words in done.stderr and done.stderr.count("\n") == 1, done.stderr
         assert not (tmp_path / "ledger").exists()
+
+
+def test_report_html_class_attributes_are_well_formed(demo_report):
+    """Each table keeps its own class, and a row's class stays on the row (the
+    (unallocated) team row is muted; the commitments table is compact)."""
+    from html.parser import HTMLParser
+
+    html = (demo_report / "report.html").read_text()
+    assert "class=' class=" not in html and "class=\" class=" not in html
+
+    class Classes(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[tuple[str, str]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found += [(tag, v or "") for k, v in attrs if k == "class"]
+
+    parser = Classes()
+    parser.feed(html)
+    bad = [found for found in parser.found if "=" in found[1] or "'" in found[1] or found[1] != found[1].strip()]
+    assert not bad, bad
+    assert ("table", "compact") in parser.found
+    assert ("tr", "muted") in parser.found

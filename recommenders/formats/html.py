@@ -57,8 +57,8 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int], row_clas
     head = "".join(f"<th class='n'>{_e(h)}</th>" if i in numeric else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
     body = []
     for j, r in enumerate(rows):
-        cls = f" class='{row_class[j]}'" if row_class and row_class[j] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td class='n'>{c}</td>" if i in numeric else f"<td>{c}</td>"
+        tr = f" class='{row_class[j]}'" if row_class and row_class[j] else ""
+        body.append(f"<tr{tr}>" + "".join(f"<td class='n'>{c}</td>" if i in numeric else f"<td>{c}</td>"
                                             for i, c in enumerate(r)) + "</tr>")
     return f"<table class='{cls}'><tr>{head}</tr>{''.join(body)}</table>"
 
