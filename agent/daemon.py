@@ -130,7 +130,7 @@ class Agent:
             self.faults.record(COLLECTOR, "row_too_late_for_ledger", "a row for an hour already written and let go",
                                count=dropped)
         self.metrics.add_cycle(cycle)
-        if cycle.samples:
+        if cycle.samples and self.metrics.showing:  # ready once a scrape shows figures, not only zeros
             self.health.last_cycle = time.time()
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ from recommenders.report import UNALLOCATED, build_report
 from recommenders.rightsizing import COLUMNS
 from recommenders.settings import Settings, settings_markdown
 from tests.test_report_rows import T0, frame, gpu_minutes
+from tests.systemtools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MIN = 1440
@@ -119,9 +120,7 @@ def test_demo_report_reads_well(demo_report):
 
 
 def test_report_html_renders_in_chromium(demo_report, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    browser = require_tool("chromium", "chromium", "chromium-browser")
     from PIL import Image  # noqa: PLC0415
 
     shot = tmp_path / "shot.png"
@@ -206,8 +205,6 @@ def test_render_all_is_pure():
 def test_ledger_directory_and_trace_mix_ups_say_what_was_expected(demo, tmp_path):
     """A directory is read by the ledgers' names (a trace beside them is left alone); one
     with no ledger, or a trace given as a ledger, is one line saying what was expected."""
-    import shutil
-
     mixed = tmp_path / "demo"
     (mixed / "out").mkdir(parents=True)
     shutil.copy(demo, mixed / "out" / "ledger.parquet")
