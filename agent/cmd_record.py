@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_file_target(out)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="gpuledger: %(levelname)s: %(message)s")
+        from agent import logs
+
+        logs.setup("warning")  # ISO 8601 times, as the agent's
     node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
     collector = NvmlCollector(node, resolver=PodResolver(args.proc_root))
     problem = collector.unavailable(time.time())

@@ -72,7 +72,7 @@ class TraceWriter:
         for stream in (self._out, self._raw):
             try:
                 stream.close()
-            except Exception:  # noqa: BLE001 - the write already failed; removing the file is what matters
+            except BaseException:  # noqa: BLE001 - the write already failed (or was interrupted): remove the file
                 pass
         self._file.discard()
 

@@ -153,7 +153,7 @@ def test_replay_reads_its_input_before_making_its_out_dir(tmp_path):
 def test_sigterm_during_simulate_leaves_nothing(tmp_path):
     """A command with no SIGTERM handler of its own unwinds like Ctrl-C: the file being
     written is removed."""
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "simulate", "--hours", "48", "--out", "t.jsonl.gz"],
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "simulate", "--hours", "400", "--out", "t.jsonl.gz"],
                             cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -163,5 +163,5 @@ def test_sigterm_during_simulate_leaves_nothing(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
-    assert stderr == "gpuledger: stopped by SIGTERM; nothing written\n"
-    assert leftovers(tmp_path) == []
+    assert stderr == "gpuledger: stopped by SIGTERM; nothing written\n", stderr
+    assert leftovers(tmp_path) == [], leftovers(tmp_path)
