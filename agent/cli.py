@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("gpuledger: stopped by SIGTERM; nothing written", file=sys.stderr)
         return 143
+    finally:
+        from collectors.atomicfile import discard_pending
+
+        discard_pending()  # a file being written when the command stopped, whatever stopped it
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ leaves half a file where a reader (or the next run) would take it for a whole on
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,28 +16,41 @@ from typing import Iterator, Sequence
 from collectors.errors import InputError
 
 
+_PENDING: set["AtomicFile"] = set()  # made and neither committed nor discarded yet: see discard_pending()
+
+
 class AtomicFile:
     """A temporary file beside ``path`` that :meth:`commit` renames onto ``path``.
 
     Directories it has to create for it are removed again by :meth:`discard` when they
     are left empty, so a failed write leaves nothing behind: no temporary file, no folder.
+    It is known to :func:`discard_pending` from before its file exists until it is
+    committed or discarded, so a signal at any moment leaves nothing either.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._made: list[Path] = []  # deepest first
-        folder = self.path.parent
-        while not folder.exists() and folder != folder.parent:
-            self._made.append(folder)
-            folder = folder.parent
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self._name()
+        _PENDING.add(self)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            folder = self.path.parent
+            while not folder.exists() and folder != folder.parent:
+                self._made.append(folder)
+                folder = folder.parent
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    break
+                except FileExistsError:
+                    self.tmp = self._name()
         except BaseException:
-            self._remove_made()
+            self.discard()
             raise
-        os.close(fd)
-        self.tmp = Path(tmp)
+
+    def _name(self) -> Path:
+        return self.path.parent / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
 
     def commit(self) -> None:
         """Give the file the usual permissions (0666 less the umask) and move it into place;
@@ -51,10 +64,12 @@ class AtomicFile:
             self.discard()
             raise
         self._made = []
+        _PENDING.discard(self)
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
         self._remove_made()
+        _PENDING.discard(self)
 
     def _remove_made(self) -> None:
         for folder in self._made:
@@ -63,6 +78,18 @@ class AtomicFile:
             except OSError:
                 break  # not empty (another file went there): keep it and its parents
         self._made = []
+
+
+def discard_pending() -> int:
+    """Remove every temporary file not committed yet (the CLI calls it on its way out,
+    whatever stopped the command); returns how many there were."""
+    pending = list(_PENDING)
+    for atomic in pending:
+        try:
+            atomic.discard()
+        except OSError:
+            pass
+    return len(pending)
 
 
 @contextmanager

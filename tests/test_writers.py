@@ -165,3 +165,18 @@ def test_sigterm_during_simulate_leaves_nothing(tmp_path):
     assert proc.returncode == 143, stderr
     assert stderr == "gpuledger: stopped by SIGTERM; nothing written\n", stderr
     assert leftovers(tmp_path) == [], leftovers(tmp_path)
+
+
+def test_a_file_not_committed_is_removed_on_the_way_out(tmp_path):
+    """What the CLI does last, whatever stopped the command (a signal between two
+    statements included): every temporary file not committed, and the folders made for
+    it, are removed."""
+    from collectors.atomicfile import AtomicFile, discard_pending
+
+    kept = AtomicFile(tmp_path / "kept.txt")
+    kept.tmp.write_text("whole")
+    kept.commit()
+    AtomicFile(tmp_path / "new" / "deeper" / "t.jsonl")
+    assert any(p.endswith(".tmp") for p in leftovers(tmp_path))
+    assert discard_pending() == 1
+    assert leftovers(tmp_path) == ["kept.txt"]
