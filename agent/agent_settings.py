@@ -22,6 +22,7 @@ from collectors.kubelet.resources import DEFAULT_SOCKET
 from collectors.yamlfile import LocatedYaml
 
 ENV_PREFIX = "GPULEDGER_"
+LIVE_LEDGER_DIR = "/var/lib/gpuledger/ledger"  # the live agent's default (a host path in the chart)
 FILE_SECTION = "agent"
 
 
@@ -36,6 +37,7 @@ class Setting:
     parse: Callable[[Any], Any]
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
+    shown_default: str | None = None  # the default as the docs and --help say it, when not ``default``
 
     @property
     def flag(self) -> str:
@@ -130,9 +132,13 @@ SETTINGS: tuple[Setting, ...] = (
             _optional_path, "NAME"),
     Setting("interval", "1s", "Time between samples. In dry-run: how often the agent takes the trace's next "
             "records (wall time).", _duration(0.05), "DURATION"),
-    Setting("ledger_dir", "/var/lib/gpuledger/ledger", "Where the minute ledger rollups go "
-            "(DIR/<node>/<date>/<hour>.jsonl.gz); keep it on the host so a restart loses nothing.",
-            _text, "DIR"),
+    Setting("ledger_dir", None, "Where the minute ledger rollups go (DIR/<node>/<date>/<hour>.jsonl.gz); "
+            "keep it on the host so a restart loses nothing. A restart continues the ledger there if it came "
+            "from the same source (this live agent, or the same trace), and refuses another's "
+            "(see --fresh-ledger).", _text, "DIR",
+            shown_default=f"`{LIVE_LEDGER_DIR}`; in dry-run a new directory for each run"),
+    Setting("fresh_ledger", False, "Start afresh: delete the rollup files already in --ledger-dir (another "
+            "trace's, say) before starting.", _bool),
     Setting("rates", None, "Your rate card (docs/rate-card.md); before the cloud APIs and the bundled snapshot.",
             _optional_path, "FILE"),
     Setting("aws", False, "Ask the AWS price APIs (standard credential chain; needs gpuledger[cloud]).", _bool),
@@ -162,19 +168,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "Logging: debug, info, warning or error.",
             _choice("debug", "info", "warning", "error"), choices=("debug", "info", "warning", "error")),
 )
-BOOLEAN = {"aws", "gcp", "dry_run", "exit_at_end"}
+BOOLEAN = {"aws", "gcp", "dry_run", "exit_at_end", "fresh_ledger"}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; a flag left out means 'from the environment, file or default'."""
     for s in SETTINGS:
-        default_text = "" if s.default is None else f" (default {s.default})"
-        if s.name in BOOLEAN:
-            parser.add_argument(s.flag, dest=s.name, action="store_const", const="true", default=None,
-                                help=f"{s.help} Env {s.env}.")
-        else:
-            parser.add_argument(s.flag, dest=s.name, default=None, metavar=s.metavar, choices=s.choices,
-                                help=f"{s.help}{default_text}. Env {s.env}.")
+        parser.add_argument(s.flag, dest=s.name, default=None, help=flag_help(s),
+                            **({"action": "store_const", "const": "true"} if s.name in BOOLEAN
+                               else {"metavar": s.metavar, "choices": s.choices}))
+
+
+def flag_help(s: Setting) -> str:
+    """``--help`` text of a setting: its help, its default, its variable; one period each."""
+    text = s.help.rstrip(".")
+    default = (s.shown_default or "").replace("`", "") or (None if s.default is None or s.name in BOOLEAN
+                                                          else str(s.default))
+    if default:
+        text += f" (default {default})"
+    return f"{text}. Env {s.env}."
 
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
@@ -201,6 +213,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
             raise where(str(err)) from None
     if values["node"] is None:
         values["node"] = environ.get("NODE_NAME") or socket.gethostname()
+    if values["ledger_dir"] is None and not values["dry_run"]:
+        values["ledger_dir"] = LIVE_LEDGER_DIR  # a dry-run without one gets its own (agent/cmd_agent.py)
     _check_together(values, environ)
     return values
 
@@ -239,8 +253,13 @@ def _check_together(values: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not values["trace"]:
             raise InputError("--dry-run needs --trace FILE (make one with `gpuledger simulate --out FILE`)",
                              field="--trace")
-        if not Path(values["trace"]).is_file():
-            raise InputError("trace not found", file=values["trace"], field="--trace")
+        trace = Path(values["trace"])
+        if trace.is_dir():
+            raise InputError("expected a trace file (.jsonl or .jsonl.gz, from `gpuledger simulate`, `record` or "
+                             "`import`), found a directory", file=values["trace"], field="--trace")
+        if not trace.is_file():
+            raise InputError("no such trace file (make one with `gpuledger simulate --out FILE`)",
+                             file=values["trace"], field="--trace")
     elif values["trace"]:
         raise InputError("--trace is for --dry-run; add --dry-run to replay it", field="--trace")
 
@@ -249,6 +268,6 @@ def settings_markdown() -> str:
     """The table of ``docs/agent.md``, made from the declarations."""
     rows = ["| flag | environment | `agent:` key | default | what it does |", "|---|---|---|---|---|"]
     for s in SETTINGS:
-        default = "—" if s.default is None else f"`{s.default}`"
+        default = s.shown_default or ("—" if s.default is None else f"`{s.default}`")
         rows.append(f"| `{s.flag}` | `{s.env}` | `{s.name}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"

@@ -12,9 +12,52 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from collectors.errors import InputError
+from collectors.errors import InputError, Unavailable
 
-EXIT_INPUT = 2
+EXIT_INPUT = 2  # a mistake in the user's input: one line naming file, line and field
+EXIT_FAILED = 1  # something in the world failed (a write, no GPU): one line saying what
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line that names the command and the flag:
+    ``gpuledger simulate: error: unrecognized arguments: --hour (see gpuledger simulate --help)``,
+    exit 2. Long flags are matched whole (``--hour`` is not ``--hours``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A subcommand's parser is asked for the arguments it knows; one it does not know
+        # is its own error (argparse would hand it to the top level, whose usage names
+        # neither the subcommand nor its flags).
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(self, message: str):  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """The installed gpuledger's version."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("gpuledger")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Terminated(BaseException):
+    """SIGTERM in a command that has no handler of its own (the agent and record have):
+    unwinds like Ctrl-C, so every file being written is removed, not left half-done."""
+
+
+def _terminate(signum, _frame) -> None:
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,22 +66,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_INPUT
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args) or 0
     except InputError as err:
         print(f"gpuledger: error: {err}", file=sys.stderr)
         return EXIT_INPUT
+    except Unavailable as err:
+        print(f"gpuledger: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:  # a write that failed (disk full, a file too large): what and where, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"gpuledger: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        print("gpuledger: interrupted", file=sys.stderr)
+        print("gpuledger: interrupted; nothing written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("gpuledger: stopped by SIGTERM; nothing written", file=sys.stderr)
+        return 143
+    finally:
+        from collectors.atomicfile import discard_pending
+
+        discard_pending()  # a file being written when the command stopped, whatever stopped it
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gpuledger",
         description="Attribute every GPU-second and its cost to a team and a workload. "
         "Try it with no GPU: `gpuledger simulate --out demo.jsonl.gz && gpuledger replay demo.jsonl.gz`.",
     )
+    parser.add_argument("--version", action="version", version=f"gpuledger {version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _replay_parser(sub)
     _simulate_parser(sub)
@@ -81,20 +144,24 @@ def _replay(args: argparse.Namespace) -> int:
     from agent.progress import ProgressLine
     from agent.replay import replay
     from agent.summary import format_table
-    from collectors.atomicfile import write_text
+    from collectors.atomicfile import atomic_paths, check_dir_target
     from collectors.pricing.ratecard import load_rate_card, load_snapshot
 
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_dir_target(out)  # created only once the input has been read
     card = load_rate_card(args.rates) if args.rates else load_snapshot()
     config = load_config(args.config)
-    out = _out_dir(args.out) if args.out else None
     progress = ProgressLine("reading traces")
     try:
         result = replay(args.traces, card, config, progress)
     finally:
         progress.done()
     if out is not None:
-        write_parquet(ledger_table(result.ledger, result.timeline), out / "ledger.parquet")
-        write_text(out / "summary.json", json.dumps(result.summary, indent=2) + "\n")
+        summary = json.dumps(result.summary, indent=2) + "\n"
+        with atomic_paths([out / "ledger.parquet", out / "summary.json"]) as (ledger, summary_json):
+            write_parquet(ledger_table(result.ledger, result.timeline), ledger)
+            summary_json.write_text(summary, encoding="utf-8")
     if args.json:
         sys.stdout.write(json.dumps(result.summary, indent=2) + "\n")
     else:
@@ -131,6 +198,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from agent.progress import ProgressLine
     from collectors.simulator import simulate
 
+    from collectors.atomicfile import check_file_target
+
+    check_file_target(args.out)
     progress = ProgressLine("simulating", unit="samples")
     options = {"seed": args.seed, "nodes": args.nodes, "hours": args.hours, "interval_s": args.interval}
     if args.start is not None:
@@ -154,7 +224,7 @@ def _import_parser(sub) -> None:
         "import", help="turn logs you already have (nvidia-smi, public traces) into a trace",
         description="Convert another format into a gpuledger trace that `gpuledger replay` reads.",
     )
-    kinds = p.add_subparsers(title="formats", metavar="FORMAT")
+    kinds = p.add_subparsers(title="formats", metavar="FORMAT", required=True)
     for importer in IMPORTERS.values():
         q = kinds.add_parser(importer.name, help=importer.help, description=importer.description)
         importer.add_arguments(q)
@@ -163,6 +233,9 @@ def _import_parser(sub) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from collectors.atomicfile import check_file_target
+
+    check_file_target(args.out)
     print(args.importer.run(args, Path(args.out)))
     return 0
 
@@ -191,20 +264,6 @@ def _config(args: argparse.Namespace) -> int:
     check_file(args.file)  # the agent: section, if any
     print(f"{args.file}: ok")
     return 0
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _out_dir(path: str) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise InputError("expected a directory for --out, found a file", file=path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output directory: {err.strerror}", file=path) from None
-    return out
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ import argparse
 import logging
 import signal
 import threading
-from importlib.metadata import PackageNotFoundError, version
 
-from agent import agent_settings
+from agent import agent_settings, logs
 from collectors.errors import InputError
 
 log = logging.getLogger("gpuledger.agent")
@@ -45,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     config_path = args.config or os.environ.get("GPULEDGER_CONFIG") or None
     settings = agent_settings.resolve(args, config_path=config_path)
-    logging.basicConfig(level=settings["log_level"].upper(), format="gpuledger: %(levelname)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.setup(settings["log_level"])
     config = load_config(config_path)
     agent = build(settings, config)
     host, port = settings["listen"]
@@ -56,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         server = http_server(agent, host, port)
     except OSError as err:
         agent.source.close()
+        _forget_own_ledger_dir(agent.book)
         raise InputError(f"cannot listen on {host}:{port}: {err.strerror}", field="--listen") from None
     _on_signals(agent.stop)
     log.info("%s agent for %s: /metrics on %s:%d, ledger in %s", agent.mode, settings["node"], host,
@@ -68,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def build(settings: dict, config):
     """The agent with its sources and prices; InputError for anything the user must fix."""
+    from agent.cli import version
     from agent.daemon import Agent
-    from agent.rollups import RollupBook
     from collectors.faults import FAULTS
     from collectors.pricing.cache import PriceCache
     from collectors.pricing.chain import PriceChain
@@ -82,18 +81,55 @@ def build(settings: dict, config):
     chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]))
     refresh = chain.cache.refresh_expired if (aws or gcp) else None
     mode = "dry-run" if settings["dry_run"] else "live"
-    book = RollupBook(settings["ledger_dir"], chain.currency)
-    resume = book.restore()
     common = dict(refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
     if settings["dry_run"]:
-        from agent.tracesource import TraceSource
+        from agent.tracesource import TraceSource, trace_identity
 
-        source = TraceSource(settings["trace"], speed=settings["speed"], start_at=_resume_point(resume))
-        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, _version(), book, resume,
+        source = TraceSource(settings["trace"], speed=settings["speed"])
+        try:
+            book = _ledger_book(settings, chain.currency, trace_identity(settings["trace"]))
+            resume = book.restore()
+        except BaseException:
+            source.close()
+            raise
+        source.skip_to(_resume_point(resume))
+        return Agent(settings, config, chain, source, source.interval, FAULTS, mode, version(), book, resume,
                      **common)
+    book = _ledger_book(settings, chain.currency, None)
+    resume = book.restore()
     source, placement = _live_source(settings)
-    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, _version(), book, resume,
+    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, version(), book, resume,
                  needs_placement=placement, **common)
+
+
+def _ledger_book(settings: dict, currency: str, trace: dict | None):
+    """The rollup book in ``--ledger-dir``; a dry-run without one gets a new directory of
+    its own (a ledger left by another run must not be taken for this one's)."""
+    import tempfile
+
+    from agent.rollups import RollupBook
+
+    own = settings["ledger_dir"] is None
+    if own:
+        settings["ledger_dir"] = tempfile.mkdtemp(prefix="gpuledger-dry-run-")
+        log.info("the ledger of this dry-run goes to %s (give --ledger-dir to keep one you can resume)",
+                 settings["ledger_dir"])
+    book = RollupBook(settings["ledger_dir"], currency, trace=trace)
+    book.made_for_this_run = own
+    if settings["fresh_ledger"]:
+        deleted = book.clear()
+        if deleted:
+            log.info("--fresh-ledger: deleted the %d rollup files in %s", deleted, settings["ledger_dir"])
+    return book
+
+
+def _forget_own_ledger_dir(book) -> None:
+    """Remove the dry-run's own ledger directory when the agent stops before writing to it."""
+    if getattr(book, "made_for_this_run", False):
+        try:
+            book.directory.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def _live_source(settings: dict):
@@ -145,9 +181,3 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
-
-def _version() -> str:
-    try:
-        return version("gpuledger")
-    except PackageNotFoundError:
-        return "unknown"

@@ -29,7 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Price sources, in order: your rate card's nodes and gpus entries, the cloud "
         "price APIs (with --aws / --gcp), the bundled snapshot, the default. See docs/pricing.md.",
     )
-    actions = p.add_subparsers(title="actions", metavar="ACTION")
+    actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     show = actions.add_parser(
         "show", help="price one node from its labels",
         description="Print the hourly price of one GPU on a node with the given labels, the source and "

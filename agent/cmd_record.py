@@ -12,10 +12,11 @@ import argparse
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from agent.durations import parse_duration
-from collectors.errors import InputError
+from collectors.errors import InputError, Unavailable
 from collectors.kubelet.resources import DEFAULT_SOCKET
 from collectors.records import DevicesRecord, Record
 
@@ -67,16 +68,22 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Record until the duration ends or a signal arrives; print one closing line."""
     from agent.record import record
+    from collectors.atomicfile import check_file_target
     from collectors.nvml import NvmlCollector
     from collectors.procfs import PodResolver
 
     out = Path(args.out)
-    if out.is_dir():
-        raise InputError("expected a file for --out, found a directory", file=args.out)
+    check_file_target(out)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="gpuledger: %(levelname)s: %(message)s")
+        from agent import logs
+
+        logs.setup("warning")  # ISO 8601 times, as the agent's
     node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
     collector = NvmlCollector(node, resolver=PodResolver(args.proc_root))
+    problem = collector.unavailable(time.time())
+    if problem is not None:
+        collector.close()
+        raise Unavailable(f"cannot record: {problem}")
     source = collector
     if args.kubernetes == "on" or (args.kubernetes == "auto" and Path(args.kubelet_socket).exists()):
         try:
@@ -108,6 +115,11 @@ class WithPlacement:
             if isinstance(record, DevicesRecord):
                 self.placement.set_devices(record)
         return self.placement.poll(now) + gpus
+
+    @property
+    def problem(self) -> str | None:
+        """Why no GPU can be sampled (see NvmlCollector.problem), or None."""
+        return self.nvml.problem
 
     def close(self) -> None:
         try:

@@ -11,6 +11,7 @@ a bad input, or a Prometheus that cannot answer, leaves nothing behind. Register
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -81,10 +82,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     group = p.add_argument_group("recommendation settings (docs/recommendations.md)")
     for f in setting_fields():
         group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
-                           metavar=f.metadata["unit"].upper().replace(" ", "_") or "N",
+                           metavar=_metavar(f.metadata["unit"]),
                            help=f"{f.metadata['help'].replace('%', '%%')} (default {f.default})")
     p.set_defaults(handler=run)
     return p
+
+
+def _metavar(unit: str) -> str:
+    """A flag's metavar from a setting's unit: 'GPU-HOURS', 'DAYS'; 'FACTOR' for '×', 'N' for none."""
+    if unit == "×":
+        return "FACTOR"
+    text = unit.upper().replace(" ", "_")
+    return text if text and all(c.isascii() and (c.isalnum() or c in "_-") for c in text) else "N"
 
 
 def commitment_prices(card) -> tuple[list, dict]:
@@ -150,14 +159,15 @@ def build(args: argparse.Namespace):
         first, end = history.first_minute, history.end
         source = "Prometheus"
     else:
+        paths = ledger_paths(args.ledger)
         try:
-            first, end = ledger_end(args.ledger)
+            first, end = ledger_end(paths)
             if until is not None:
                 if until <= first:
                     raise InputError("the ledger holds no minute before this time", field="--until")
                 end = min(end, float(int(until // 60) * 60))
             start = min(end - 2 * since, end - settings.commitment_days * 86400)
-            history = load_history(args.ledger, start, end)
+            history = load_history(paths, start, end)
         except LedgerError as err:
             raise InputError(err.message, file=err.file, field=err.field) from None
         source = "the ledger"
@@ -168,6 +178,51 @@ def build(args: argparse.Namespace):
                           pool_prices=pools, spot_hourly=spot)
     report.notes.extend(notes)
     return report
+
+
+_ROLLUP_NAME = re.compile(r"(^|/)\d{4}-\d\d-\d\d/\d\d\.jsonl\.gz$")  # <node>/<YYYY-MM-DD>/<HH>.jsonl.gz
+LEDGER_KINDS = ("the agent's ledger directory (<node>/<YYYY-MM-DD>/<HH>.jsonl.gz files) or ledger.parquet files "
+                "from `gpuledger replay --out`")
+
+
+def ledger_paths(given: Sequence[str]) -> list[Path]:
+    """The ledger files that ``--ledger`` names: files as they are, and in a directory the
+    ledger files by their documented names (``*.parquet``, the agent's hourly rollups),
+    so a trace or a report lying beside them is not taken for one. InputError saying what
+    was expected when a directory holds none, or a file is a trace."""
+    out: list[Path] = []
+    for name in given:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+            found += sorted(p for p in path.rglob("*.jsonl.gz")
+                            if p.is_file() and _ROLLUP_NAME.search(p.relative_to(path).as_posix()))
+            if not found:
+                raise InputError(f"no ledger files in this directory: expected {LEDGER_KINDS}", file=name,
+                                 field="--ledger")
+            out += found
+            continue
+        if _is_trace(path):
+            raise InputError(f"is a trace, not a ledger: replay it first (`gpuledger replay {name} --out DIR`) and "
+                             f"give DIR/ledger.parquet, or give {LEDGER_KINDS}", file=name, line=1, field="--ledger")
+        out.append(path)
+    return out
+
+
+def _is_trace(path: Path) -> bool:
+    """Whether a file starts with a trace's meta record (a common mix-up with a ledger)."""
+    import gzip
+    import json
+
+    if not path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        return False
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            first = json.loads(f.readline(1 << 20) or b"null")
+    except (OSError, EOFError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("kind") == "meta"
 
 
 def prometheus_history(args: argparse.Namespace, since: float, commitment_days: float, until: float | None):
@@ -212,20 +267,16 @@ PROMETHEUS_NOTE = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from collectors.atomicfile import write_text
+    from collectors.atomicfile import atomic_paths, check_dir_target
     from recommenders.formats import render_all
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError("expected a directory for --out, found a file", file=args.out)
+    check_dir_target(out)
     report = build(args)
     texts = render_all(report)  # everything rendered before anything is written
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create output directory: {err.strerror}", file=args.out) from None
-    for name, text in texts.items():
-        write_text(out / name, text)
+    with atomic_paths([out / name for name in texts]) as paths:  # all five files, or none
+        for path, text in zip(paths, texts.values()):
+            path.write_text(text, encoding="utf-8")
     sys.stdout.write(
         f"{report.window.hours / 24:.1f} days to {_iso(report.window.end)}: spend {report.totals['total_cost']:,.2f} "
         f"{report.currency}, {len(report.recommendations)} recommendations, potential savings "

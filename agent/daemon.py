@@ -15,6 +15,7 @@ only the source of records differs (NVML + Kubernetes, or :class:`TraceSource`).
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from agent import logs
 from agent.config import Config
 from agent.exporter import AgentMetrics
 from agent.metering import Meter, Resume
@@ -47,14 +49,17 @@ class Health:
     needs_placement: bool = False
     ready_within_s: float = 10.0
     trace_finished: bool = False  # dry-run: the final figures stay on /metrics, to be scraped
+    cause: Callable[[], str | None] = lambda: None  # why the source samples no GPU (no driver, no GPU), if known
 
     def ready(self, now: float) -> tuple[bool, str]:
         if self.trace_finished:
             return True, "the trace has ended; serving its final figures"
+        cause = self.cause()
+        because = f": {cause}" if cause else ""
         if self.last_cycle is None:
-            return False, "no samples attributed yet"
+            return False, "no samples attributed yet" + because
         if now - self.last_cycle > self.ready_within_s:
-            return False, f"no samples attributed for {now - self.last_cycle:.0f} s"
+            return False, f"no samples attributed for {now - self.last_cycle:.0f} s" + because
         if self.needs_placement and not self.placement_seen:
             return False, "no answer from the kubelet and the API server yet"
         return True, "ok"
@@ -75,24 +80,27 @@ class Agent:
         self.mode = mode
         self.book = book  # already read back: ``resume`` is what it holds
         if resume:
-            log.info("resuming after the ledger in %s: %s", settings["ledger_dir"],
-                     ", ".join(f"{n} through {r.minutes_through}" for n, r in sorted(resume.items())))
+            log.info("continuing the ledger in %s, which holds %s; samples up to there are not counted again",
+                     settings["ledger_dir"], _held(resume))
         self.meter = Meter(pricer, config, resume=resume)
         self._refresh = refresh_prices
         self.prices_at = time.time()
         self.metrics = AgentMetrics(pricer.currency, mode, version, faults,
                                     price_age=lambda: time.time() - self.prices_at, price_faults=price_faults)
         self.health = Health(time.time(), needs_placement=needs_placement,
-                             ready_within_s=max(10.0, 5 * settings["interval"]))
+                             ready_within_s=max(10.0, 5 * settings["interval"]),
+                             cause=lambda: getattr(source, "problem", None))
         self._lock = threading.Lock()
         self._finished = False
         self.stop = threading.Event()
+        self.lag = Lag(mode, settings)
 
     # ------------------------------------------------------------------ jobs
 
     def sample(self) -> None:
         """Poll the source, attribute, count, and keep the rows for the ledger."""
         with self._lock:
+            began = time.monotonic()
             try:
                 records = self.source.poll(time.time())
             except Exception as err:  # noqa: BLE001 - a source must not raise; if one does, count it
@@ -101,6 +109,7 @@ class Agent:
             self._take(records)
             if self.mode == "dry-run" and getattr(self.source, "exhausted", False) and not self._finished:
                 self._finish_trace()
+            self.lag.cycle_done(time.monotonic() - began)
 
     def _take(self, records: list[Record]) -> None:
         if any(isinstance(r, PodsRecord) for r in records):
@@ -121,7 +130,7 @@ class Agent:
             self.faults.record(COLLECTOR, "row_too_late_for_ledger", "a row for an hour already written and let go",
                                count=dropped)
         self.metrics.add_cycle(cycle)
-        if cycle.samples:
+        if cycle.samples and self.metrics.showing:  # ready once a scrape shows figures, not only zeros
             self.health.last_cycle = time.time()
 
     def flush(self) -> None:
@@ -200,6 +209,8 @@ class Agent:
         from apscheduler.triggers.cron import CronTrigger
 
         s = self.settings
+        # the scheduler's warnings (runs skipped) say nothing a user can act on: Lag does
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1), "report": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -212,6 +223,9 @@ class Agent:
         if s["report_out"]:
             scheduler.add_job(self.report, CronTrigger.from_crontab(s["report_schedule"], timezone=s["report_timezone"]),
                               id="report", executor="report")
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+        scheduler.add_listener(self.lag.skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
         thread.start()
         scheduler.start()
@@ -225,10 +239,87 @@ class Agent:
             server.server_close()
 
 
+class Lag:
+    """Job runs the scheduler skipped because the one worker was still busy, turned into
+    a log line a user can act on (the scheduler's own warnings are not logged).
+
+    A skipped run loses nothing (the next cycle takes what the skipped one would have),
+    so a few skips (a slow first flush, a burst of pod changes) are not worth a line.
+    The agent warns, at most once a minute, when within a minute at least
+    ``MIN_SKIPPED`` runs were skipped and no fewer than the cycles that ran: sampling
+    keeps up with half its schedule or less. The first cycle is exempt: after a restart it
+    hands over the part of the trace the ledger already holds at once, by design."""
+
+    WINDOW_S = 60.0
+    MIN_SKIPPED = 10
+
+    def __init__(self, mode: str, settings: Mapping[str, Any], clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode = mode
+        self.settings = settings
+        self.clock = clock
+        self.cycles = 0
+        self.total_skipped = 0
+        self._warned_at = -math.inf
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.window_start = self.clock()
+        self.skipped_runs = 0
+        self.window_cycles = 0
+        self.since: float | None = None  # wall time of the window's first skipped run
+        self.slowest = 0.0
+
+    def skipped(self, event: Any = None) -> None:
+        """Scheduler listener: a run was skipped (the previous one, or another job, still going)."""
+        if self.cycles == 0:
+            return
+        self.skipped_runs += 1
+        self.total_skipped += 1
+        if self.since is None:
+            self.since = time.time()
+
+    def cycle_done(self, seconds: float) -> None:
+        self.cycles += 1
+        if self.cycles == 1:
+            self._new_window()
+            return
+        self.window_cycles += 1
+        self.slowest = max(self.slowest, seconds)
+        now = self.clock()
+        behind = self.skipped_runs >= self.MIN_SKIPPED and self.skipped_runs >= self.window_cycles
+        if behind and now - self._warned_at >= self.WINDOW_S:
+            self._warned_at = now
+            log.warning(self.message())
+            self._new_window()
+        elif now - self.window_start >= self.WINDOW_S:
+            self._new_window()
+
+    def message(self) -> str:
+        interval = self.settings["interval"]
+        since = logs.iso(self.since) if self.since is not None else "start"
+        what = (f"the agent is behind: {self.skipped_runs} scheduled runs skipped and {self.window_cycles} taken "
+                f"since {since}, as a sample cycle takes up to {self.slowest:.2f} s and the interval is "
+                f"{interval:g} s; ")
+        if self.mode == "dry-run":
+            return what + (f"the trace plays slower than --speed {self.settings['speed']:g}: lower --speed or "
+                           "raise --interval")
+        return what + "samples are taken less often than asked: raise --interval"
+
+
 _DROPPED = {
     "sample_undescribed": "a sample of a device no devices record lists yet; dropped",
     "sample_late": "a sample older than the meter's horizon; dropped",
 }
+
+
+def _held(resume: Mapping[str, Resume]) -> str:
+    """'gpu-node-0001 and gpu-node-0002 through 2025-11-25T06:41:00Z, ...': what a ledger holds, per node."""
+    by_time: dict[float, list[str]] = {}
+    for node, r in sorted(resume.items()):
+        ends = [t for t in (None if r.minutes_through is None else r.minutes_through + 60, r.samples_through)
+                if t is not None]
+        by_time.setdefault(max(ends), []).append(node)
+    return "; ".join(f"{', '.join(nodes)} through {logs.iso(t)}" for t, nodes in sorted(by_time.items()))
 
 
 def http_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:

@@ -90,6 +90,14 @@ class AgentMetrics(Collector):
                     del self._readings[key]
             self.samples += cycle.samples
 
+    @property
+    def showing(self) -> bool:
+        """Whether /metrics shows attributed figures: a label set seen for the first time
+        is exported at 0 and gets its increment a cycle later (so that rate() sees it)."""
+        with self._lock:
+            return (any(k not in self._pending_workloads for k in self._workloads)
+                    or any(k not in self._pending_unallocated for k in self._unallocated))
+
     def settle(self) -> None:
         """Apply the increments held back for new label sets (at shutdown, in tests)."""
         with self._lock:

@@ -18,6 +18,7 @@ from agent.config import Config
 from agent.ledger import Ledger, merge, rollup
 from agent.summary import summarize
 from agent.timeline import Timeline, build_timeline
+from collectors.errors import InputError
 from collectors.pricing.ratecard import Pricer, RateCard, RateCardPricer
 from collectors.tracefile import Progress, Trace, read_traces
 
@@ -47,6 +48,9 @@ def replay(
         return trace.files[order[0]], order[1]
 
     timeline = build_timeline(trace.states, trace.interners, pricer, config, where_record)
+    if not any(len(batch.ts) for batch in trace.batches):
+        raise InputError("holds no sample records: nothing to attribute (a trace recorded where NVML saw no "
+                         "GPU? `gpuledger record` says why)", file=", ".join(trace.files), field="kind")
     parts = []
     start, end = np.inf, -np.inf
     for batch in trace.batches:

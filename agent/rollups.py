@@ -31,6 +31,7 @@ from agent.ledger import LEDGER_VERSION
 from agent.metering import SUMS, Resume, Row, RowKey
 from agent.timeline import SlotInfo
 from collectors.atomicfile import AtomicFile
+from collectors.errors import InputError
 
 HOUR = 3600
 SUFFIX = ".jsonl.gz"
@@ -63,10 +64,13 @@ class RollupBook:
     (the meter accepts samples up to its horizon behind) still lands in the file.
     """
 
-    def __init__(self, directory: str | Path, currency: str, keep_s: float = 600.0) -> None:
+    def __init__(self, directory: str | Path, currency: str, keep_s: float = 600.0,
+                 trace: dict[str, Any] | None = None) -> None:
         self.directory = Path(directory)
         self.currency = currency
         self.keep_s = keep_s
+        self.trace = trace  # what the rows come from: a dry-run's trace (trace_identity), None when live
+        self.made_for_this_run = False  # a dry-run's own directory, removed if the run stops before writing
         self._hours: dict[tuple[str, int], _Hour] = {}
         self.minutes_written = 0
         self.files_written = 0
@@ -77,7 +81,10 @@ class RollupBook:
     # ------------------------------------------------------------------ restart
 
     def restore(self) -> dict[str, Resume]:
-        """Read each node's newest hour files back; node -> what they already hold."""
+        """Read each node's newest hour files back; node -> what they already hold.
+
+        InputError (nothing written) when they hold the ledger of another source: another
+        trace, or a dry-run's ledger for a live agent and the other way round."""
         found: dict[str, Resume] = {}
         if not self.directory.is_dir():
             return found
@@ -86,6 +93,7 @@ class RollupBook:
             samples: list[float] = []
             for path in sorted(node_dir.glob(f"*/*{SUFFIX}"))[-2:]:  # late rows may go to either
                 header, rows = read_rollup(path)
+                self._check_source(path, header)
                 entry = self._hours.setdefault((node_dir.name, int(header["hour"])), _Hour())
                 entry.restored = rows
                 entry.written = {int(r["minute"]) for r in rows}
@@ -96,6 +104,43 @@ class RollupBook:
             if minutes or samples:
                 found[node_dir.name] = Resume(max(minutes, default=None), max(samples, default=None))
         return found
+
+    def _check_source(self, path: Path, header: dict[str, Any]) -> None:
+        theirs = header.get("trace") or None
+        ours = self.trace
+        if (theirs or {}).get("sha256") == (ours or {}).get("sha256"):
+            return
+        if ours is not None and theirs is not None:
+            same_name = theirs.get("name") == ours["name"]
+            held = (f"the ledger of another trace named {ours['name']} (sha256 {str(theirs.get('sha256'))[:12]}, "
+                    f"this one's {ours['sha256'][:12]})" if same_name
+                    else f"the ledger of the trace {theirs.get('name')}, not of {ours['name']}")
+        elif ours is not None:
+            held = (f"a ledger that names no trace (a live agent's, or one written before ledgers named their "
+                    f"trace), not of {ours['name']}")
+        else:
+            held = f"the ledger of a dry-run of {theirs.get('name')}, not of this live agent"  # type: ignore[union-attr]
+        raise InputError(f"holds {held} ({path.relative_to(self.directory)}): give another --ledger-dir, or add "
+                         "--fresh-ledger to delete that ledger and start afresh",
+                         file=str(self.directory), field="--ledger-dir")
+
+    def clear(self) -> int:
+        """Delete the rollup files in the directory (and the folders they leave empty), to
+        start afresh; returns how many were deleted. Other files are left alone."""
+        deleted = 0
+        if not self.directory.is_dir():
+            return deleted
+        for path in sorted(self.directory.glob(f"*/*/*{SUFFIX}")):
+            try:
+                read_rollup(path)
+            except (OSError, ValueError, EOFError):
+                continue  # not a rollup: not ours to delete
+            path.unlink()
+            deleted += 1
+        for folder in sorted(self.directory.glob("*/*"), reverse=True) + sorted(self.directory.glob("*")):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        return deleted
 
     # ------------------------------------------------------------------ accumulating
 
@@ -175,6 +220,8 @@ class RollupBook:
         rows.sort(key=_order)
         header = {HEADER_KEY: LEDGER_VERSION, "currency": self.currency, "node": node, "hour": hour,
                   "minutes_through": minutes_through, "samples_through": samples_through}
+        if self.trace is not None:
+            header["trace"] = self.trace
         lines = [json.dumps(header)] + [json.dumps(r, allow_nan=False) for r in rows]
         data = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
         path = rollup_path(self.directory, node, hour)

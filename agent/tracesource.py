@@ -9,6 +9,7 @@ already counted).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -43,6 +44,12 @@ class TraceSource:
         self._wall0: float | None = None
         self.records = 0
 
+    def skip_to(self, start_at: float | None) -> None:
+        """Start the playback clock at ``start_at`` (where a restarted dry-run's ledger
+        stops) instead of the trace's first record; before the first poll only."""
+        if start_at is not None and self._wall0 is None:
+            self.start = max(self.start, start_at)
+
     @property
     def interval(self) -> float:
         """The trace's sampling interval (its meta record's)."""
@@ -74,3 +81,13 @@ class TraceSource:
         close = getattr(self._records, "close", None)
         if close is not None:
             close()
+
+
+def trace_identity(path: str | Path) -> dict[str, str]:
+    """What a dry-run's ledger records of its trace: the file's name and the SHA-256 of
+    its bytes, so a resume continues only the same trace (under any name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"name": Path(path).name, "sha256": digest.hexdigest()}

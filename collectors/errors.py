@@ -48,6 +48,12 @@ class InputError(Exception):
         )
 
 
+class Unavailable(Exception):
+    """Something a command needs is missing on this machine (no NVIDIA driver, no GPU,
+    no permission): not a mistake in the user's input, and nothing a retry fixes now.
+    The CLI prints it as one line and exits 1."""
+
+
 def describe(value: object) -> str:
     """A short rendering of a bad value for an error message."""
     text = repr(value)

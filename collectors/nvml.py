@@ -106,6 +106,7 @@ class NvmlCollector:
         self._next_scan = float("-inf")
         self._prev_ts: float | None = None
         self._value_fields = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+        self.problem: str | None = None  # why no GPU can be sampled now (see unavailable()), else None
 
     # ------------------------------------------------------------------ protocol
 
@@ -139,6 +140,20 @@ class NvmlCollector:
             self._prev_ts = ts
         return records
 
+    def unavailable(self, now: float) -> str | None:
+        """Why no GPU can be sampled here, in words a user can act on (no NVIDIA driver,
+        the driver not loaded, no permission, no GPU), or None when NVML lists GPUs.
+        Initialises NVML if need be; ``gpuledger record`` asks before it starts."""
+        if not self._ensure_init(now, count_faults=False):
+            return self.problem
+        try:
+            count = self._nv.nvmlDeviceGetCount()
+        except self._nv.NVMLError as err:
+            self.problem = _cause(self._reason(err), "nvmlDeviceGetCount", err)
+            return self.problem
+        self.problem = None if count else NO_GPU
+        return self.problem
+
     def close(self) -> None:
         """Shut NVML down (once); the collector can be polled again afterwards."""
         if self._ready:
@@ -153,7 +168,7 @@ class NvmlCollector:
     def _reason(self, err: Exception) -> str:
         return self._reasons.get(getattr(err, "value", None), "error")
 
-    def _ensure_init(self, now: float) -> bool:
+    def _ensure_init(self, now: float, count_faults: bool = True) -> bool:
         if self._ready:
             return True
         if now < self._next_init:
@@ -161,6 +176,9 @@ class NvmlCollector:
         try:
             self._nv.nvmlInit()
         except self._nv.NVMLError as err:
+            self.problem = _cause(self._reason(err), "nvmlInit", err)
+            if not count_faults:  # a question asked once (unavailable()), not a fault in a running collector
+                return False
             self._faults.record(COLLECTOR, self._reason(err), f"nvmlInit: {err}; retrying in {self._delay:g}s and backing off")
             self._next_init = now + self._delay
             self._delay = min(self._delay * 2, self._backoff[1])
@@ -188,6 +206,8 @@ class NvmlCollector:
             self._faults.record(COLLECTOR, reason, f"nvmlDeviceGetCount: {err}")
             if reason == "uninitialized":
                 self._ready = False
+            if not self._tracked:
+                self.problem = _cause(reason, "nvmlDeviceGetCount", err)
             return self._inventory or ()
         tracked: list[_Tracked] = []
         for index in range(count):
@@ -207,6 +227,8 @@ class NvmlCollector:
             if mig_on:
                 tracked.extend(self._scan_mig(handle, gpu, previous, start_us))
         self._tracked = tracked
+        self.problem = None if tracked else (NO_GPU if count == 0 else "NVML lists GPUs but none could be read "
+                                             "(see gpuledger_collector_errors_total{collector=\"nvml\"})")
         return tuple(t.device for t in tracked)
 
     def _keep(self, previous: dict[str, _Tracked], device: Device, handle: Any, start_us: int,
@@ -372,6 +394,23 @@ class NvmlCollector:
         except OSError as err:
             self._faults.record(COLLECTOR, "procfs_unreadable", f"pid {pid}: {err}")
         return None
+
+
+NO_GPU = "NVML found no NVIDIA GPU on this machine"
+_CAUSES = {
+    "library_not_found": "no NVIDIA driver: NVML (libnvidia-ml.so.1) is not installed or not on the library path "
+                         "(in a container: the NVIDIA container toolkit mounts it, docs/helm.md)",
+    "driver_not_loaded": "the NVIDIA driver is not loaded (nvidia-smi says the same; is the kernel module loaded?)",
+    "no_permission": "no permission to use the GPUs: run as a user that can open /dev/nvidia* (or as root)",
+    "function_not_found": "the NVIDIA driver is older than the NVML functions gpuledger needs",
+    "lib_rm_version_mismatch": "the NVIDIA driver and its NVML library differ in version (reboot after a driver "
+                               "update?)",
+}
+
+
+def _cause(reason: str, call: str, err: Exception) -> str:
+    """A user's reading of an NVML error that keeps every GPU from being sampled."""
+    return _CAUSES.get(reason, f"NVML cannot be used ({call}: {err})")
 
 
 def _text(value: str | bytes) -> str:

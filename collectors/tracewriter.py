@@ -26,12 +26,20 @@ class TraceWriter:
     def __init__(self, path: str | Path, meta: Meta) -> None:
         self.path = Path(path)
         self._file = AtomicFile(self.path)
-        raw = open(self._file.tmp, "wb")
+        try:
+            raw = open(self._file.tmp, "wb")
+        except BaseException:
+            self._file.discard()
+            raise
         self._raw = raw
         stream: BinaryIO = gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=5, mtime=0) if self.path.name.endswith(".gz") else raw  # type: ignore[assignment]
         self._out = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
         self.count = 0
-        self.write(meta)
+        try:
+            self.write(meta)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, record: Record) -> None:
         self.write_json(to_json(record))
@@ -47,16 +55,26 @@ class TraceWriter:
         self.count += lines
 
     def close(self) -> None:
-        self._out.close()
-        self._raw.close()
-        self._file.commit()
+        """Finish the file and move it into place; on any failure (a full disk at the
+        last flush, say) the temporary file is removed and the error raised."""
+        try:
+            try:
+                self._out.close()
+            finally:
+                self._raw.close()
+            self._file.commit()
+        except BaseException:
+            self._file.discard()
+            raise
 
     def abort(self) -> None:
-        try:
-            self._out.close()
-            self._raw.close()
-        finally:
-            self._file.discard()
+        """Drop the file (the error that led here is the one to report, not a close's)."""
+        for stream in (self._out, self._raw):
+            try:
+                stream.close()
+            except BaseException:  # noqa: BLE001 - the write already failed (or was interrupted): remove the file
+                pass
+        self._file.discard()
 
     def __enter__(self) -> "TraceWriter":
         return self

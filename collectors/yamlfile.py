@@ -32,10 +32,13 @@ class LocatedYaml:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
-            problem = getattr(err, "problem", None) or str(err)
-            raise InputError(
-                f"not valid YAML ({problem})", file=self.file, line=mark.line + 1 if mark else None
-            ) from None
+            line = mark.line + 1 if mark else None
+            problem = getattr(err, "problem", None)
+            if isinstance(err, yaml.reader.ReaderError):  # its text quotes a position on a second line
+                line = text.count("\n", 0, err.position) + 1
+                problem = f"unacceptable character #x{err.character:04x}: {err.reason}"
+            problem = " ".join(str(problem or err).split())  # one line, whatever the parser said
+            raise InputError(f"not valid YAML ({problem})", file=self.file, line=line) from None
         self.data = self._convert(node, ()) if node is not None else None
 
     def _convert(self, node: yaml.Node, key: Key) -> Any:

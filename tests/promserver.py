@@ -19,7 +19,6 @@ days of scraping.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -32,8 +31,8 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+from tests.systemtools import require_tool
+
 MINIMAL_CONFIG = "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n"
 
 
@@ -50,6 +49,7 @@ def backfill(openmetrics: str | Path, data_dir: Path, max_block_duration: str = 
     ``promtool`` reads its input once per block, so a large ``max_block_duration`` (it
     picks the largest compatible range below it) keeps a long history to one or two passes.
     """
+    promtool = require_tool("promtool", "prometheus")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(openmetrics, Path):
@@ -58,7 +58,7 @@ def backfill(openmetrics: str | Path, data_dir: Path, max_block_duration: str = 
         path = data_dir.parent / f"{data_dir.name}.om.txt"
         path.write_text(openmetrics)
     try:
-        done = subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics",
+        done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
                                f"--max-block-duration={max_block_duration}", str(path), str(data_dir)],
                               capture_output=True, text=True, timeout=300)
     finally:
@@ -89,6 +89,7 @@ class PrometheusServer:
         """
         if self.process is not None:
             raise RuntimeError("already started")
+        prometheus = require_tool("prometheus", "prometheus")
         data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="prometheus-")) / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = data.parent / f"{data.name}.prometheus.yml"
@@ -96,7 +97,7 @@ class PrometheusServer:
         self.log_path = data.parent / f"{data.name}.prometheus.log"
         for attempt in range(3):  # another process may take the free port before Prometheus binds it
             self.port = free_port()
-            args = [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data}",
+            args = [prometheus, f"--config.file={config}", f"--storage.tsdb.path={data}",
                     f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=100y",
                     "--log.level=warn", *extra_args]
             with open(self.log_path, "ab") as log:

@@ -7,7 +7,6 @@ against a second implementation in test_cost_model / test_reference_model).
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import subprocess
 from collections import defaultdict
@@ -17,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.rollups import read_rollup
+from tests.systemtools import require_tool
 from tests.agentrun import (
     agent_command, assert_same_ledger, get, keyed, reference, rollup_rows, run_agent, small_trace, start_agent, stop,
     wait_for,
@@ -143,8 +143,7 @@ def test_metrics_health_and_readiness(small_trace, reference, tmp_path):
         util = metrics["gpuledger_gpu_utilization_ratio"]
         assert util and all(0 <= s.value <= 1 for s in util)
         assert metrics["gpuledger_build_info"][0].labels["mode"] == "dry-run"
-        promtool = shutil.which("promtool")
-        assert promtool, "promtool comes with the prometheus package (.ci/run installs it)"
+        promtool = require_tool("promtool", "prometheus")
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     finally:

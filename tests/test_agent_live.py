@@ -87,3 +87,25 @@ def test_live_agent_attributes_a_pods_gpu_and_serves_its_team(fake_nvml: FakeNvm
     samples = {u: sum(r["samples"] for r in rows if r["device_uuid"] == u) for u in (gpu0.uuid, gpu1.uuid)}
     assert samples[gpu0.uuid] == samples[gpu1.uuid] > 0
     assert math.isclose(seconds[gpu0.uuid], seconds[gpu1.uuid], rel_tol=0.05)
+
+
+def test_readyz_says_why_no_gpu_is_sampled(fake_nvml: FakeNvml, tmp_path: Path):
+    """Without the NVIDIA driver's NVML, and with it but no GPU: the agent runs, stays not
+    ready, and /readyz says the cause, not just 'no samples attributed yet'."""
+    for case, env, cause in (
+            ("no library", {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"},
+             "no NVIDIA driver: NVML (libnvidia-ml.so.1) is not installed or not on the library path"),
+            ("no GPU", fake_nvml.env(), "NVML found no NVIDIA GPU on this machine")):
+        fake_nvml.set([])
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "agent", "--node", "n", "--interval", "200ms", "--kubernetes", "off",
+             "--ledger-dir", str(tmp_path / case), "--listen", f"127.0.0.1:{port}", "--log-level", "error"],
+            cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: get(port, "/healthz")[0] == 200, 30, "/healthz", proc)
+            wait_for(lambda: cause in get(port, "/readyz")[1], 10, f"/readyz naming the cause ({case})", proc)
+            status, text = get(port, "/readyz")
+            assert status == 503 and text.startswith(f"no samples attributed yet: {cause}"), text
+        finally:
+            assert stop(proc, timeout=10) == 0, proc.stderr.read()

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tests.helmtool import CHART, REPO, pinned_helm, render
+from tests.systemtools import require_tool
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +50,7 @@ DAYS_IN_MONTH = calendar.monthrange(1970, 1)[1]
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool not found: install the Debian package `prometheus` (.ci/run does)"
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 @pytest.fixture(scope="module")

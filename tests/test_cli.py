@@ -125,3 +125,49 @@ def test_progress_shows_on_a_terminal(tmp_path):
         os.close(primary)
     assert done.returncode == 0
     assert b"reading traces: 100.0%" in shown
+
+
+def test_version():
+    from importlib.metadata import version
+
+    done = gpuledger("--version")
+    assert done.returncode == 0 and done.stdout == f"gpuledger {version('gpuledger')}\n"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["simulate", "--hour", "2", "--out", "x.jsonl"],
+     "gpuledger simulate: error: unrecognized arguments: --hour 2 (see gpuledger simulate --help)"),
+    (["replay", "t.jsonl", "--jsn"], "gpuledger replay: error: unrecognized arguments: --jsn"),
+    (["import", "nvidia-smi", "log.csv", "--out", "x", "--nodes", "3"],
+     "gpuledger import nvidia-smi: error: unrecognized arguments: --nodes 3"),
+    (["agent", "--kubernetes", "maybe"], "gpuledger agent: error: argument --kubernetes: invalid choice: 'maybe'"),
+    (["record", "--out", "x", "--interval", "1ms"],
+     "gpuledger record: error: argument --interval: expected an interval of at least 100ms"),
+    (["report", "--ledger", "l.parquet"], "gpuledger report: error: the following arguments are required: --out"),
+    (["prices"], "gpuledger prices: error: the following arguments are required: ACTION"),
+    (["prices", "show", "--node-labels", "a=b", "--cach", "d"],
+     "gpuledger prices show: error: unrecognized arguments: --cach d"),
+    (["import"], "gpuledger import: error: the following arguments are required: FORMAT"),
+    (["replay", "t.jsonl", "--rate", "r.yaml"], "gpuledger replay: error: unrecognized arguments: --rate r.yaml"),
+])
+def test_usage_errors_are_one_line_naming_the_command_and_the_flag(tmp_path, args, line):
+    """No usage block, no top-level usage for a subcommand's flag, no prefix matching
+    (--hour is not --hours, --rate not --rates), exit 2, nothing written."""
+    done = gpuledger(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(line), done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [[], ["replay"], ["simulate"], ["import", "nvidia-smi"],
+                                     ["import", "alibaba-genai"], ["config"], ["agent"], ["record"], ["report"],
+                                     ["prices", "show"]])
+def test_help_reads_cleanly(command):
+    """No doubled periods, and metavars a terminal and a shell can type (ASCII)."""
+    done = gpuledger(*command, "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert not re.search(r"(?<!\.)\.\.(?!\.)|\. \.", text), re.findall(r".{40}\.\..{10}", text)
+    metavars = re.findall(r"--[a-z-]+ ([^\s\[\],]+)", done.stdout)
+    assert all(m.isascii() for m in metavars), [m for m in metavars if not m.isascii()]

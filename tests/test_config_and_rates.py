@@ -96,3 +96,21 @@ def test_config_loads_and_rejects_mistakes(tmp_path):
 def test_configuration_doc_is_generated_from_the_declarations():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert settings_markdown() in doc
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("team_labels: [team]\nnamespace_teams: {a: \"b\x01\"}\n", 2, "unacceptable character #x0001"),
+    ("team_labels: [team\n", 2, "expected ',' or ']'"),
+])
+def test_yaml_errors_are_one_line_with_the_line_number(tmp_path, text, line, words):
+    """A YAML error that quotes a position (the reader's, for a control character) is
+    given as FILE:LINE on one line, like every other."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "config", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"gpuledger: error: {path}:{line}: not valid YAML (") and words in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

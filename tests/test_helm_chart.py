@@ -69,7 +69,9 @@ CASES: dict[str, dict[str, Any]] = {
                    "rateCard": EXAMPLE_RATES},
     "report-emptydir": {"report": {"enabled": True, "prometheusUrl": "http://prometheus:9090"}},
     "processes-on": {"agent": {"processes": True}},
-    "priority-class": {"agent": {"priorityClassName": "system-node-critical", "runtimeClassName": "nvidia"}},
+    "priority-class": {"agent": {"priorityClassName": "gpu-agents", "runtimeClassName": "nvidia"}},
+    "no-priority-class": {"agent": {"priorityClassName": ""}},
+    "kubernetes-on": {"agent": {"kubernetes": "on"}},
     "cloud-pricing": {"pricing": {"aws": True, "gcp": True, "refresh": "30m"},
                       "serviceAccount": {"annotations": {
                           "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/gpuledger-pricing",
@@ -261,7 +263,7 @@ def test_default_daemonset_runs_on_gpu_nodes_only(rendered):
     assert [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}] in exprs
     assert [{"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In", "values": ["true"]}] in exprs
     assert {"key": "nvidia.com/gpu", "operator": "Exists"} in spec["tolerations"]
-    assert "runtimeClassName" not in spec and "priorityClassName" not in spec
+    assert "runtimeClassName" not in spec and spec["priorityClassName"] == "system-node-critical"
     assert "hostPID" not in spec and "hostNetwork" not in spec
 
 
@@ -290,7 +292,9 @@ def test_default_daemonset_mounts_and_env(rendered):
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     pod_resources = mounts["/var/lib/kubelet/pod-resources"]
     assert pod_resources["readOnly"] is True
-    assert volumes[pod_resources["name"]]["hostPath"] == {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"}
+    # kubernetes: auto: a node without the kubelet's directory still runs the agent
+    assert volumes[pod_resources["name"]]["hostPath"] == {"path": "/var/lib/kubelet/pod-resources",
+                                                          "type": "DirectoryOrCreate"}
     data = mounts["/var/lib/gpuledger"]
     assert not data.get("readOnly"), "the ledger is written"
     assert volumes[data["name"]]["hostPath"] == {"path": "/var/lib/gpuledger", "type": "DirectoryOrCreate"}
@@ -322,8 +326,30 @@ def test_processes_on_sets_host_pid(rendered):
 
 def test_priority_and_runtime_class(rendered):
     spec = pod_spec(rendered["priority-class"])
-    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["priorityClassName"] == "gpu-agents"
     assert spec["runtimeClassName"] == "nvidia"
+    assert "ResourceQuota" not in kinds(rendered["priority-class"]), "a class of your own needs no quota"
+
+
+def test_the_agent_is_node_critical_by_default_with_the_quota_that_admits_it(rendered):
+    """Evicted last, scheduled on a full node; GKE admits the system-* classes outside
+    kube-system only with a ResourceQuota scoped to them, which the chart renders."""
+    objs = rendered["defaults"]
+    assert pod_spec(objs)["priorityClassName"] == "system-node-critical"
+    quota = one(objs, "ResourceQuota")
+    assert quota["metadata"]["namespace"] == "gpuledger"
+    assert quota["spec"]["scopeSelector"] == {"matchExpressions": [
+        {"operator": "In", "scopeName": "PriorityClass", "values": ["system-node-critical"]}]}
+    assert int(quota["spec"]["hard"]["pods"]) >= 1000
+    opted_out = rendered["no-priority-class"]
+    assert "priorityClassName" not in pod_spec(opted_out) and "ResourceQuota" not in kinds(opted_out)
+    assert "ResourceQuota" not in kinds(rendered["dry-run"])
+
+
+def test_kubernetes_on_insists_on_the_kubelet_directory(rendered):
+    spec = pod_spec(rendered["kubernetes-on"])
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "pod-resources"]
+    assert volume["hostPath"] == {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"}
 
 
 def test_cloud_pricing_flags_and_service_account(rendered):
@@ -622,6 +648,31 @@ def test_report_cronjob_with_claim(rendered):
     assert volume == {"name": reports["name"], "persistentVolumeClaim": {"claimName": "gpuledger-reports"}}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}, "a runaway report is capped"
+
+
+def test_report_enabled_without_a_url_says_so(helm, tmp_path):
+    """The chart's own message, not a schema error about string lengths."""
+    proc = run_helm(helm, "template", "gpuledger", str(CHART), *values_args({"report": {"enabled": True}}, tmp_path),
+                    check=False)
+    assert proc.returncode != 0
+    assert "report.prometheusUrl is required when report.enabled is true" in proc.stderr, proc.stderr
+    assert "schema" not in proc.stderr, proc.stderr
+    lint = run_helm(helm, "lint", str(CHART), *values_args({"report": {"enabled": True}}, tmp_path), check=False)
+    assert "report.prometheusUrl is required when report.enabled is true" in lint.stdout + lint.stderr
+    assert "schema" not in lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize("case", ["everything", "dry-run"])
+def test_rendered_comments_read_whole(helm, tmp_path, case):
+    """No comment in a rendered manifest breaks a command across lines, so none starts
+    mid-command: every inline `code` span opens and closes on its line."""
+    out = run_helm(helm, "template", "gpuledger", str(CHART), *values_args(CASES[case], tmp_path)).stdout
+    comments = [line.strip() for line in out.splitlines() if line.strip().startswith("#")
+                and not line.strip().startswith("# Source:")]
+    assert comments
+    for line in comments:
+        assert line.count("`") % 2 == 0 and not line.startswith("# --"), line
 
 
 def test_report_command_writes_a_dated_directory(rendered, tmp_path):
@@ -686,7 +737,6 @@ BAD_VALUES = [
     ({"metrics": {"port": 70000}}, "metrics.port"),
     ({"prometheusRule": {"budgets": {"ml-research": -5}}}, "prometheusRule.budgets.ml-research"),
     ({"prometheusRule": {"burnRateWindow": "six hours"}}, "prometheusRule.burnRateWindow"),
-    ({"report": {"enabled": True}}, "report.prometheusUrl"),
     ({"report": {"schedule": "every monday"}}, "report.schedule"),
     ({"dryRun": {"speed": 0}}, "dryRun.speed"),
     ({"image": {"digest": "latest"}}, "image.digest"),
@@ -716,6 +766,41 @@ def render_notes(helm, values, tmp_path) -> str:
     out = run_helm(helm, "template", "gpuledger", str(chart), "-n", "gpuledger",
                    "--show-only", "templates/notes-test.yaml", *values_args(values, tmp_path)).stdout
     return yaml.safe_load(out)["notes"]
+
+
+def test_notes_say_when_the_image_is_the_unpublished_default(helm, tmp_path):
+    default = render_notes(helm, {}, tmp_path / "a")
+    assert "IMAGE: ghcr.io/gpuledger/gpuledger:" in default and "--set image.repository=" in default
+    own = render_notes(helm, {"image": {"repository": "registry.example.com/gpuledger", "tag": "0.1.0"}},
+                       tmp_path / "b")
+    assert "IMAGE:" not in own
+
+
+def _commands(text: str, program: str) -> list[str]:
+    """Shell commands starting with ``program`` in the sh blocks of a Markdown text,
+    continuation lines joined."""
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        out += [line.strip() for line in joined.splitlines() if line.strip().startswith(program)]
+    return out
+
+
+@pytest.mark.parametrize("doc", ["docs/helm.md", "helm/gpuledger/README.md"])
+def test_every_documented_install_names_the_image_the_user_built(doc):
+    """No registry publishes the image: every `helm install` sets image.repository and
+    image.tag, to the name a `docker build -t` of the same block gave it."""
+    text = (REPO / doc).read_text()
+    installs = _commands(text, "helm install")
+    assert installs
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        built = set(re.findall(r"docker build -t (\S+) \.", joined))
+        for command in (line for line in joined.splitlines() if line.strip().startswith("helm install")):
+            repo = re.search(r"--set image\.repository=(\S+)", command)
+            tag = re.search(r"--set image\.tag=(\S+)", command)
+            assert repo and tag, command
+            assert f"{repo[1]}:{tag[1]}" in built, (command, built)
 
 
 def test_notes(helm, tmp_path):

@@ -314,3 +314,32 @@ def test_prices_show_with_a_rate_card_and_the_cache(tmp_path, capsys, rates):
 def test_prices_show_user_mistakes_exit_2(capsys, argv, words):
     code, out, err = prices_cli(["prices", "show", *argv], capsys)
     assert code == 2 and out == "" and words in err and err.count("\n") == 1
+
+
+def test_prices_show_lists_each_commitment_once_with_a_region_label(capsys):
+    """The snapshot's region-less commitments are the fallback for regions it does not
+    list; with a region it lists, only that region's are the node's options."""
+    labels = "node.kubernetes.io/instance-type=p5.48xlarge,topology.kubernetes.io/region=us-east-1"
+    code, out, _ = prices_cli(["prices", "show", "--node-labels", labels], capsys)
+    assert code == 0
+    options = [line.split(" per ")[0] for line in out.splitlines() if line.startswith("  reserved-instance")]
+    assert options and len(options) == len(set(options)), out
+    assert all("topology.kubernetes.io/region=us-east-1" in line
+               for line in out.splitlines() if line.startswith("  reserved-instance")), out
+    code, out, _ = prices_cli(["prices", "show", "--node-labels",
+                               "node.kubernetes.io/instance-type=p5.48xlarge,topology.kubernetes.io/region=ap-south-2"],
+                              capsys)
+    options = [line for line in out.splitlines() if line.startswith("  reserved-instance")]
+    assert options and len(options) == len(set(options)), out  # the region-less fallback, once
+
+
+@pytest.mark.parametrize("labels, missing", [
+    ("node.kubernetes.io/instance-type=p5.48xlarge", "no region label (topology.kubernetes.io/region)"),
+    ("topology.kubernetes.io/region=us-east-1,eks.amazonaws.com/nodegroup=gpu",
+     "no instance type label (node.kubernetes.io/instance-type)"),
+])
+def test_prices_show_aws_says_which_label_is_missing(capsys, labels, missing):
+    code, out, _ = prices_cli(["prices", "show", "--node-labels", labels, "--aws"], capsys)
+    assert code == 0
+    (step,) = [line for line in out.splitlines() if line.startswith("  aws-api: skipped")]
+    assert missing in step and "instance type or region" not in step, step

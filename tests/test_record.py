@@ -28,7 +28,7 @@ from collectors.procfs import PodResolver
 from collectors.records import Container, Device, DevicesRecord, Pod, PodsRecord, Sample
 from collectors.tracefile import iter_records
 from tests.fakenvml import (  # noqa: F401  (fake_nvml is a fixture)
-    DRIVER_NOT_LOADED, MIB, FakeNvml, FakeProc, fake_nvml, h100, h100_mig, h200_mig, l40s,
+    DRIVER_NOT_LOADED, MIB, NO_PERMISSION, FakeNvml, FakeProc, fake_nvml, h100, h100_mig, h200_mig, l40s,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +45,8 @@ POD_B = "bbbbbbbb-0000-4000-8000-000000000002"
 POD_C = "cccccccc-0000-4000-8000-000000000003"
 POD_D = "dddddddd-0000-4000-8000-000000000004"
 
-# `gpuledger record` as the CLI will run it, with the command registered on a parser of its own
-RECORD = (
-    "import argparse, sys\n"
-    "from agent.cmd_record import register\n"
-    "from collectors.errors import InputError\n"
-    "p = argparse.ArgumentParser(prog='gpuledger'); register(p.add_subparsers())\n"
-    "a = p.parse_args(sys.argv[1:])\n"
-    "try:\n    sys.exit(a.handler(a))\n"
-    "except InputError as e:\n    print(f'gpuledger: error: {e}', file=sys.stderr); sys.exit(2)\n"
-)
+# `gpuledger record` as the CLI runs it
+RECORD = "import sys\nfrom agent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 # --------------------------------------------------------------------- durations
@@ -306,21 +298,42 @@ def test_sigterm_stops_the_command_and_leaves_a_whole_trace(fake_nvml, tmp_path,
     assert summary["totals"]["gpu_seconds"] > 0.5
 
 
-@pytest.mark.parametrize("case", ["no library", "driver not loaded"])
-def test_the_command_survives_a_missing_driver(fake_nvml, tmp_path, case: str) -> None:
+@pytest.mark.parametrize("case, cause", [
+    ("no library", "no NVIDIA driver: NVML (libnvidia-ml.so.1) is not installed or not on the library path"),
+    ("driver not loaded", "the NVIDIA driver is not loaded"),
+    ("no permission", "no permission to use the GPUs: run as a user that can open /dev/nvidia*"),
+    ("no GPU", "NVML found no NVIDIA GPU on this machine"),
+])
+def test_record_without_a_gpu_exits_1_saying_why_and_writes_nothing(fake_nvml, tmp_path, case, cause) -> None:
+    env = fake_nvml.env()
     if case == "no library":
         env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-        reason = "library_not_found"
-    else:
+    elif case == "driver not loaded":
         fake_nvml.set([h100(0)], init_fail=(DRIVER_NOT_LOADED, -1))
-        env = fake_nvml.env()
-        reason = "driver_not_loaded"
+    elif case == "no permission":
+        fake_nvml.set([h100(0)], init_fail=(NO_PERMISSION, -1))
+    else:
+        fake_nvml.set([])
     out = tmp_path / "t.jsonl"
     done = _run(fake_nvml, tmp_path, "--out", str(out), "--interval", "100ms", "--duration", "1100ms", env=env)
-    assert done.returncode == 0, done.stderr
-    warned = [line for line in done.stderr.splitlines() if "WARNING" in line]
-    assert len(warned) == 1 and reason in warned[0], done.stderr  # tried at 0 and 1 s: logged once
-    assert [json.loads(x)["kind"] for x in out.read_text().splitlines()] == ["meta"]
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"gpuledger: error: cannot record: {cause}"), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_replay_refuses_a_trace_without_samples(tmp_path) -> None:
+    """What `record` wrote before it said why (a meta line, a devices record): nothing to
+    attribute, said in one line, rather than a 1970 window priced from nothing."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"kind":"meta","format":"gpuledger-trace","version":1,"interval_s":1.0}\n'
+                     '{"kind":"devices","ts":1764046800,"node":"n","devices":[]}\n')
+    done = subprocess.run([sys.executable, "-c", RECORD, "replay", str(trace), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == (f"gpuledger: error: {trace}: field 'kind': holds no sample records: nothing to attribute "
+                           "(a trace recorded where NVML saw no GPU? `gpuledger record` says why)\n")
+    assert done.stdout == "" and not (tmp_path / "out").exists()
 
 
 def test_out_is_a_directory_exits_2(fake_nvml, tmp_path) -> None:

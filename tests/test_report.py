@@ -19,6 +19,7 @@ from recommenders.report import UNALLOCATED, build_report
 from recommenders.rightsizing import COLUMNS, TYPES
 from recommenders.settings import Settings, settings_markdown
 from tests.test_report_rows import T0, frame, gpu_minutes
+from tests.systemtools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MIN = 1440
@@ -122,9 +123,7 @@ def test_demo_report_reads_well(demo_report):
 
 
 def test_report_html_renders_in_chromium(demo_report, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    browser = require_tool("chromium", "chromium", "chromium-browser")
     from PIL import Image  # noqa: PLC0415
 
     shot = tmp_path / "shot.png"
@@ -300,3 +299,64 @@ def test_the_headline_says_what_priced_the_spend_and_json_carries_the_plan(demo_
     assert p4d["history_days"] == pytest.approx(215 / 24, abs=1e-6)
     assert p4d["options"] and not any(o["eligible"] for o in p4d["options"])
     assert all({"reason", "workload_name", "cost"} <= set(w) for w in doc["not_judged"])
+
+
+def test_ledger_directory_and_trace_mix_ups_say_what_was_expected(demo, tmp_path):
+    """A directory is read by the ledgers' names (a trace beside them is left alone); one
+    with no ledger, or a trace given as a ledger, is one line saying what was expected."""
+    mixed = tmp_path / "demo"
+    (mixed / "out").mkdir(parents=True)
+    shutil.copy(demo, mixed / "out" / "ledger.parquet")
+    shutil.copy(demo.parent.parent / "t.jsonl.gz", mixed / "trace.jsonl.gz")
+    (mixed / "notes.jsonl.gz").write_bytes(b"not even gzip")
+    done = report_cmd("--ledger", str(mixed), "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(
+        ["report.md", "report.html", "recommendations.json", "recommendations.csv", "focus.csv"])
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "trace.jsonl.gz").write_bytes((mixed / "trace.jsonl.gz").read_bytes())
+    for argv, line in (
+            ([str(empty)], f"gpuledger: error: {empty}: field '--ledger': no ledger files in this directory: expected "
+                           "the agent's ledger directory (<node>/<YYYY-MM-DD>/<HH>.jsonl.gz files) or ledger.parquet "
+                           "files from `gpuledger replay --out`"),
+            ([str(mixed / "trace.jsonl.gz")], f"gpuledger: error: {mixed / 'trace.jsonl.gz'}:1: field '--ledger': "
+                                               "is a trace, not a ledger: replay it first")):
+        done = report_cmd("--ledger", *argv, "--out", str(tmp_path / "r2"))
+        assert done.returncode == 2 and done.stderr.startswith(line), done.stderr
+        assert done.stderr.count("\n") == 1
+        assert not (tmp_path / "r2").exists()
+
+
+def test_agent_dry_run_trace_that_is_a_directory_says_so(tmp_path):
+    for trace, words in ((tmp_path, "field '--trace': expected a trace file (.jsonl or .jsonl.gz"),
+                         (tmp_path / "nope.jsonl", "field '--trace': no such trace file")):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--dry-run", "--trace", str(trace),
+                               "--ledger-dir", str(tmp_path / "ledger")], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 2 and words in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        assert not (tmp_path / "ledger").exists()
+
+
+def test_report_html_class_attributes_are_well_formed(demo_report):
+    """Each table keeps its own class, and a row's class stays on the row (the
+    (unallocated) team row is muted; the commitments table is compact)."""
+    from html.parser import HTMLParser
+
+    html = (demo_report / "report.html").read_text()
+    assert "class=' class=" not in html and "class=\" class=" not in html
+
+    class Classes(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[tuple[str, str]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found += [(tag, v or "") for k, v in attrs if k == "class"]
+
+    parser = Classes()
+    parser.feed(html)
+    bad = [found for found in parser.found if "=" in found[1] or "'" in found[1] or found[1] != found[1].strip()]
+    assert not bad, bad
+    assert ("table", "compact") in parser.found
+    assert ("tr", "muted") in parser.found

@@ -137,8 +137,13 @@ class PriceChain:
         if provider_of(labels) != "aws":
             return None
         where = pricing_labels(labels)
-        if not where.instance_type or not where.region or physical <= 0:
-            steps.append(Step(AWS_SOURCE, "skipped", "the node has no instance type or region label"))
+        missing = [f"{what} label ({labels_[0]})" for what, value, labels_ in (
+            ("instance type", where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
+            if not value]
+        if missing or physical <= 0:
+            why = ("the node has no " + " and no ".join(missing) if missing
+                   else "the node's GPU count is not known")
+            steps.append(Step(AWS_SOURCE, "skipped", why + "; the AWS price APIs price an instance type in a region"))
             return None
         it, region = where.instance_type, where.region
         if where.capacity_type == "spot":
@@ -256,10 +261,17 @@ def _card_price(card: RateCard, labels, model: str, physical: int, share: float,
 
 
 def _matching(card: RateCard, labels: Mapping[str, str], model: str) -> tuple[Commitment, ...]:
-    """A card's commitments whose pool this node is in: by label match or by GPU model."""
-    return tuple(c for c in card.commitments
-                 if (c.match is not None and all(labels.get(k) == v for k, v in c.match.items()))
-                 or (c.gpu_model is not None and c.gpu_model == model))
+    """A card's commitments whose pool this node is in: by label match or by GPU model.
+
+    Where two label matches both fit the node and one is a narrower case of the other
+    (the same instance type, in a given region), only the narrower one is its pool:
+    the other is the fallback for nodes the narrower one does not cover."""
+    found = [c for c in card.commitments
+             if (c.match is not None and all(labels.get(k) == v for k, v in c.match.items()))
+             or (c.gpu_model is not None and c.gpu_model == model)]
+    return tuple(c for c in found
+                 if c.match is None or not any(o.match is not None and o is not c and o.match.items() > c.match.items()
+                                               for o in found))
 
 
 def _stale_note(lookup: Lookup) -> str:

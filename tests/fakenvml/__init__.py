@@ -41,6 +41,7 @@ MIB = 1 << 20
 # NVML error codes (nvml.h)
 NOT_SUPPORTED = 3
 NOT_FOUND = 6
+NO_PERMISSION = 4
 DRIVER_NOT_LOADED = 9
 GPU_IS_LOST = 15
 UNKNOWN = 999
@@ -89,9 +90,9 @@ class FakeError:
 
 def build(dest: Path) -> Path:
     """Compile the fake library into ``dest`` and return the library's path."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise RuntimeError("gcc is needed to build the fake libnvidia-ml.so.1")
+    from tests.systemtools import require_tool
+
+    gcc = require_tool("gcc", "gcc", "cc")
     dest.mkdir(parents=True, exist_ok=True)
     lib = dest / "libnvidia-ml.so.1"
     subprocess.run(

@@ -82,13 +82,14 @@ imagePullSecrets:
 {{- end }}
 {{- if not $dry }}
 {{- if $agent.processes }}
-# --processes on reads /proc/<pid>/cgroup of the GPU processes of other pods.
+# With --processes on the agent reads /proc/<pid>/cgroup of the GPU processes of other pods.
 hostPID: true
 {{- end }}
 {{- with $agent.runtimeClassName }}
 runtimeClassName: {{ . }}
 {{- end }}
 {{- with $agent.priorityClassName }}
+# docs/helm.md, "Priority": evicted last, scheduled even on a full node
 priorityClassName: {{ . }}
 {{- end }}
 affinity:
@@ -247,7 +248,14 @@ volumes:
   - name: pod-resources
     hostPath:
       path: {{ $agent.kubeletSocketDir }}
+      {{- if eq $agent.kubernetes "on" }}
+      # kubernetes: on insists on the kubelet: no pod on a node without its directory
       type: Directory
+      {{- else }}
+      # kubernetes: auto: a node without it still gets an agent (an empty directory, no
+      # socket in it: the agent attributes its GPUs without pods and says so)
+      type: DirectoryOrCreate
+      {{- end }}
   {{- end }}
   {{- end }}
   {{- if $hasConfig }}
