@@ -111,7 +111,8 @@ class Agent:
             self.faults.record(COLLECTOR, "attribution_failed", str(err))
             return
         for reason, count in (("sample_undescribed", cycle.dropped_undescribed),
-                              ("sample_late", cycle.dropped_late)):
+                              ("sample_late", cycle.dropped_late),
+                              ("sample_overlap", cycle.dropped_overlap)):
             if count:
                 self.faults.record(COLLECTOR, reason, _DROPPED[reason], count=count)
         if cycle.dropped_resumed:
@@ -228,6 +229,7 @@ class Agent:
 _DROPPED = {
     "sample_undescribed": "a sample of a device no devices record lists yet; dropped",
     "sample_late": "a sample older than the meter's horizon; dropped",
+    "sample_overlap": "a sample covering time an earlier sample of its device covered (a repeated record); dropped",
 }
 
 

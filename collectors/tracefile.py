@@ -36,7 +36,7 @@ from collectors.records import (
     Sample,
     from_json,
 )
-from collectors.samples import CODE, Interners, SampleColumns
+from collectors.samples import CODE, Interners, SampleColumns, first_overlap
 
 BLOCK_BYTES = 16 << 20
 
@@ -113,6 +113,31 @@ def read_traces(
         metas.append(reader.meta)  # type: ignore[arg-type]
         done += sizes[index]
     return Trace(files, metas, states, parts, interners)
+
+
+def refuse_overlaps(trace: Trace) -> None:
+    """InputError naming both samples when two samples of one device cover the same time
+    (a repeated line, the same file given twice), so that every GPU-second is counted
+    once; see ``docs/trace-format.md``. Replay calls it before attributing."""
+    pair = first_overlap(trace.batches)
+    if pair is None:
+        return
+    (eb, ei), (lb, li) = pair
+    earlier, later = trace.batches[eb], trace.batches[lb]
+    e_file, e_line = trace.where(earlier, ei)
+    l_file, l_line = trace.where(later, li)
+    twice = " (the same trace given twice?)" if e_line == l_line and Path(e_file) == Path(l_file) else ""
+    raise InputError(
+        f"sample of {trace.interners.uuids.names[int(later.uuid[li])]!r} ({_span(later, li)}) overlaps the "
+        f"sample at {e_file}:{e_line} ({_span(earlier, ei)}): a device's samples may not cover the same time "
+        f"twice{twice}",
+        file=l_file, line=l_line, field="ts",
+    )
+
+
+def _span(batch: SampleColumns, i: int) -> str:
+    ts, interval = float(batch.ts[i]), float(batch.interval[i])
+    return f"{ts - interval:.3f} to {ts:.3f}"
 
 
 @contextmanager
