@@ -1,0 +1,227 @@
+"""Seeded fuzzing of every reader of user files (issue 15, item 15).
+
+Each test mutates a small valid input a few hundred ways (values out of range or of the
+wrong type, huge integers, lone surrogates, invalid UTF-8, deep nesting, repeated,
+swapped, cut and flipped bytes, corrupt gzip) and runs the real command on it. Whatever
+the input, the command either succeeds with finite figures or exits 2 with one line; a
+traceback is a failure. The seeds are fixed, so a failure reproduces; the cases are small,
+so all of it takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import random
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import Config
+from agent.replay import replay
+from collectors import tracefile
+from collectors.errors import InputError
+from collectors.pricing.ratecard import RateCard
+from collectors.tracefile import iter_records
+
+CASES = 300
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """The CLI in-process: (exit code, stdout, stderr); any exception but SystemExit propagates."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_or_success(code: int, err: str, case: str) -> None:
+    assert code in (0, 2), f"{case}: exit {code}: {err}"
+    if code == 2:
+        assert err.startswith("gpuledger: error: ") and err.count("\n") == 1, f"{case}: {err!r}"
+    assert "Traceback" not in err, f"{case}: {err}"
+
+
+def strict_json(text: str):
+    """JSON that Python's json would refuse to write with allow_nan=False: no NaN, no Infinity."""
+    def refuse(token):
+        raise AssertionError(f"non-finite number {token} in JSON output")
+    return json.loads(text, parse_constant=refuse)
+
+
+# --------------------------------------------------------------------------- mutations
+
+# Raw JSON tokens that json.dumps cannot produce: they are put in as text.
+RAW = ["9" * 400, "-" + "9" * 400, "1e400", "NaN", "Infinity", "-Infinity", '"\\ud800"', '"a\\udfffb"',
+       '"\\u0000"', "[" * 3000 + "]" * 3000, '{"a":' * 3000 + "1" + "}" * 3000, "1e-320", "-0"]
+VALUES = [None, True, False, 0, -1, 0.5, 101, 1e20, 1e308, -1e308, 253370764800, 253370764799.5, 2 ** 63,
+          "", "x", "../../etc", "/abs", "..", "=cmd|' /C calc'!A0", "@SUM(1)", "-2+3", "\t", "a\nb", "ü" * 3,
+          "x" * 5000, [], [1, 2], {}, {"a": {"b": [1]}}, [{"pid": 1}], [{"pid": "x"}], [None]]
+
+
+def _value(rng: random.Random) -> str:
+    if rng.random() < 0.35:
+        return rng.choice(RAW)
+    return json.dumps(rng.choice(VALUES))
+
+
+def _set_field(rng: random.Random, line: str) -> str:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(obj, dict) or not obj:
+        return line
+    target, key = obj, rng.choice(list(obj))
+    nested = obj.get(key)
+    if isinstance(nested, list) and nested and isinstance(nested[0], dict) and rng.random() < 0.5:
+        target = rng.choice(nested)
+        key = rng.choice(list(target) + ["extra"])
+    marker = "\u0001MARK\u0001"
+    target[key] = marker
+    return json.dumps(obj).replace(json.dumps(marker), _value(rng))
+
+
+def mutate_lines(rng: random.Random, lines: list[str]) -> list[str]:
+    lines = list(lines)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        op = rng.randrange(8)
+        i = rng.randrange(len(lines)) if lines else 0
+        if not lines:
+            lines.append(_value(rng))
+        elif op <= 2:
+            lines[i] = _set_field(rng, lines[i])
+        elif op == 3:
+            lines.insert(i, lines[rng.randrange(len(lines))])  # a repeated line
+        elif op == 4:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == 5:
+            del lines[i]
+        elif op == 6:
+            lines.insert(i, _value(rng))
+        else:
+            obj = json.loads(lines[i]) if lines[i].startswith("{") else None
+            if isinstance(obj, dict) and obj:
+                del obj[rng.choice(list(obj))]
+                lines[i] = json.dumps(obj)
+    return lines
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    op = rng.randrange(4)
+    if not data:
+        return bytes(rng.randrange(256) for _ in range(8))
+    i = rng.randrange(len(data))
+    if op == 0:
+        data[i] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        data[i:i] = bytes(rng.choice([0xFF, 0xC3, 0x80, 0xED, 0xA0, 0x00, 0x0A, 0x7B]) for _ in range(rng.randint(1, 4)))
+    elif op == 2:
+        del data[i:]
+    else:
+        data[i:i + 8] = bytes(rng.randrange(256) for _ in range(8))
+    return bytes(data)
+
+
+# --------------------------------------------------------------------------- traces
+
+TRACE = [
+    {"kind": "meta", "format": "gpuledger-trace", "version": 1, "interval_s": 10.0},
+    {"kind": "node", "ts": 1764046800, "node": "gpu-a", "labels": {"node.kubernetes.io/instance-type": "p4d.24xlarge"}},
+    {"kind": "devices", "ts": 1764046800, "node": "gpu-a", "devices": [
+        {"uuid": "GPU-1", "index": 0, "model": "NVIDIA A100-SXM4-40GB", "memory_total_bytes": 42949672960},
+        {"uuid": "MIG-1", "parent_uuid": "GPU-1", "mig_profile": "3g.20gb", "model": "NVIDIA A100-SXM4-40GB"},
+        {"uuid": "GPU-2", "index": 1, "model": "NVIDIA A100-SXM4-40GB"}]},
+    {"kind": "pods", "ts": 1764046800, "node": "gpu-a", "pods": [
+        {"uid": "u1", "namespace": "research", "name": "train-0", "labels": {"team": "ml"},
+         "owner": {"kind": "PyTorchJob", "name": "train"}, "containers": [{"name": "c", "devices": ["GPU-2"]}]},
+        {"uid": "u2", "namespace": "serve", "name": "infer-0", "labels": {},
+         "containers": [{"name": "c", "devices": ["MIG-1"]}]}]},
+] + [
+    {"kind": "sample", "ts": 1764046800 + 10 * k, "node": "gpu-a", "uuid": uuid, "util": 40.0 + k,
+     "mem_used_bytes": 1000 * k, "power_w": 300.5,
+     **({"processes": [{"pid": 7, "pod_uid": "u1", "util": 40.0, "mem_used_bytes": 5}]} if uuid == "GPU-2" else {})}
+    for k in range(1, 5) for uuid in ("GPU-1", "MIG-1", "GPU-2")
+]
+
+
+def _careful_only(monkeypatch):
+    import pyarrow as pa
+
+    def reject(*args, **kwargs):
+        raise pa.ArrowInvalid("forced by the test")
+
+    monkeypatch.setattr(tracefile.pajson, "read_json", reject)
+
+
+def _trace_case(seed: int) -> tuple[str, bytes]:
+    rng = random.Random(seed)
+    lines = mutate_lines(rng, [json.dumps(x) for x in TRACE])
+    data = ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
+    gz = rng.random() < 0.3
+    if gz:
+        data = gzip.compress(data, mtime=0)
+    if rng.random() < 0.25:
+        data = mutate_bytes(rng, data)
+    return ("t.jsonl.gz" if gz else "t.jsonl"), data
+
+
+def _replay_outcome(path: Path):
+    try:
+        result = replay([path], RateCard(currency="USD", default_gpu_hourly=3.6), Config())
+    except InputError as err:
+        assert "\n" not in str(err) and err.file == str(path), f"{path}: {err!r}"
+        return "error", (err.file, err.line, err.field)
+    return "ok", round(result.summary["totals"]["gpu_seconds"], 6)
+
+
+def test_fuzzed_traces_replay_or_exit_2_in_one_line_on_both_reader_paths(tmp_path, monkeypatch):
+    """Every case: exit 2 with one line naming the file, or figures that are finite JSON,
+    a Parquet ledger and a table; the careful path (line by line) gives the same answer."""
+    fast, paths = {}, []
+    for seed in range(CASES):
+        name, data = _trace_case(seed)
+        path = tmp_path / f"{seed}-{name}"
+        path.write_bytes(data)
+        paths.append(path)
+        fast[seed] = _replay_outcome(path)
+        if fast[seed][0] == "ok" or seed % 10 == 0:  # the command itself: all that succeed, some that fail
+            out = tmp_path / f"out-{seed}"
+            code, stdout, err = run_cli("replay", str(path), "--out", str(out), "--json")
+            assert_one_line_or_success(code, err, f"seed {seed} ({path})")
+            assert (code == 0) == (fast[seed][0] == "ok"), f"seed {seed}: {err}"
+            if code == 0:
+                strict_json(stdout)
+                strict_json((out / "summary.json").read_text())
+                assert (out / "ledger.parquet").stat().st_size > 0
+            else:
+                assert not (out / "summary.json").exists() and not (out / "ledger.parquet").exists()
+    kinds = [o[0] for o in fast.values()]
+    assert kinds.count("ok") > CASES // 10 and kinds.count("error") > CASES // 10  # both outcomes reached
+    _careful_only(monkeypatch)
+    for seed, path in enumerate(paths):
+        careful = _replay_outcome(path)
+        assert careful[0] == fast[seed][0], f"seed {seed}: fast {fast[seed]}, careful {careful}"
+        if careful[0] == "ok":
+            assert careful == fast[seed], f"seed {seed}"
+
+
+def test_fuzzed_traces_read_by_the_agent_dry_run_are_records_or_one_input_error(tmp_path):
+    for seed in range(CASES):
+        name, data = _trace_case(seed)
+        path = tmp_path / f"{seed}-{name}"
+        path.write_bytes(data)
+        try:
+            for _ in iter_records(path):
+                pass
+        except InputError as err:
+            assert "\n" not in str(err), f"seed {seed}"
