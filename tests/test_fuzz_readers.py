@@ -10,16 +10,16 @@ so all of it takes a few seconds.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
-import math
 import random
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
-import pytest
-
+from agent import cli
 from agent.cli import main
 from agent.config import Config
 from agent.replay import replay
@@ -31,10 +31,19 @@ from collectors.tracefile import iter_records
 CASES = 300
 
 
+@functools.lru_cache(maxsize=1)
+def _parser():
+    return _build_parser()
+
+
+_build_parser = cli.build_parser
+
+
 def run_cli(*argv: str) -> tuple[int, str, str]:
-    """The CLI in-process: (exit code, stdout, stderr); any exception but SystemExit propagates."""
+    """The CLI in-process: (exit code, stdout, stderr); any exception but SystemExit propagates.
+    The parser is built once (building it is most of the time of a small command)."""
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
+    with redirect_stdout(out), redirect_stderr(err), mock.patch.object(cli, "build_parser", _parser):
         try:
             code = main(list(argv))
         except SystemExit as exit_:  # argparse
@@ -225,3 +234,117 @@ def test_fuzzed_traces_read_by_the_agent_dry_run_are_records_or_one_input_error(
                 pass
         except InputError as err:
             assert "\n" not in str(err), f"seed {seed}"
+
+
+# --------------------------------------------------------------------------- rate cards and configs
+
+RATE_CARD = """\
+currency: USD
+gpu_share: 0.8
+default_gpu_hourly: 2.5
+nodes:
+  - <<: &p4d
+      match: {node.kubernetes.io/instance-type: p4d.24xlarge, karpenter.sh/capacity-type: spot}
+      hourly: 32.77
+    hourly: 12.5
+  - *p4d
+gpus:
+  NVIDIA A100-SXM4-40GB: 3.1
+  Tesla T4: {hourly: 0.35}
+commitments:
+  - match: {node.kubernetes.io/instance-type: p4d.24xlarge, topology.kubernetes.io/region: us-east-1}
+    options:
+      - {kind: reserved-instance, term_years: 1, payment: no-upfront, hourly: 20.0}
+      - {kind: savings-plan, term_years: 3, payment: all-upfront, hourly: 12.0}
+  - gpu_model: Tesla T4
+    options: [{kind: committed-use, term_years: 1, payment: no-upfront, hourly: 0.2}]
+"""
+
+CONFIG = """\
+team_labels: [gpuledger.io/team, team]
+namespace_teams:
+  research: ml-research
+  serving: &team platform
+  batch: *team
+workload_class_label: gpuledger.io/workload-class
+label_rules:
+  - {label: notebook-name, class: interactive}
+  - {label: app, class: inference, value: vllm}
+owner_kind_classes: {PyTorchJob: training, Deployment: inference}
+agent:
+  interval: 2s
+  speed: 60
+  listen: 127.0.0.1:9400
+  log_level: info
+"""
+
+YAML_TOKENS = ["!!float xyz", "!!int abc", "!!binary aGk=", "!!timestamp xyz", "!!timestamp 2026-11-23", "*nowhere",
+               "&r [*r]", "&m {a: *m}", "1e400", ".inf", "-.inf", ".nan", "-1", "9" * 400, "0x" + "f" * 300, "~", "''",
+               "[]", "{}", "[" * 200 + "]" * 200, "{a: " * 100 + "1" + "}" * 100, '"\\ud800"', '"\\udfff x"',
+               "!!python/object/apply:os.system [true]", "!foo bar", "!!set {a, b}", "!!omap [{a: 1}]", "yes",
+               "2026-11-23", "12:30:00", "=1+1", "@SUM(A1)", "'-1'", "1_000", "0o777", "<<: *p4d", "? [a]", "|\n  x",
+               "1.0e+308", "3.0e+9", "1e-320", "*team", "*p4d"]
+
+
+def mutate_yaml(rng: random.Random, text: str) -> str:
+    lines = text.splitlines()
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        op = rng.randrange(7)
+        i = rng.randrange(len(lines)) if lines else 0
+        if not lines:
+            lines.append(rng.choice(YAML_TOKENS))
+        elif op <= 2 and ":" in lines[i]:
+            head = lines[i].rsplit(":", 1)[0] if rng.random() < 0.5 else lines[i].split(":", 1)[0]
+            lines[i] = f"{head}: {rng.choice(YAML_TOKENS)}"
+        elif op == 3:
+            lines.insert(i, lines[rng.randrange(len(lines))])
+        elif op == 4:
+            del lines[i]
+        elif op == 5:
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            lines.insert(i, " " * indent + f"{rng.choice(['x', 'hourly', 'match', 'agent', 'nodes'])}: "
+                         f"{rng.choice(YAML_TOKENS)}")
+        else:
+            lines[i] = mutate_bytes(rng, lines[i].encode()).decode("utf-8", "replace")
+    laughs = rng.random() < 0.05
+    if laughs:  # a billion laughs on top
+        lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'] + [
+            f"l{k}: &l{k} [" + ",".join([f"*l{k - 1}"] * 9) + "]" for k in range(1, 10)] + lines
+    text = "\n".join(lines) + "\n"
+    return text
+
+
+def _yaml_cases(base: str, seed0: int):
+    for seed in range(seed0, seed0 + CASES):
+        rng = random.Random(seed)
+        text = mutate_yaml(rng, base)
+        data = text.encode("utf-8", "surrogatepass")
+        if rng.random() < 0.1:
+            data = mutate_bytes(rng, data)
+        yield seed, data
+
+
+def test_fuzzed_rate_cards_load_or_exit_2_in_one_line(tmp_path):
+    outcomes = {0: 0, 2: 0}
+    for seed, data in _yaml_cases(RATE_CARD, 10_000):
+        path = tmp_path / f"rates-{seed}.yaml"
+        path.write_bytes(data)
+        for argv in (("prices", "show", "--node-labels", "node.kubernetes.io/instance-type=p4d.24xlarge",
+                      "--gpu-model", "NVIDIA A100-SXM4-40GB", "--rates", str(path)),):
+            code, out, err = run_cli(*argv)
+            assert_one_line_or_success(code, err, f"seed {seed} ({path})")
+            outcomes[code] += 1
+            if code == 0:
+                assert "inf" not in out.lower() and "nan" not in out.lower(), f"seed {seed}: {out}"
+    assert min(outcomes.values()) > CASES // 30, outcomes  # both outcomes reached
+
+
+def test_fuzzed_configs_load_or_exit_2_in_one_line(tmp_path):
+    outcomes = {0: 0, 2: 0}
+    for seed, data in _yaml_cases(CONFIG, 20_000):
+        path = tmp_path / f"config-{seed}.yaml"
+        path.write_bytes(data)
+        code, out, err = run_cli("config", str(path))
+        assert_one_line_or_success(code, err, f"seed {seed} ({path})")
+        outcomes[code] += 1
+    assert min(outcomes.values()) > CASES // 30, outcomes  # both outcomes reached

@@ -97,3 +97,123 @@ def test_a_time_just_before_9999_replays_with_iso_dates(tmp_path):
     code, out, err = run_cli("replay", str(path), "--json")
     assert code == 0, err
     assert json.loads(out)["window"] == {"start": "9998-12-31T23:59:29Z", "end": "9998-12-31T23:59:30Z"}
+
+
+# --------------------------------------------------------------------------- rate cards and configs (items 15, 16, 17)
+
+CARD_HEAD = "currency: USD\ndefault_gpu_hourly: 2.0\n"
+
+
+def test_yaml_merge_keys_work_in_rate_cards_and_configs(tmp_path):
+    from agent.config import load_config
+    from collectors.pricing.ratecard import gpu_price, load_rate_card
+
+    rates = tmp_path / "rates.yaml"
+    rates.write_text(CARD_HEAD + """\
+nodes:
+  - &p4d
+    match: {node.kubernetes.io/instance-type: p4d.24xlarge}
+    hourly: 32.0
+  - <<: *p4d
+    match: {node.kubernetes.io/instance-type: p4d.24xlarge, karpenter.sh/capacity-type: spot}
+    hourly: 12.0
+  - <<: [*p4d]
+    match: {node.kubernetes.io/instance-type: p5.48xlarge}
+""")
+    card = load_rate_card(rates)
+    assert [(dict(n.match), n.hourly) for n in card.nodes] == [
+        ({"node.kubernetes.io/instance-type": "p4d.24xlarge"}, 32.0),
+        ({"node.kubernetes.io/instance-type": "p4d.24xlarge", "karpenter.sh/capacity-type": "spot"}, 12.0),
+        ({"node.kubernetes.io/instance-type": "p5.48xlarge"}, 32.0)]
+    assert gpu_price(card, {"node.kubernetes.io/instance-type": "p5.48xlarge"}, "x", 8).hourly == 4.0
+    config = tmp_path / "config.yaml"
+    config.write_text("label_rules:\n  - &rule {label: app, class: inference, value: vllm}\n"
+                      "  - <<: *rule\n    value: tgi\n")
+    assert [(r.label, r.workload_class, r.value) for r in load_config(config).label_rules] == [
+        ("app", "inference", "vllm"), ("app", "inference", "tgi")]
+
+
+HOSTILE_YAML = {
+    "!!float xyz": ("default_gpu_hourly: !!float xyz\n", 3, "cannot read 'xyz' as a value of tag 'float'"),
+    "!!int abc": ("default_gpu_hourly: !!int abc\n", 3, "cannot read 'abc' as a value of tag 'int'"),
+    "!!binary": ("default_gpu_hourly: !!binary aGVsbG8=\n", 3, "expected a number of at least 0, got b'hello'"),
+    "!!timestamp": ("default_gpu_hourly: !!timestamp xyz\n", 3, "as a value of tag 'timestamp'"),
+    "a python tag": ("default_gpu_hourly: !!python/object/apply:os.system [true]\n", 3, "expected a number"),
+    "a python tag on a value": ("default_gpu_hourly: !!python/name:os.system x\n", 3, "cannot read 'x'"),
+    "recursive alias": ("nodes: &a [*a]\n", 3, "recursive alias"),
+    "recursive merge": ("nodes:\n  - &m {<<: *m, hourly: 1}\n", 4, "recursive alias"),
+    "500-level nesting": ("nodes: " + "[" * 500 + "]" * 500 + "\n", 3, "nested more than 64 levels deep"),
+    "500-level mappings": ("gpus: " + "{a: " * 500 + "1" + "}" * 500 + "\n", 3, "nested more than 64 levels deep"),
+    "400-digit price": ("gpus: {Tesla T4: " + "9" * 400 + "}\n", 3, "got an integer of 400 digits"),
+    "a price of 1e308": ("gpus: {Tesla T4: 1.0e+308}\n", 3, "expected a price of at most 1e+09 an hour"),
+    "an infinite price": ("gpus: {Tesla T4: .inf}\n", 3, "expected a number of at least 0, got inf"),
+    "lone surrogate": ('gpus: {"\\ud800": 1}\n', 3, "lone surrogate"),
+    "NUL character": ("gpus: {a: 1}\x00\n", 3, "not valid YAML (unacceptable character #x0000)"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_YAML)
+def test_a_hostile_rate_card_is_one_line_and_exit_2(tmp_path, case):
+    text, line, said = HOSTILE_YAML[case]
+    rates = tmp_path / "rates.yaml"
+    rates.write_text(CARD_HEAD + text, encoding="utf-8", errors="surrogatepass")
+    err = _one_line(tmp_path, "replay", str(_trace(tmp_path, b"")), "--rates", str(rates))
+    assert f"{rates}:{line}: " in err and said in err, err
+
+
+def test_default_gpu_hourly_1e308_is_refused_not_infinity_in_the_summary(tmp_path):
+    rates = tmp_path / "rates.yaml"
+    rates.write_text("currency: USD\ndefault_gpu_hourly: 1.0e+308\n")
+    err = _one_line(tmp_path, "replay", str(_trace(tmp_path, b"")), "--rates", str(rates))
+    assert f"{rates}:2: field 'default_gpu_hourly': expected a price of at most 1e+09 an hour" in err
+
+
+@pytest.mark.parametrize("config", [
+    "team_labels: !!int abc\n", "namespace_teams: &a {x: *a}\n", "team_labels: " + "[" * 500 + "]" * 500 + "\n",
+    'namespace_teams: {research: "\\udfff"}\n', "agent:\n  speed: " + "9" * 400 + "\n",
+    "agent:\n  interval: !!timestamp 2026-01-01\n", "label_rules: [{<<: *nothing}]\n",
+])
+def test_a_hostile_config_is_one_line_and_exit_2(tmp_path, config):
+    path = tmp_path / "config.yaml"
+    path.write_text(config, encoding="utf-8", errors="surrogatepass")
+    code, _, err = run_cli("config", str(path))
+    assert code == 2 and err.count("\n") == 1 and f"{path}:" in err, err
+    if not config.startswith("agent:"):  # replay reads all but the agent: section
+        assert f"{path}:" in _one_line(tmp_path, "replay", str(_trace(tmp_path, b"")), "--config", str(path))
+
+
+LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{chr(98 + k)}: &{chr(98 + k)} [" + ",".join([f"*{chr(97 + k)}"] * 9) + "]\n" for k in range(8))
+
+
+@pytest.mark.parametrize("where", ["rate card", "config"])
+def test_billion_laughs_are_refused_at_once(tmp_path, where):
+    import time
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(LAUGHS + (CARD_HEAD if where == "rate card" else ""))
+    assert len(path.read_bytes()) < 600
+    argv = ("--rates" if where == "rate card" else "--config", str(path))
+    started = time.monotonic()
+    err = _one_line(tmp_path, "replay", str(_trace(tmp_path, b"")), *argv)
+    assert time.monotonic() - started < 2.0
+    assert "expands to more than 1,000,000 values" in err
+
+
+def test_aliases_are_expanded_once(tmp_path):
+    """Below the limit, a document with many aliases of a big list loads fast and shares it."""
+    from collectors.yamlfile import LocatedYaml
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("big: &big [" + ",".join(["1"] * 5000) + "]\nuses: [" + ",".join(["*big"] * 150) + "]\n")
+    doc = LocatedYaml(path)
+    assert len(doc.data["uses"]) == 150 and all(u is doc.data["big"] for u in doc.data["uses"])
+
+
+def test_a_document_past_the_declared_size_is_refused(tmp_path):
+    from collectors.yamlfile import MAX_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text(CARD_HEAD + "# " + "x" * MAX_BYTES + "\n")
+    err = _one_line(tmp_path, "replay", str(_trace(tmp_path, b"")), "--rates", str(path))
+    assert f"{path}: is larger than 4 MiB" in err
