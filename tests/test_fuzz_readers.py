@@ -84,7 +84,7 @@ def _value(rng: random.Random) -> str:
 def _set_field(rng: random.Random, line: str) -> str:
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return line
     if not isinstance(obj, dict) or not obj:
         return line
@@ -117,7 +117,10 @@ def mutate_lines(rng: random.Random, lines: list[str]) -> list[str]:
         elif op == 6:
             lines.insert(i, _value(rng))
         else:
-            obj = json.loads(lines[i]) if lines[i].startswith("{") else None
+            try:
+                obj = json.loads(lines[i]) if lines[i].startswith("{") else None
+            except (ValueError, RecursionError):
+                obj = None
             if isinstance(obj, dict) and obj:
                 del obj[rng.choice(list(obj))]
                 lines[i] = json.dumps(obj)
@@ -348,3 +351,125 @@ def test_fuzzed_configs_load_or_exit_2_in_one_line(tmp_path):
         assert_one_line_or_success(code, err, f"seed {seed} ({path})")
         outcomes[code] += 1
     assert min(outcomes.values()) > CASES // 30, outcomes  # both outcomes reached
+
+
+# --------------------------------------------------------------------------- ledgers
+
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from recommenders.history import LedgerError, ledger_end, load_history  # noqa: E402
+
+LEDGER_CASES = 200  # the reader on each; the whole report on every REPORT_EVERY-th one it accepts
+REPORT_EVERY = 4
+NON_FINITE = re.compile(r"\b(nan|inf|infinity)\b", re.IGNORECASE)
+
+HOSTILE_NUMBERS = [np.inf, -np.inf, np.nan, None, -1.0, -1e-12, 0.0, 5e-324, 1e8, 1e9, 1e15, 1e300, 3600.0]
+HOSTILE_STRINGS = [None, "", "=1+1", "+cmd", "-2", "@SUM(A1)", "\t=x", "\r=x", "a|b\nc", "<script>x</script>",
+                   "*bold*", "x" * 300, "ünï", "../x", "team,with,commas", '"quoted"']
+HOSTILE_MINUTES = [None, -10 ** 12, -31622460, 0, 253370764740, 253370764800, 10 ** 15, 1764046830]
+
+
+@functools.lru_cache(maxsize=1)
+def _ledger_table() -> pa.Table:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        trace = Path(d) / "t.jsonl"
+        trace.write_text("\n".join(json.dumps(x) for x in TRACE) + "\n")
+        code, _, err = run_cli("replay", str(trace), "--out", d)
+        assert code == 0, err
+        return pq.read_table(Path(d) / "ledger.parquet")
+
+
+def _mutate_table(rng: random.Random, table: pa.Table) -> pa.Table:
+    for _ in range(rng.choice([1, 1, 2])):
+        name = rng.choice(table.schema.names)
+        i = table.schema.get_field_index(name)
+        kind = table.schema.field(name).type
+        op = rng.randrange(10)
+        if op == 0:
+            table = table.remove_column(i)
+        elif op == 1:
+            other = rng.choice([pa.string(), pa.float64(), pa.int64(), pa.bool_(), pa.timestamp("ms")])
+            try:
+                table = table.set_column(i, name, table.column(name).cast(other))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                table = table.set_column(i, name, pa.array([None] * table.num_rows, other))
+        else:
+            values = table.column(name).to_pylist()
+            if pa.types.is_timestamp(kind):
+                new = rng.choice(HOSTILE_MINUTES)
+                values = [v.timestamp() if v is not None else None for v in values]
+                kind = pa.int64()
+                table = table.set_column(i, name, pa.array([None if v is None else int(v) for v in values], kind))
+                values = table.column(name).to_pylist()
+            elif pa.types.is_string(kind) or pa.types.is_dictionary(kind):
+                new, kind = rng.choice(HOSTILE_STRINGS), pa.string()
+            else:
+                new, kind = rng.choice(HOSTILE_NUMBERS), pa.float64()
+            rows = range(table.num_rows) if rng.random() < 0.3 else [rng.randrange(table.num_rows)]
+            for r in rows:
+                values[r] = new
+            if name == "minute" and pa.types.is_integer(kind):
+                array = pa.array(values, pa.int64()).cast(pa.timestamp("s", tz="UTC")) if rng.random() < 0.5 \
+                    else pa.array(values, pa.int64())
+            else:
+                array = pa.array(values, kind)
+            table = table.set_column(i, name, array)
+    return table
+
+
+def _ledger_case(seed: int, tmp_path: Path) -> Path:
+    rng = random.Random(seed)
+    path = tmp_path / f"{seed}-ledger.parquet"
+    if rng.random() < 0.5:  # a rollup of the agent
+        path = tmp_path / f"{seed}" / "n" / "2025-11-25" / "05.jsonl.gz"
+        path.parent.mkdir(parents=True)
+        rows = _ledger_table().to_pylist()
+        for row in rows:
+            row["minute"] = int(row["minute"].timestamp())
+        header = {"gpuledger_ledger": "1", "currency": "USD", "node": "gpu-a", "hour": 1764046800,
+                  "minutes_through": 1764046800, "samples_through": None}
+        lines = mutate_lines(rng, [json.dumps(header)] + [json.dumps(r) for r in rows])
+        data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"), mtime=0)
+        if rng.random() < 0.2:
+            data = mutate_bytes(rng, data)
+        path.write_bytes(data)
+        return path.parent.parent.parent
+    pq.write_table(_mutate_table(rng, _ledger_table()) if rng.random() < 0.85 else _ledger_table(), path)
+    if rng.random() < 0.2:
+        path.write_bytes(mutate_bytes(rng, path.read_bytes()))
+    return path
+
+
+def test_fuzzed_ledgers_report_or_exit_2_in_one_line(tmp_path):
+    """Parquet ledgers (values out of range, wrong types, missing columns, corrupt pages) and
+    agent rollups (mutated lines, corrupt gzip): the reader accepts or names the file and
+    field; what it accepts makes a report with finite figures, or exit 2 in one line."""
+    accepted = refused = reported = 0
+    for seed in range(LEDGER_CASES):
+        path = _ledger_case(seed, tmp_path)
+        try:
+            first, end = ledger_end([path])
+            load_history([path], first - 86400, end)
+        except LedgerError as err:
+            refused += 1
+            assert "\n" not in err.message and err.file, f"seed {seed}: {err.message!r}"
+            continue
+        accepted += 1
+        if accepted % REPORT_EVERY:
+            continue
+        reported += 1
+        out = tmp_path / f"report-{seed}"
+        code, _, err = run_cli("report", "--ledger", str(path), "--out", str(out))
+        assert_one_line_or_success(code, err, f"seed {seed} ({path})")
+        if code == 0:
+            strict_json((out / "recommendations.json").read_text())
+            for name in ("report.md", "report.html", "recommendations.csv", "focus.csv"):
+                text = (out / name).read_text()
+                assert not NON_FINITE.search(text.replace("inference", "")), f"seed {seed}: {name}"
+    assert accepted > LEDGER_CASES // 10 and refused > LEDGER_CASES // 10 and reported > 5, (accepted, refused)

@@ -217,3 +217,99 @@ def test_a_document_past_the_declared_size_is_refused(tmp_path):
     path.write_text(CARD_HEAD + "# " + "x" * MAX_BYTES + "\n")
     err = _one_line(tmp_path, "replay", str(_trace(tmp_path, b"")), "--rates", str(path))
     assert f"{path}: is larger than 4 MiB" in err
+
+
+# --------------------------------------------------------------------------- ledgers (items 15, 17)
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory) -> Path:
+    """A small real ledger.parquet from replay."""
+    d = tmp_path_factory.mktemp("ledger")
+    lines = [DEV | {"ts": 1764046800}] + [SMP | {"ts": 1764046800 + 10 * k, "interval_s": 10} for k in range(1, 400)]
+    trace = write_jsonl(d / "t.jsonl", lines)
+    code, _, err = run_cli("replay", str(trace), "--out", str(d))
+    assert code == 0, err
+    return d / "ledger.parquet"
+
+
+def _forged(tmp_path: Path, ledger: Path, column: str, values) -> Path:
+    table = pq.read_table(ledger)
+    path = tmp_path / "forged.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, values), path)
+    return path
+
+
+def _n(ledger: Path) -> int:
+    return pq.read_metadata(ledger).num_rows
+
+
+LEDGER_CASES = {
+    "minute past 9999": ("minute", lambda n: pa.array(np.full(n, 300000000000, np.int64)).cast(pa.timestamp("s", tz="UTC")),
+                         "field 'minute': expected minutes from"),
+    "minute not a time": ("minute", lambda n: pa.array(["soon"] * n), "field 'minute': expected a timestamp, got a column of string"),
+    "team of numbers": ("team", lambda n: pa.array(np.arange(n, dtype=np.float64)), "field 'team': expected strings"),
+    "cost of strings": ("cost", lambda n: pa.array(["x"] * n), "field 'cost': expected numbers"),
+    "an infinite price": ("gpu_hourly_price", lambda n: pa.array(np.full(n, np.inf)),
+                          "field 'gpu_hourly_price': expected a number from 0 to 1e+09, got inf"),
+    "NaN money": ("cost", lambda n: pa.array(np.full(n, np.nan)), "field 'cost': expected a number from 0 to 1e+15, got null"),
+    "huge seconds": ("allocated_gpu_seconds", lambda n: pa.array(np.full(n, 1e15)),
+                     "field 'allocated_gpu_seconds': expected a number from 0 to 1e+08, got 1e+15"),
+    "negative seconds": ("unallocated_gpu_seconds", lambda n: pa.array(np.full(n, -5.0)),
+                         "field 'unallocated_gpu_seconds': expected a number from 0 to 1e+08, got -5"),
+}
+
+
+@pytest.mark.parametrize("case", LEDGER_CASES)
+def test_a_forged_ledger_is_one_line_and_exit_2(tmp_path, ledger, case):
+    column, values, said = LEDGER_CASES[case]
+    path = _forged(tmp_path, ledger, column, values(_n(ledger)))
+    err = _one_line(tmp_path, "report", "--ledger", str(path))
+    assert f"{path}: {said}" in err, err
+
+
+def test_a_ledger_with_a_corrupt_data_page_is_one_line_and_exit_2(tmp_path, ledger):
+    """The footer is intact (the file opens), a column chunk is not."""
+    data = bytearray(ledger.read_bytes())
+    meta = pq.read_metadata(ledger)
+    chunk = meta.row_group(0).column(meta.schema.names.index("cost"))
+    start = chunk.data_page_offset
+    for i in range(start + 8, start + chunk.total_compressed_size - 4):
+        data[i] ^= 0x5A
+    path = tmp_path / "corrupt.parquet"
+    path.write_bytes(bytes(data))
+    err = _one_line(tmp_path, "report", "--ledger", str(path))
+    assert f"{path}: field 'cost': cannot read ledger:" in err, err
+
+
+def test_a_rollup_with_an_infinite_price_is_one_line_and_exit_2(tmp_path, ledger):
+    rows = pq.read_table(ledger).to_pylist()
+    header = {"gpuledger_ledger": "1", "currency": "USD", "node": "n", "hour": 1764046800}
+    lines = [json.dumps(header)]
+    for row in rows:
+        row["minute"] = int(row["minute"].timestamp())
+        lines.append(json.dumps(row | {"gpu_hourly_price": 1e400}))  # json writes Infinity
+    path = tmp_path / "ledger" / "n" / "2025-11-25" / "05.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    err = _one_line(tmp_path, "report", "--ledger", str(tmp_path / "ledger"))
+    assert "field 'gpu_hourly_price'" in err or "cannot read ledger rollup" in err, err
+
+
+def test_the_commitment_optimum_does_not_allocate_by_value():
+    """Usage in the billions (a forged ledger within no bound) used to allocate one float per
+    unit of usage; the optimum is found among two integers per hour."""
+    from recommenders.commitments import commitment_costs, optimal_k
+
+    usage = np.array([3e12, 1.5, 2.0, 0.0])
+    assert optimal_k(usage, 1.0, 2.0) == (2, 1.0 * 2 * 4 + 2.0 * (3e12 - 2))
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        u = rng.uniform(0, 30, rng.integers(1, 40)).round(rng.integers(0, 3))
+        c, p = rng.uniform(0.1, 3), rng.uniform(0.1, 3)
+        costs = commitment_costs(u, c, p)
+        assert optimal_k(u, c, p) == (int(np.argmin(costs)), pytest.approx(float(costs.min())))

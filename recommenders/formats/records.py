@@ -24,7 +24,7 @@ def render_json(r: Report) -> str:
         "columns": list(COLUMNS),
         "recommendations": [rec.as_row() for rec in r.recommendations],
     }
-    return json.dumps(doc, indent=2) + "\n"
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"  # finite by construction: inputs are checked
 
 
 @register("csv", "recommendations.csv", "recommendations as CSV")
