@@ -11,6 +11,7 @@ import io
 import json
 
 from recommenders.formats import register
+from recommenders.formats.escaping import csv_cell
 from recommenders.report import REPORT_VERSION, Report
 from recommenders.rightsizing import COLUMNS
 
@@ -34,5 +35,5 @@ def render_csv(r: Report) -> str:
     writer.writerow(COLUMNS)
     for rec in r.recommendations:
         row = rec.as_row()
-        writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in COLUMNS])
     return buf.getvalue()
