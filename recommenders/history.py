@@ -166,7 +166,7 @@ def load_history(paths: Sequence[str | Path], start: float, end: float) -> Histo
 def _parquet_column(pf: pq.ParquetFile, path: Path, name: str) -> pa.ChunkedArray:
     try:
         return pf.read(columns=[name]).column(name)
-    except (OSError, pa.ArrowException) as err:  # a corrupt data page: only the footer was read so far
+    except Exception as err:  # noqa: BLE001 - a corrupt data page (only the footer was read so far)
         raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=str(path), field=name) from None
 
 
@@ -183,16 +183,37 @@ def _check_minutes(minute: np.ndarray, file: str) -> None:
 
 def _check_numbers(name: str, values: np.ndarray, file: str) -> None:
     """LedgerError unless every value of a number column is finite and within its bounds."""
-    high = _BOUNDS[name]
+    high = _BOUNDS.get(name, BYTES_MAX)  # a column without a bound of its own: 0 to 1e18, or null
+    nullable = name in NULLABLE or name not in _BOUNDS
     with np.errstate(invalid="ignore"):
         bad = ~((values >= -_SLACK) & (values <= high))  # NaN and infinities fail both
-    if name in NULLABLE:
+    if nullable:
         bad &= ~np.isnan(values)
     if bad.any():
         value = values[np.flatnonzero(bad)[0]]
         got = "null" if np.isnan(value) else f"{value:g}"
-        raise LedgerError(f"expected a number from 0 to {high:g}{' or null' if name in NULLABLE else ''}, got {got}",
+        raise LedgerError(f"expected a number from 0 to {high:g}{' or null' if nullable else ''}, got {got}",
                           file=file, field=name)
+
+
+_PARTS = (  # (part, whole): a part of a row's seconds or money is at most the whole (rounding aside)
+    (("used_gpu_seconds", "util_unknown_gpu_seconds"), "allocated_gpu_seconds"),
+    (("active_gpu_seconds",), "allocated_gpu_seconds"),
+    (("idle_cost",), "cost"),
+)
+
+
+def _check_parts(data: dict[str, object], file: str) -> None:
+    """LedgerError for a row whose used (or unknown, or active) seconds exceed its allocated
+    seconds, or idle cost its cost: shares computed from them would not be shares."""
+    for parts, whole in _PARTS:
+        total = np.asarray(data[whole], np.float64)
+        part = sum(np.asarray(data[p], np.float64) for p in parts)
+        bad = part > total * (1 + 1e-9) + 1e-300
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise LedgerError(f"expected {' + '.join(parts)} of at most {whole} on each row, got {part[i]:g} > "
+                              f"{total[i]:g}", file=file, field=parts[0])
 
 
 def _frame(read: Callable[[str], pa.ChunkedArray], start: float, end: float, file: str) -> pd.DataFrame:
@@ -229,6 +250,7 @@ def _frame(read: Callable[[str], pa.ChunkedArray], start: float, end: float, fil
             raise LedgerError(f"cannot read the column ({_one_line(err)})", file=file, field=name) from None
         del column
         data[name] = series if everything else series[keep].reset_index(drop=True)
+    _check_parts(data, file)
     return pd.DataFrame(data, copy=False)
 
 
@@ -293,7 +315,7 @@ def _open(path: str | Path, read_dictionary: Sequence[str] | None = None) -> pq.
         return pq.ParquetFile(path, read_dictionary=read_dictionary)
     except FileNotFoundError:
         raise LedgerError("cannot read ledger: no such file", file=str(path)) from None
-    except (OSError, pa.ArrowException) as err:
+    except Exception as err:  # noqa: BLE001 - whatever a damaged footer makes the reader raise
         raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=str(path)) from None
 
 
@@ -331,7 +353,7 @@ def _read(path: str | Path, columns: list[str], start: float | None = None, end:
     try:
         table = pq.read_table(path, columns=columns, read_dictionary=strings, filters=filters)
         minute = table.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64())
-    except (OSError, pa.ArrowException) as err:
+    except Exception as err:  # noqa: BLE001 - a corrupt data page
         raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=str(path)) from None
     table = table.set_column(table.schema.get_field_index("minute"), "minute", minute)
     return table.replace_schema_metadata(pf.schema_arrow.metadata)

@@ -261,6 +261,9 @@ LEDGER_CASES = {
                      "field 'allocated_gpu_seconds': expected a number from 0 to 1e+08, got 1e+15"),
     "negative seconds": ("unallocated_gpu_seconds", lambda n: pa.array(np.full(n, -5.0)),
                          "field 'unallocated_gpu_seconds': expected a number from 0 to 1e+08, got -5"),
+    "used beyond allocated": ("used_gpu_seconds", lambda n: pa.array(np.full(n, 17.0)),
+                              "field 'used_gpu_seconds': expected used_gpu_seconds + util_unknown_gpu_seconds of "
+                              "at most allocated_gpu_seconds"),
 }
 
 
