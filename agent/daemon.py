@@ -21,12 +21,13 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from agent.config import Config
 from agent.exporter import AgentMetrics
+from agent.httpserver import READ_TIMEOUT_S, BoundedHTTPServer
 from agent.metering import Meter, Resume
 from agent.rollups import RollupBook
 from collectors.faults import FaultCounter
@@ -194,7 +195,7 @@ class Agent:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, server: ThreadingHTTPServer) -> None:
+    def run(self, server: BoundedHTTPServer) -> None:
         """Start the jobs and serve until :attr:`stop` is set; then flush and return."""
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -233,8 +234,9 @@ _DROPPED = {
 }
 
 
-def http_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
-    """The server for /metrics, /healthz and /readyz (OSError when the address is taken)."""
+def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
+    """The server for /metrics, /healthz and /readyz, GET and HEAD (OSError when the address
+    is taken); see :mod:`agent.httpserver` for how it bounds its threads."""
     from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
     from prometheus_client.exposition import choose_encoder
 
@@ -244,31 +246,36 @@ def http_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
     PlatformCollector(registry=registry)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = READ_TIMEOUT_S  # a client that stalls mid-request or mid-answer is let go
+
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self._reply(*self._answer())
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._reply(*self._answer(), body_wanted=False)
+
+        def _answer(self) -> tuple[int, bytes, str]:
             path = self.path.split("?", 1)[0]
+            text = "text/plain; charset=utf-8"
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._reply(200, encoder(registry), content_type)
-            elif path == "/healthz":
-                self._reply(200, b"ok\n")
-            elif path == "/readyz":
+                return 200, encoder(registry), content_type
+            if path == "/healthz":
+                return 200, b"ok\n", text
+            if path == "/readyz":
                 ok, why = agent.health.ready(time.time())
-                self._reply(200 if ok else 503, (why + "\n").encode())
-            else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+                return (200 if ok else 503), (why + "\n").encode(), text
+            return 404, b"not found: try /metrics, /healthz or /readyz\n", text
 
-        def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        def _reply(self, code: int, body: bytes, content_type: str, body_wanted: bool = True) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if body_wanted:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
             log.debug("http: " + format, *args)
 
-    return _Server((host, port), Handler)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a scrape in flight never holds up shutdown
+    return BoundedHTTPServer((host, port), Handler)
