@@ -47,7 +47,8 @@ class BoundedHTTPServer(HTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: Any, workers: int = WORKERS,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, max_waiting: int = MAX_WAITING) -> None:
-        super().__init__(address, handler)
+        self._watcher: threading.Thread | None = None
+        super().__init__(address, handler)  # binds; on failure calls server_close() and raises
         self.idle_timeout_s = idle_timeout_s
         self.max_waiting = max_waiting
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="http")
@@ -151,6 +152,8 @@ class BoundedHTTPServer(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        if self._watcher is None:  # the address could not be bound: nothing else started
+            return
         self._closing.set()
         self._wake()
         self._watcher.join(timeout=5)
