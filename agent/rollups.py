@@ -36,6 +36,7 @@ from agent.metering import SUMS, Resume, Row, RowKey
 from agent.timeline import SlotInfo
 from collectors.atomicfile import AtomicFile
 from collectors.faults import FAULTS, FaultCounter
+from collectors.records import TS_MAX
 
 HOUR = 3600
 SUFFIX = ".jsonl.gz"
@@ -106,7 +107,7 @@ class RollupBook:
                 try:
                     header, rows = read_rollup(path)
                     hour, restored = _restored(header, rows)
-                except (OSError, EOFError, ValueError, RecursionError, zlib.error) as err:
+                except (OSError, EOFError, ValueError, RecursionError, OverflowError, zlib.error) as err:
                     self._set_aside(path, err)
                     continue
                 kept += 1
@@ -297,13 +298,12 @@ def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[s
     """The hour of a rollup read back and its rows; ValueError when they are not what the
     agent writes (so that merging them later cannot fail)."""
     hour = header.get("hour")
-    if isinstance(hour, bool) or not isinstance(hour, int) or hour % HOUR:
-        raise ValueError(f"header: expected the hour in Unix seconds, got {hour!r:.40}")
+    if isinstance(hour, bool) or not isinstance(hour, int) or hour % HOUR or not -366 * 86400 <= hour < TS_MAX:
+        raise ValueError(f"header: expected the hour in Unix seconds, got {str(hour)[:40]!r}")
     for key in ("minutes_through", "samples_through"):
         value = header.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value)):
-            raise ValueError(f"header: expected a number for {key}, got {value!r:.40}")
+        if value is not None and not _finite(value):
+            raise ValueError(f"header: expected a number for {key}, got {str(value)[:40]!r}")
     for i, row in enumerate(rows, 2):
         if not isinstance(row, dict):
             raise ValueError(f"line {i}: expected an object")
@@ -315,12 +315,21 @@ def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[s
                 raise ValueError(f"line {i}: expected a string or null for {key}")
         for key in SUMS + ("samples",):
             value = row.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"line {i}: expected a number for {key}, got {value!r:.40}")
+            if not _finite(value):
+                raise ValueError(f"line {i}: expected a number for {key}, got {str(value)[:40]!r}")
         mem = row.get("memory_used_max_bytes")
-        if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))):
+        if mem is not None and not _finite(mem):
             raise ValueError(f"line {i}: expected a number or null for memory_used_max_bytes")
     return hour, rows
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def _reason(err: Exception) -> str:

@@ -20,6 +20,7 @@ VERSION = 1
 KINDS = ("meta", "node", "devices", "pods", "sample")
 TS_MAX = 253370764800.0  # 9999-01-01T00:00:00Z: times are before it (ISO dates and the report's months stay 4-digit)
 INTERVAL_MAX = 366 * 86400.0  # a sample covers at most a year
+BYTES_MAX = 1e18  # device memory: an exabyte is no GPU's, and the ledger's readers refuse more
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,13 @@ def _time(obj: Mapping[str, Any], key: str = "ts") -> float:
     return value  # type: ignore[return-value]
 
 
+def _bytes(obj: Mapping[str, Any], key: str, path: str = "") -> float | None:
+    value = _num(obj, key, path, required=False, low=0)
+    if value is not None and value > BYTES_MAX:
+        raise InputError(f"expected at most {BYTES_MAX:g} bytes, got {describe(value)}", field=path + key)
+    return value
+
+
 def _interval(obj: Mapping[str, Any], required: bool) -> float | None:
     value = _num(obj, "interval_s", required=required, positive=True)
     if value is not None and value > INTERVAL_MAX:
@@ -288,7 +296,7 @@ def device_from_json(obj: Any, path: str) -> Device:
     return Device(
         uuid=_str(obj, "uuid", path),  # type: ignore[arg-type]
         model=_str(obj, "model", path),  # type: ignore[arg-type]
-        memory_total_bytes=_num(obj, "memory_total_bytes", path, required=False, low=0),
+        memory_total_bytes=_bytes(obj, "memory_total_bytes", path),
         index=_int(obj, "index", path, required=False),
         parent_uuid=parent,
         mig_profile=profile,
@@ -354,7 +362,7 @@ def process_from_json(obj: Any, path: str) -> Process:
         pid=_int(obj, "pid", path),  # type: ignore[arg-type]
         pod_uid=_str(obj, "pod_uid", path, required=False),
         util=_num(obj, "util", path, required=False, low=0, high=100),
-        mem_used_bytes=_num(obj, "mem_used_bytes", path, required=False, low=0),
+        mem_used_bytes=_bytes(obj, "mem_used_bytes", path),
     )
 
 
@@ -365,7 +373,7 @@ def sample_from_json(obj: Mapping[str, Any]) -> Sample:
         node=_str(obj, "node"),  # type: ignore[arg-type]
         uuid=_str(obj, "uuid"),  # type: ignore[arg-type]
         util=_num(obj, "util", required=False, low=0, high=100),
-        mem_used_bytes=_num(obj, "mem_used_bytes", required=False, low=0),
+        mem_used_bytes=_bytes(obj, "mem_used_bytes"),
         power_w=_num(obj, "power_w", required=False, low=0),
         interval_s=_interval(obj, required=False),
         processes=None

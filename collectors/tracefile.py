@@ -29,6 +29,7 @@ import pyarrow.json as pajson
 
 from collectors.errors import InputError
 from collectors.records import (
+    BYTES_MAX,
     INTERVAL_MAX,
     TS_MAX,
     DevicesRecord,
@@ -412,7 +413,7 @@ def _first_bad_sample(table: pa.Table) -> int | None:
         _missing_string(table.column("node")),
         _missing_string(table.column("uuid")),
         _outside(util, 0, 100),
-        _outside(_floats(table.column("mem_used_bytes")), 0, np.inf),
+        _outside(_floats(table.column("mem_used_bytes")), 0, BYTES_MAX),
         _outside(_floats(table.column("power_w")), 0, np.inf),
         _nonpositive(interval) | _outside(interval, 0, INTERVAL_MAX),
     ]
@@ -425,7 +426,7 @@ def _first_bad_sample(table: pa.Table) -> int | None:
             flat.is_null().to_numpy(zero_copy_only=False)
             | flat.field("pid").is_null().to_numpy(zero_copy_only=False)
             | _outside(_floats(flat.field("util")), 0, 100)
-            | _outside(_floats(flat.field("mem_used_bytes")), 0, np.inf)
+            | _outside(_floats(flat.field("mem_used_bytes")), 0, BYTES_MAX)
         )
         if nested.any():
             bad[owner[np.flatnonzero(nested)]] = True

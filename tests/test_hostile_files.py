@@ -56,6 +56,8 @@ HOSTILE_LINES = {
     "lone surrogate in a label": (b'{"kind":"pods","ts":0,"node":"n","pods":[{"uid":"u","namespace":"x","name":"p",'
                                   b'"labels":{"team":"\\udfff"}}]}', "t.jsonl:4: field 'pods[0].labels.team'"),
     "kind of the wrong type": (b'{"kind":{"a":1},"ts":2}', "t.jsonl:4: field 'kind': expected one of"),
+    "memory past what a ledger holds": (b'{"kind":"sample","ts":2,"node":"n","uuid":"GPU-1","mem_used_bytes":1e300}',
+                                        "t.jsonl:4: field 'mem_used_bytes': expected at most 1e+18 bytes"),
 }
 
 
