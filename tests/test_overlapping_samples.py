@@ -7,7 +7,6 @@ second once.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
