@@ -364,7 +364,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from recommenders.history import LedgerError, ledger_end, load_history  # noqa: E402
 
 LEDGER_CASES = 200  # the reader on each; the whole report on every REPORT_EVERY-th one it accepts
-REPORT_EVERY = 4
+REPORT_EVERY = 8
 NON_FINITE = re.compile(r"\b(nan|inf|infinity)\b", re.IGNORECASE)
 
 HOSTILE_NUMBERS = [np.inf, -np.inf, np.nan, None, -1.0, -1e-12, 0.0, 5e-324, 1e8, 1e9, 1e15, 1e300, 3600.0]
