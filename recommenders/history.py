@@ -207,13 +207,19 @@ def _check_parts(data: dict[str, object], file: str) -> None:
     """LedgerError for a row whose used (or unknown, or active) seconds exceed its allocated
     seconds, or idle cost its cost: shares computed from them would not be shares."""
     for parts, whole in _PARTS:
-        total = np.asarray(data[whole], np.float64)
-        part = sum(np.asarray(data[p], np.float64) for p in parts)
-        bad = part > total * (1 + 1e-9) + 1e-300
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise LedgerError(f"expected {' + '.join(parts)} of at most {whole} on each row, got {part[i]:g} > "
-                              f"{total[i]:g}", file=file, field=parts[0])
+        totals = np.asarray(data[whole], np.float64)
+        columns = [np.asarray(data[p], np.float64) for p in parts]
+        for lo in range(0, len(totals), _CHUNK):  # in chunks: a few MB of temporaries on ten million rows
+            total = totals[lo:lo + _CHUNK]
+            part = sum(c[lo:lo + _CHUNK] for c in columns)
+            bad = part > total * (1 + 1e-9) + 1e-300
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise LedgerError(f"expected {' + '.join(parts)} of at most {whole} on each row, got {part[i]:g} > "
+                                  f"{total[i]:g}", file=file, field=parts[0])
+
+
+_CHUNK = 1 << 20
 
 
 def _frame(read: Callable[[str], pa.ChunkedArray], start: float, end: float, file: str) -> pd.DataFrame:
