@@ -97,7 +97,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
 def _speed(value: Any) -> float:
     try:
         speed = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"expected a number such as 1, 60 or 3600, got {value!r}") from None
     if not speed > 0 or speed == float("inf"):
         raise ValueError(f"expected a speed above 0, got {value!r}")

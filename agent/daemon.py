@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from agent import logs
 from agent.config import Config
 from agent.exporter import AgentMetrics
+from agent.httpserver import READ_TIMEOUT_S, BoundedHTTPServer
 from agent.metering import Meter, Resume
 from agent.rollups import RollupBook
 from collectors.faults import FaultCounter
@@ -120,7 +121,8 @@ class Agent:
             self.faults.record(COLLECTOR, "attribution_failed", str(err))
             return
         for reason, count in (("sample_undescribed", cycle.dropped_undescribed),
-                              ("sample_late", cycle.dropped_late)):
+                              ("sample_late", cycle.dropped_late),
+                              ("sample_overlap", cycle.dropped_overlap)):
             if count:
                 self.faults.record(COLLECTOR, reason, _DROPPED[reason], count=count)
         if cycle.dropped_resumed:
@@ -202,7 +204,7 @@ class Agent:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, server: ThreadingHTTPServer) -> None:
+    def run(self, server: BoundedHTTPServer) -> None:
         """Start the jobs and serve until :attr:`stop` is set; then flush and return."""
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -309,6 +311,7 @@ class Lag:
 _DROPPED = {
     "sample_undescribed": "a sample of a device no devices record lists yet; dropped",
     "sample_late": "a sample older than the meter's horizon; dropped",
+    "sample_overlap": "a sample covering time an earlier sample of its device covered (a repeated record); dropped",
 }
 
 
@@ -322,8 +325,9 @@ def _held(resume: Mapping[str, Resume]) -> str:
     return "; ".join(f"{', '.join(nodes)} through {logs.iso(t)}" for t, nodes in sorted(by_time.items()))
 
 
-def http_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
-    """The server for /metrics, /healthz and /readyz (OSError when the address is taken)."""
+def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
+    """The server for /metrics, /healthz and /readyz, GET and HEAD (OSError when the address
+    is taken); see :mod:`agent.httpserver` for how it bounds its threads."""
     from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
     from prometheus_client.exposition import choose_encoder
 
@@ -333,31 +337,36 @@ def http_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
     PlatformCollector(registry=registry)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = READ_TIMEOUT_S  # a client that stalls mid-request or mid-answer is let go
+
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self._reply(*self._answer())
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._reply(*self._answer(), body_wanted=False)
+
+        def _answer(self) -> tuple[int, bytes, str]:
             path = self.path.split("?", 1)[0]
+            text = "text/plain; charset=utf-8"
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._reply(200, encoder(registry), content_type)
-            elif path == "/healthz":
-                self._reply(200, b"ok\n")
-            elif path == "/readyz":
+                return 200, encoder(registry), content_type
+            if path == "/healthz":
+                return 200, b"ok\n", text
+            if path == "/readyz":
                 ok, why = agent.health.ready(time.time())
-                self._reply(200 if ok else 503, (why + "\n").encode())
-            else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+                return (200 if ok else 503), (why + "\n").encode(), text
+            return 404, b"not found: try /metrics, /healthz or /readyz\n", text
 
-        def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        def _reply(self, code: int, body: bytes, content_type: str, body_wanted: bool = True) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if body_wanted:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
             log.debug("http: " + format, *args)
 
-    return _Server((host, port), Handler)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a scrape in flight never holds up shutdown
+    return BoundedHTTPServer((host, port), Handler)

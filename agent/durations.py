@@ -32,4 +32,6 @@ def parse_duration(text: str, bare_unit: str = "s") -> float:
             raise ValueError(f"expected a duration such as 500ms, 10m, 2h or 7d, got {text!r}")
     if seconds <= 0:
         raise ValueError(f"expected a duration above zero, got {text!r}")
+    if seconds == float("inf"):
+        raise ValueError(f"expected a finite duration, got {text[:40]!r}")
     return seconds

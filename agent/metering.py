@@ -10,6 +10,7 @@ output to the exporter and the minute ledger.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -22,7 +23,7 @@ from agent.ledger import rollup
 from agent.timeline import PodInfo, SlotInfo, Timeline, build_timeline
 from collectors.pricing.ratecard import Pricer
 from collectors.records import Meta, Record, Sample
-from collectors.samples import Interners, SampleColumns
+from collectors.samples import OVERLAP_TOLERANCE_S, Interners, SampleColumns
 
 # Sums of a ledger row, in this order (the ledger's names, docs/ledger.md).
 SUMS = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_seconds",
@@ -88,6 +89,7 @@ class Cycle:
     dropped_resumed: int = 0  # already in the ledger before a restart
     dropped_undescribed: int = 0  # no devices record (yet) lists the sample's device
     dropped_late: int = 0  # older than what the meter still remembers
+    dropped_overlap: int = 0  # covers time an earlier sample of its device already covered
     newest_ts: float | None = None
 
 
@@ -111,6 +113,8 @@ class Meter:
         self._seq = 0
         self._timeline: Timeline | None = None
         self._newest = -math.inf
+        # per (node, uuid): the (end, start) of the samples attributed within the horizon, by end
+        self._covered: dict[tuple[str, str], list[tuple[float, float]]] = {}
 
     @property
     def timeline(self) -> Timeline | None:
@@ -141,17 +145,43 @@ class Meter:
         timeline = self._current_timeline()
         columns = SampleColumns.from_samples(samples, self.interners, default_interval)
         slot, ok = locate_slots(columns, timeline)
-        if not ok.all():
-            cycle.dropped_undescribed = int((~ok).sum())
-            samples = [s for s, keep in zip(samples, ok) if keep]
+        cycle.dropped_undescribed = int((~ok).sum())
+        keep = self._cover(samples, ok, default_interval, limit)
+        cycle.dropped_overlap = int(ok.sum() - keep.sum())
+        if not keep.all():
+            samples = [s for s, k in zip(samples, keep) if k]
             columns = SampleColumns.from_samples(samples, self.interners, default_interval)
-            slot = slot[ok]
+            slot = slot[keep]
         if not samples:
             return cycle
         cycle.samples = len(samples)
         cycle.rows = _rows(rollup(attribute(columns, timeline), timeline), timeline)
         cycle.readings = _readings(samples, slot, timeline)
         return cycle
+
+    # ------------------------------------------------------------------ overlaps
+
+    def _cover(self, samples: list[Sample], ok: np.ndarray, default_interval: float, limit: float) -> np.ndarray:
+        """Which samples to attribute: those ``ok`` that cover no time an earlier sample of
+        their device covered (replay refuses such input; the agent drops and counts it)."""
+        keep = ok.copy()
+        for i, s in enumerate(samples):
+            if not ok[i]:
+                continue
+            start = s.ts - (default_interval if s.interval_s is None else s.interval_s)
+            covered = self._covered.setdefault((s.node, s.uuid), [])
+            j = bisect.bisect_right(covered, (start + OVERLAP_TOLERANCE_S, math.inf))
+            if j < len(covered) and covered[j][1] < s.ts - OVERLAP_TOLERANCE_S:
+                keep[i] = False  # the first interval ending after this one starts also starts before it ends
+                continue
+            covered.insert(j, (s.ts, start))
+        horizon = limit - self.horizon_s  # an interval ending before this cannot meet a sample still accepted
+        for key in [k for k, c in self._covered.items() if c and c[-1][0] < horizon]:
+            del self._covered[key]
+        for covered in self._covered.values():
+            if covered and covered[0][0] < horizon:
+                del covered[:bisect.bisect_left(covered, (horizon, -math.inf))]
+        return keep
 
     # ------------------------------------------------------------------ state records
 

@@ -20,7 +20,7 @@ from agent.summary import summarize
 from agent.timeline import Timeline, build_timeline
 from collectors.errors import InputError
 from collectors.pricing.ratecard import Pricer, RateCard, RateCardPricer
-from collectors.tracefile import Progress, Trace, read_traces
+from collectors.tracefile import Progress, Trace, read_traces, refuse_overlaps
 
 
 @dataclass
@@ -43,6 +43,7 @@ def replay(
     """
     pricer = RateCardPricer(prices) if isinstance(prices, RateCard) else prices
     trace = read_traces(paths, progress=progress)
+    refuse_overlaps(trace)
 
     def where_record(order: tuple[int, int]) -> tuple[str, int]:
         return trace.files[order[0]], order[1]

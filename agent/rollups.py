@@ -19,10 +19,13 @@ report reads these files as it reads ``ledger.parquet``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +35,14 @@ from agent.metering import SUMS, Resume, Row, RowKey
 from agent.timeline import SlotInfo
 from collectors.atomicfile import AtomicFile
 from collectors.errors import InputError
+from collectors.faults import FAULTS, FaultCounter
+from collectors.records import TS_MAX
 
 HOUR = 3600
 SUFFIX = ".jsonl.gz"
 HEADER_KEY = "gpuledger_ledger"  # the header line's marker: {"gpuledger_ledger": "1", ...}
+DAMAGED = ".damaged"  # a damaged rollup found at start is renamed <name>.damaged
+COLLECTOR = "agent"
 
 
 @dataclass
@@ -65,8 +72,10 @@ class RollupBook:
     """
 
     def __init__(self, directory: str | Path, currency: str, keep_s: float = 600.0,
-                 trace: dict[str, Any] | None = None) -> None:
+                 trace: dict[str, Any] | None = None, faults: FaultCounter = FAULTS) -> None:
         self.directory = Path(directory)
+        self.faults = faults
+        self.damaged: list[Path] = []  # files set aside by restore()
         self.currency = currency
         self.keep_s = keep_s
         self.trace = trace  # what the rows come from: a dry-run's trace (trace_identity), None when live
@@ -83,26 +92,41 @@ class RollupBook:
     def restore(self) -> dict[str, Resume]:
         """Read each node's newest hour files back; node -> what they already hold.
 
+        A damaged file among them (empty, truncated, not a rollup) is set aside as
+        ``<name>.damaged`` (counted as ``ledger_damaged``, logged once) and the next older
+        one is read instead: the agent starts, and in dry-run counts that hour again.
         InputError (nothing written) when they hold the ledger of another source: another
-        trace, or a dry-run's ledger for a live agent and the other way round."""
+        trace, or a dry-run's ledger for a live agent and the other way round.
+        """
         found: dict[str, Resume] = {}
         if not self.directory.is_dir():
             return found
         for node_dir in sorted(p for p in self.directory.iterdir() if p.is_dir()):
             minutes: list[int] = []
             samples: list[float] = []
-            for path in sorted(node_dir.glob(f"*/*{SUFFIX}"))[-2:]:  # late rows may go to either
-                header, rows = read_rollup(path)
+            node = node_dir.name  # the header's name, when a file has one
+            kept = 0
+            for path in sorted(node_dir.glob(f"*/*{SUFFIX}"), reverse=True):
+                if kept == 2:  # the newest two: late rows may go to either
+                    break
+                try:
+                    header, rows = read_rollup(path)
+                    hour, restored = _restored(header, rows)
+                except (OSError, EOFError, ValueError, RecursionError, OverflowError, zlib.error) as err:
+                    self._set_aside(path, err)
+                    continue
                 self._check_source(path, header)
-                entry = self._hours.setdefault((node_dir.name, int(header["hour"])), _Hour())
-                entry.restored = rows
-                entry.written = {int(r["minute"]) for r in rows}
+                kept += 1
+                node = str(header.get("node") or node)
+                entry = self._hours.setdefault((node, hour), _Hour())
+                entry.restored = restored
+                entry.written = {int(r["minute"]) for r in restored}
                 if header.get("minutes_through") is not None:
                     minutes.append(int(header["minutes_through"]))
                 if header.get("samples_through") is not None:
                     samples.append(float(header["samples_through"]))
             if minutes or samples:
-                found[node_dir.name] = Resume(max(minutes, default=None), max(samples, default=None))
+                found[node] = Resume(max(minutes, default=None), max(samples, default=None))
         return found
 
     def _check_source(self, path: Path, header: dict[str, Any]) -> None:
@@ -133,7 +157,7 @@ class RollupBook:
         for path in sorted(self.directory.glob(f"*/*/*{SUFFIX}")):
             try:
                 read_rollup(path)
-            except (OSError, ValueError, EOFError):
+            except (OSError, ValueError, EOFError, RecursionError, OverflowError, zlib.error):
                 continue  # not a rollup: not ours to delete
             path.unlink()
             deleted += 1
@@ -141,6 +165,21 @@ class RollupBook:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         return deleted
+
+    def _set_aside(self, path: Path, err: Exception) -> None:
+        aside = path.with_name(path.name + DAMAGED)
+        n = 1
+        while aside.exists():
+            aside = path.with_name(f"{path.name}{DAMAGED}.{n}")
+            n += 1
+        try:
+            path.rename(aside)
+            where = f"moved to {aside.name}"
+        except OSError as move_err:
+            where = f"left in place ({move_err.strerror})"
+        self.damaged.append(path)
+        self.faults.record(COLLECTOR, "ledger_damaged",
+                           f"{path}: not a readable ledger rollup ({_reason(err)}); {where}, its hour is counted again")
 
     # ------------------------------------------------------------------ accumulating
 
@@ -240,7 +279,31 @@ class RollupBook:
 
 def rollup_path(directory: Path, node: str, hour: int) -> Path:
     stamp = time.gmtime(hour)
-    return directory / node / time.strftime("%Y-%m-%d", stamp) / f"{stamp.tm_hour:02d}{SUFFIX}"
+    return directory / node_dirname(node) / time.strftime("%Y-%m-%d", stamp) / f"{stamp.tm_hour:02d}{SUFFIX}"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_MAX_DIRNAME = 200
+
+
+def node_dirname(node: str) -> str:
+    """The directory of a node's rollups: one safe path component, whatever the name.
+
+    Kubernetes node names (letters, digits, ``.``, ``-``) are used as they are. Any other
+    name (from a trace in dry-run: ``..``, ``a/b``, ``/abs``, a NUL, a leading dot or dash)
+    is percent-encoded byte by byte (``%2E.`` for ``..``), so it can only name a directory
+    inside the ledger directory, and two names never share one; a name too long for a
+    file name keeps its first part and a hash of the whole. The files' headers and rows
+    carry the real name, which is what the agent and the report read.
+    """
+    if _PLAIN_NAME.fullmatch(node):
+        return node
+    raw = node.encode("utf-8", "surrogatepass")
+    out = "".join(chr(b) if b in _KEEP and (i or b not in b".-_") else f"%{b:02X}" for i, b in enumerate(raw))
+    if len(out) > _MAX_DIRNAME:
+        out = out[:_MAX_DIRNAME - 17] + "~" + hashlib.sha256(raw).hexdigest()[:16]
+    return out
 
 
 def row_dict(key: RowKey, acc: _Acc) -> dict[str, Any]:
@@ -276,6 +339,49 @@ def read_rollup(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     if not isinstance(header, dict) or HEADER_KEY not in header:
         raise ValueError(f"{path}: line 1: expected a header with {HEADER_KEY!r}")
     return header, [json.loads(line) for line in lines[1:]]
+
+
+def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[str, Any]]]:
+    """The hour of a rollup read back and its rows; ValueError when they are not what the
+    agent writes (so that merging them later cannot fail)."""
+    hour = header.get("hour")
+    if isinstance(hour, bool) or not isinstance(hour, int) or hour % HOUR or not -366 * 86400 <= hour < TS_MAX:
+        raise ValueError(f"header: expected the hour in Unix seconds, got {str(hour)[:40]!r}")
+    for key in ("minutes_through", "samples_through"):
+        value = header.get(key)
+        if value is not None and not _finite(value):
+            raise ValueError(f"header: expected a number for {key}, got {str(value)[:40]!r}")
+    for i, row in enumerate(rows, 2):
+        if not isinstance(row, dict):
+            raise ValueError(f"line {i}: expected an object")
+        minute = row.get("minute")
+        if isinstance(minute, bool) or not isinstance(minute, int) or not hour <= minute < hour + HOUR:
+            raise ValueError(f"line {i}: expected a minute of the file's hour, got {minute!r:.40}")
+        for key in _IDENTITY[1:]:
+            if key not in row or not (row[key] is None or isinstance(row[key], str)):
+                raise ValueError(f"line {i}: expected a string or null for {key}")
+        for key in SUMS + ("samples",):
+            value = row.get(key)
+            if not _finite(value):
+                raise ValueError(f"line {i}: expected a number for {key}, got {str(value)[:40]!r}")
+        mem = row.get("memory_used_max_bytes")
+        if mem is not None and not _finite(mem):
+            raise ValueError(f"line {i}: expected a number or null for memory_used_max_bytes")
+    return hour, rows
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:200]
 
 
 _IDENTITY = ("minute", "device_uuid", "pod_uid", "namespace", "pod", "team", "workload_class",

@@ -7,6 +7,9 @@ Faults in the world (a driver error, an API that is down) are not input errors.
 
 from __future__ import annotations
 
+import reprlib
+import sys
+
 
 class InputError(Exception):
     """A user's input is wrong in a way they can fix.
@@ -54,7 +57,16 @@ class Unavailable(Exception):
     The CLI prints it as one line and exits 1."""
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 4, 6, 6
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 64, 40, 64
+
+
 def describe(value: object) -> str:
-    """A short rendering of a bad value for an error message."""
-    text = repr(value)
+    """A short rendering of a bad value for an error message (bounded work, whatever its
+    size: a value from a hostile file may be huge, deep or shared many times over)."""
+    try:
+        text = repr(value[:61]) if isinstance(value, str) else _SHORT.repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"an integer of more than {sys.get_int_max_str_digits()} digits"
     return text if len(text) <= 60 else text[:57] + "..."

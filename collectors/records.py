@@ -18,6 +18,9 @@ from collectors.errors import InputError, describe
 FORMAT = "gpuledger-trace"
 VERSION = 1
 KINDS = ("meta", "node", "devices", "pods", "sample")
+TS_MAX = 253370764800.0  # 9999-01-01T00:00:00Z: times are before it (ISO dates and the report's months stay 4-digit)
+INTERVAL_MAX = 366 * 86400.0  # a sample covers at most a year
+BYTES_MAX = 1e18  # device memory: an exabyte is no GPU's, and the ledger's readers refuse more
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,19 @@ def _str(obj: Mapping[str, Any], key: str, path: str = "", required: bool = True
         return None
     if not isinstance(value, str) or (required and not value):
         raise InputError(f"expected a non-empty string, got {describe(value)}", field=path + key)
+    if not value.isascii():
+        _unicode(value, path + key)
     return value
+
+
+def _unicode(value: str, field: str) -> None:
+    """InputError for a string that is not Unicode text: a lone surrogate escape such as
+    ``\\ud800`` decodes in JSON but cannot be written as UTF-8 (Parquet, file names)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(f"expected Unicode text, got a lone surrogate {value[err.start]!r} at character "
+                         f"{err.start}", field=field) from None
 
 
 def _num(
@@ -164,6 +179,11 @@ def _num(
     value = _get(obj, key, path, required)
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise InputError(f"expected a number, got an integer of {len(str(value))} digits", field=path + key) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InputError(f"expected a number, got {describe(value)}", field=path + key)
     if positive and value <= 0:
@@ -172,6 +192,29 @@ def _num(
         bounds = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
         raise InputError(f"expected a number {bounds}, got {describe(value)}", field=path + key)
     return float(value)
+
+
+def _time(obj: Mapping[str, Any], key: str = "ts") -> float:
+    value = _num(obj, key)
+    if not 0 <= value < TS_MAX:  # type: ignore[operator]
+        raise InputError(f"expected Unix seconds from 0 to before year 9999 ({TS_MAX:.0f}), got {describe(value)}",
+                         field=key)
+    return value  # type: ignore[return-value]
+
+
+def _bytes(obj: Mapping[str, Any], key: str, path: str = "") -> float | None:
+    value = _num(obj, key, path, required=False, low=0)
+    if value is not None and value > BYTES_MAX:
+        raise InputError(f"expected at most {BYTES_MAX:g} bytes, got {describe(value)}", field=path + key)
+    return value
+
+
+def _interval(obj: Mapping[str, Any], required: bool) -> float | None:
+    value = _num(obj, "interval_s", required=required, positive=True)
+    if value is not None and value > INTERVAL_MAX:
+        raise InputError(f"expected seconds above 0 and at most {INTERVAL_MAX:.0f} (366 days), got {describe(value)}",
+                         field="interval_s")
+    return value
 
 
 def _int(obj: Mapping[str, Any], key: str, path: str = "", required: bool = True) -> int | None:
@@ -193,6 +236,10 @@ def _labels(obj: Mapping[str, Any], key: str, path: str = "") -> dict[str, str]:
         raise InputError(
             f"expected an object of string values, got {describe(value)}", field=path + key
         )
+    for k, v in value.items():
+        if not (k.isascii() and v.isascii()):
+            _unicode(k, path + key)
+            _unicode(v, f"{path}{key}.{k}")
     return dict(value)
 
 
@@ -226,7 +273,7 @@ def meta_from_json(obj: Mapping[str, Any]) -> Meta:
             field="version",
         )
     return Meta(
-        interval_s=_num(obj, "interval_s", positive=True),  # type: ignore[arg-type]
+        interval_s=_interval(obj, required=True),  # type: ignore[arg-type]
         source=_str(obj, "source", required=False) or "",
         created=_str(obj, "created", required=False) or "",
     )
@@ -234,7 +281,7 @@ def meta_from_json(obj: Mapping[str, Any]) -> Meta:
 
 def node_from_json(obj: Mapping[str, Any]) -> NodeRecord:
     return NodeRecord(
-        ts=_num(obj, "ts"),  # type: ignore[arg-type]
+        ts=_time(obj),  # type: ignore[arg-type]
         node=_str(obj, "node"),  # type: ignore[arg-type]
         labels=_labels(obj, "labels"),
     )
@@ -249,7 +296,7 @@ def device_from_json(obj: Any, path: str) -> Device:
     return Device(
         uuid=_str(obj, "uuid", path),  # type: ignore[arg-type]
         model=_str(obj, "model", path),  # type: ignore[arg-type]
-        memory_total_bytes=_num(obj, "memory_total_bytes", path, required=False, low=0),
+        memory_total_bytes=_bytes(obj, "memory_total_bytes", path),
         index=_int(obj, "index", path, required=False),
         parent_uuid=parent,
         mig_profile=profile,
@@ -270,7 +317,7 @@ def devices_from_json(obj: Mapping[str, Any]) -> DevicesRecord:
                 f"names {device.parent_uuid!r}, which is not a device in this record",
                 field=f"devices[{i}].parent_uuid",
             )
-    return DevicesRecord(ts=_num(obj, "ts"), node=_str(obj, "node"), devices=devices)  # type: ignore[arg-type]
+    return DevicesRecord(ts=_time(obj), node=_str(obj, "node"), devices=devices)  # type: ignore[arg-type]
 
 
 def pod_from_json(obj: Any, path: str) -> Pod:
@@ -290,6 +337,8 @@ def pod_from_json(obj: Any, path: str) -> Pod:
         for j, d in enumerate(devices):
             if not isinstance(d, str) or not d:
                 raise InputError(f"expected a device id string, got {describe(d)}", field=f"{cpath}devices[{j}]")
+            if not d.isascii():
+                _unicode(d, f"{cpath}devices[{j}]")
         containers.append(Container(name=_str(c, "name", cpath, required=False) or "", devices=tuple(devices)))
     return Pod(
         uid=_str(obj, "uid", path),  # type: ignore[arg-type]
@@ -304,7 +353,7 @@ def pod_from_json(obj: Any, path: str) -> Pod:
 def pods_from_json(obj: Mapping[str, Any]) -> PodsRecord:
     items = _list(obj, "pods")
     pods = tuple(pod_from_json(p, f"pods[{i}].") for i, p in enumerate(items or ()))
-    return PodsRecord(ts=_num(obj, "ts"), node=_str(obj, "node"), pods=pods)  # type: ignore[arg-type]
+    return PodsRecord(ts=_time(obj), node=_str(obj, "node"), pods=pods)  # type: ignore[arg-type]
 
 
 def process_from_json(obj: Any, path: str) -> Process:
@@ -313,20 +362,20 @@ def process_from_json(obj: Any, path: str) -> Process:
         pid=_int(obj, "pid", path),  # type: ignore[arg-type]
         pod_uid=_str(obj, "pod_uid", path, required=False),
         util=_num(obj, "util", path, required=False, low=0, high=100),
-        mem_used_bytes=_num(obj, "mem_used_bytes", path, required=False, low=0),
+        mem_used_bytes=_bytes(obj, "mem_used_bytes", path),
     )
 
 
 def sample_from_json(obj: Mapping[str, Any]) -> Sample:
     procs = _list(obj, "processes", required=False)
     return Sample(
-        ts=_num(obj, "ts"),  # type: ignore[arg-type]
+        ts=_time(obj),  # type: ignore[arg-type]
         node=_str(obj, "node"),  # type: ignore[arg-type]
         uuid=_str(obj, "uuid"),  # type: ignore[arg-type]
         util=_num(obj, "util", required=False, low=0, high=100),
-        mem_used_bytes=_num(obj, "mem_used_bytes", required=False, low=0),
+        mem_used_bytes=_bytes(obj, "mem_used_bytes"),
         power_w=_num(obj, "power_w", required=False, low=0),
-        interval_s=_num(obj, "interval_s", required=False, positive=True),
+        interval_s=_interval(obj, required=False),
         processes=None
         if procs is None
         else tuple(process_from_json(p, f"processes[{i}].") for i, p in enumerate(procs)),
@@ -347,7 +396,7 @@ def from_json(obj: Any) -> Record:
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {describe(obj)}")
     kind = obj.get("kind")
-    if kind not in _PARSERS:
+    if not isinstance(kind, str) or kind not in _PARSERS:
         raise InputError(f"expected one of {', '.join(KINDS)}, got {describe(kind)}", field="kind")
     return _PARSERS[kind](obj)
 

@@ -140,3 +140,46 @@ class SampleColumns:
             [parts[0].proc_offsets[:1]] + [p.proc_offsets[1:] + s for p, s in zip(parts, shift)]
         )
         return SampleColumns(**out)
+
+
+OVERLAP_TOLERANCE_S = 0.001
+"""How far one sample of a device may reach into the next one's interval: recorded times
+are rounded to the millisecond (NVML recording, importers), so intervals that meet can
+disagree by that much. Anything more is the same device counted twice."""
+
+
+def first_overlap(batches: Sequence[SampleColumns]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The first two samples of one device whose intervals overlap, as ((batch, index) of
+    the one earlier in the input, (batch, index) of the later one), or None.
+
+    A sample covers ``(ts - interval, ts]``; two samples of one device (node and uuid)
+    overlap when one starts more than :data:`OVERLAP_TOLERANCE_S` before the other ends.
+    "First" is by input order (file, then line) of the later one of the pair.
+    """
+    sizes = [len(b) for b in batches]
+    if sum(sizes) < 2:
+        return None
+    node = np.concatenate([b.node for b in batches]).astype(np.int64)
+    uuid = np.concatenate([b.uuid for b in batches]).astype(np.int64)
+    end = np.concatenate([b.ts for b in batches])
+    start = end - np.concatenate([b.interval for b in batches])
+    order = np.lexsort((end, uuid, node))  # by device, then by end
+    device = node[order] << 32 | uuid[order]
+    del node, uuid
+    e, s = end[order], start[order]
+    bad = np.flatnonzero((device[1:] == device[:-1]) & (s[1:] < e[:-1] - OVERLAP_TOLERANCE_S))
+    if not len(bad):
+        return None
+    a, b = order[bad], order[bad + 1]  # positions in the concatenated input
+    file = np.concatenate([x.file for x in batches]).astype(np.int64)
+    line = np.concatenate([x.line for x in batches]).astype(np.int64)
+    later = np.where((file[a] > file[b]) | ((file[a] == file[b]) & (line[a] > line[b])), a, b)
+    earlier = np.where(later == a, b, a)
+    k = int(np.lexsort((line[later], file[later]))[0])
+    bounds = np.cumsum([0] + sizes)
+
+    def locate(position: int) -> tuple[int, int]:
+        batch = int(np.searchsorted(bounds, position, side="right") - 1)
+        return batch, position - int(bounds[batch])
+
+    return locate(int(earlier[k])), locate(int(later[k]))

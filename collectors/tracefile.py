@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ import pyarrow.json as pajson
 
 from collectors.errors import InputError
 from collectors.records import (
+    BYTES_MAX,
+    INTERVAL_MAX,
+    TS_MAX,
     DevicesRecord,
     Meta,
     NodeRecord,
@@ -36,7 +40,7 @@ from collectors.records import (
     Sample,
     from_json,
 )
-from collectors.samples import CODE, Interners, SampleColumns
+from collectors.samples import CODE, Interners, SampleColumns, first_overlap
 
 BLOCK_BYTES = 16 << 20
 
@@ -115,6 +119,31 @@ def read_traces(
     return Trace(files, metas, states, parts, interners)
 
 
+def refuse_overlaps(trace: Trace) -> None:
+    """InputError naming both samples when two samples of one device cover the same time
+    (a repeated line, the same file given twice), so that every GPU-second is counted
+    once; see ``docs/trace-format.md``. Replay calls it before attributing."""
+    pair = first_overlap(trace.batches)
+    if pair is None:
+        return
+    (eb, ei), (lb, li) = pair
+    earlier, later = trace.batches[eb], trace.batches[lb]
+    e_file, e_line = trace.where(earlier, ei)
+    l_file, l_line = trace.where(later, li)
+    twice = " (the same trace given twice?)" if e_line == l_line and Path(e_file) == Path(l_file) else ""
+    raise InputError(
+        f"sample of {trace.interners.uuids.names[int(later.uuid[li])]!r} ({_span(later, li)}) overlaps the "
+        f"sample at {e_file}:{e_line} ({_span(earlier, ei)}): a device's samples may not cover the same time "
+        f"twice{twice}",
+        file=l_file, line=l_line, field="ts",
+    )
+
+
+def _span(batch: SampleColumns, i: int) -> str:
+    ts, interval = float(batch.ts[i]), float(batch.interval[i])
+    return f"{ts - interval:.3f} to {ts:.3f}"
+
+
 @contextmanager
 def open_trace(path: str | Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
     """The decompressed stream of a trace file (gzip is recognised by its content, not
@@ -127,10 +156,24 @@ def open_trace(path: str | Path) -> Iterator[tuple[BinaryIO, BinaryIO]]:
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, Record]]:
     """Every record of one file with its line number, read carefully (small files, tests)."""
-    with open_trace(path) as (stream, _):
-        for number, raw in enumerate(stream, 1):
-            if raw.strip():
-                yield number, _decode(raw, str(path), number)
+    try:
+        with open_trace(path) as (stream, _):
+            for number, raw in enumerate(stream, 1):
+                if raw.strip():
+                    yield number, _decode(raw, str(path), number)
+    except UNREADABLE as err:
+        raise InputError(f"cannot read trace: {_why(err)}", file=str(path)) from None
+
+
+UNREADABLE = (OSError, EOFError, zlib.error)  # unreadable, or a truncated or corrupt gzip stream
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, zlib.error):
+        return f"corrupt gzip data ({err})"
+    if isinstance(err, EOFError):
+        return "the gzip stream ends early (truncated?)"
+    return str(err)
 
 
 def _decode(raw: bytes, file: str, line: int) -> Record:
@@ -139,10 +182,31 @@ def _decode(raw: bytes, file: str, line: int) -> Record:
     except (ValueError, UnicodeDecodeError) as err:
         msg = getattr(err, "msg", str(err))
         raise InputError(f"not valid JSON ({msg})", file=file, line=line) from None
+    except RecursionError:
+        obj = _decode_deep(raw)
+        if obj is None:
+            raise InputError("not valid JSON (nested too deeply)", file=file, line=line) from None
     try:
         return from_json(obj)
     except InputError as err:
         raise err.at(file, line) from None
+
+
+_read_one_line = pajson.read_json  # bound once: the tests that force the careful path replace the block reader
+
+
+def _decode_deep(raw: bytes) -> dict[str, Any] | None:
+    """A sample line too deeply nested for :mod:`json` (in a field it does not know: the
+    fields it knows are shallow), decoded as the fast path decodes it, so that the two
+    paths accept the same lines; None when it is not such a sample."""
+    try:
+        table = _read_one_line(pa.BufferReader(raw), parse_options=_PARSE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    rows = table.to_pylist()
+    if len(rows) != 1 or rows[0].get("kind") != "sample":
+        return None
+    return rows[0]
 
 
 class _FileReader:
@@ -160,8 +224,8 @@ class _FileReader:
         try:
             with open_trace(self.name) as (stream, raw):
                 yield from self._blocks(stream, raw)
-        except (OSError, EOFError) as err:  # unreadable, or a truncated or corrupt gzip stream
-            raise InputError(f"cannot read trace: {err}", file=self.name) from None
+        except UNREADABLE as err:
+            raise InputError(f"cannot read trace: {_why(err)}", file=self.name) from None
 
     def _blocks(self, stream: BinaryIO, raw: BinaryIO) -> Iterator[tuple[SampleColumns, int]]:
         first_line = 1
@@ -189,6 +253,8 @@ class _FileReader:
     def _block(self, block: "_Block") -> SampleColumns:
         if self.meta is None:
             self._read_meta(block)
+        if not block.utf8():
+            return self._careful(block)  # Arrow does not check the UTF-8 of strings; json does
         try:
             table = pajson.read_json(pa.BufferReader(block.view), parse_options=_PARSE)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -275,7 +341,7 @@ class _Block:
     def __init__(self, data: bytes, size: int, first_line: int) -> None:
         self.view = memoryview(data)[:size]
         self.first_line = first_line
-        buf = np.frombuffer(self.view, np.uint8)
+        buf = self._buf = np.frombuffer(self.view, np.uint8)
         newlines = np.flatnonzero(buf == 10)
         self.newlines = len(newlines)
         if not len(newlines) or newlines[-1] != len(buf) - 1:
@@ -289,6 +355,16 @@ class _Block:
 
     def line(self, index: int) -> bytes:
         return bytes(self.view[self.starts[index]:self.ends[index]])
+
+    def utf8(self) -> bool:
+        """Whether the block is valid UTF-8 (ASCII, as traces mostly are, is checked in one pass)."""
+        if not len(self._buf) or int(self._buf.max()) < 0x80:
+            return True
+        try:
+            str(self.view, "utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
 
     def nonblank(self) -> np.ndarray:
         """Indices of the lines that are not blank (blank lines are allowed and skipped)."""
@@ -331,14 +407,15 @@ def _first_bad_sample(table: pa.Table) -> int | None:
     """Index of the first sample that breaks a rule the careful reader checks, or None."""
     ts = _floats(table.column("ts"))
     util = _floats(table.column("util"))
+    interval = _floats(table.column("interval_s"))
     checks = [
-        ~np.isfinite(ts),
+        ~np.isfinite(ts) | _outside(ts, 0, np.nextafter(TS_MAX, 0)),
         _missing_string(table.column("node")),
         _missing_string(table.column("uuid")),
         _outside(util, 0, 100),
-        _outside(_floats(table.column("mem_used_bytes")), 0, np.inf),
+        _outside(_floats(table.column("mem_used_bytes")), 0, BYTES_MAX),
         _outside(_floats(table.column("power_w")), 0, np.inf),
-        _nonpositive(_floats(table.column("interval_s"))),
+        _nonpositive(interval) | _outside(interval, 0, INTERVAL_MAX),
     ]
     bad = np.logical_or.reduce(checks)
     procs = table.column("processes").combine_chunks()
@@ -349,7 +426,7 @@ def _first_bad_sample(table: pa.Table) -> int | None:
             flat.is_null().to_numpy(zero_copy_only=False)
             | flat.field("pid").is_null().to_numpy(zero_copy_only=False)
             | _outside(_floats(flat.field("util")), 0, 100)
-            | _outside(_floats(flat.field("mem_used_bytes")), 0, np.inf)
+            | _outside(_floats(flat.field("mem_used_bytes")), 0, BYTES_MAX)
         )
         if nested.any():
             bad[owner[np.flatnonzero(nested)]] = True

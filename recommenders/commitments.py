@@ -123,10 +123,21 @@ def commitment_costs(usage: np.ndarray, c: float, p: float) -> np.ndarray:
 
 
 def optimal_k(usage: np.ndarray, c: float, p: float) -> tuple[int, float]:
-    """The integer commitment with the least total cost (the smallest such k), and that cost."""
-    costs = commitment_costs(usage, c, p)
-    k = int(np.argmin(costs))
-    return k, float(costs[k])
+    """The integer commitment with the least total cost (the smallest such k), and that cost.
+
+    The cost is linear in ``k`` between two usages, so the least cost over all integers
+    from 0 to ceil(max usage) is found among 0 and the integers next to each usage: at
+    most two per hour are evaluated, however large the usage.
+    """
+    u = np.sort(np.asarray(usage, dtype=np.float64))
+    hours = len(u)
+    ks = np.unique(np.concatenate(([0.0], np.floor(u), np.ceil(u))))
+    ks = ks[ks >= 0]
+    prefix = np.concatenate(([0.0], np.cumsum(u)))
+    idx = np.searchsorted(u, ks, side="right")
+    costs = ks * c * hours + p * (prefix[-1] - prefix[idx] - ks * (hours - idx))
+    i = int(np.argmin(costs))
+    return int(ks[i]), float(costs[i])
 
 
 def lookback(first_minute: float, end: float, days: float) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Protocol
 from collectors.errors import describe
 from collectors.yamlfile import Key, LocatedYaml
 
+MAX_HOURLY = 1e9  # any price above a billion an hour is a mistake, and keeps every sum of money finite
 RATE_CARD_SOURCE = "rate-card"
 DEFAULT_SOURCE = "default"
 SNAPSHOT_FILE = "snapshot.yaml"
@@ -260,11 +261,24 @@ def _commitments(doc: LocatedYaml, raw: Any, source: str, extras: set[str]) -> t
     return tuple(out)
 
 
+def _describe_number(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10 ** 30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return describe(value)
+
+
 def _number(
     doc: LocatedYaml, key: Key, value: Any, low: float | None = None,
     low_exclusive: float | None = None, high: float | None = None,
 ) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok:
+        try:
+            ok = math.isfinite(float(value))
+        except OverflowError:  # an integer of hundreds of digits
+            ok = False
+    if ok and high is None and low is not None and value > MAX_HOURLY:  # a price
+        raise doc.error(key, f"expected a price of at most {MAX_HOURLY:g} an hour, got {describe(value)}")
     if ok and low is not None and value < low:
         ok = False
     if ok and low_exclusive is not None and value <= low_exclusive:
@@ -278,5 +292,5 @@ def _number(
             want = f"a number of at least {low:g}"
         else:
             want = "a number"
-        raise doc.error(key, f"expected {want}, got {describe(value)}")
+        raise doc.error(key, f"expected {want}, got {_describe_number(value)}")
     return float(value)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from recommenders.anomalies import DAY
 from recommenders.formats import register
+from recommenders.formats.escaping import csv_cell
 from recommenders.report import UNALLOCATED, Report
 
 PROVIDER = "gpuledger"
@@ -93,5 +94,5 @@ def render(r: Report) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for rec in focus_records(r):
-        writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+        writer.writerow({k: csv_cell(v) for k, v in rec.items()})  # numbers are written by _dec: never negative
     return buf.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from recommenders.formats import register
+from recommenders.formats.escaping import md_text
 from recommenders.formats.text import (
     after_rightsizing, commitment_choice, compared_with, day, gib, hours, idle_money, money, no_anomaly,
     no_recommendation, pct, price_sources, signed_money, signed_pct, target, when, workload,
@@ -19,7 +20,7 @@ def _table(header: list[str], rows: list[list[str]], align: str = "", empty: str
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]  # names come from anyone
     return out + [""]
 
 
@@ -113,7 +114,7 @@ def render(r: Report) -> str:
                         gib(x.target_memory_bytes), money(x.monthly_savings), x.confidence, x.risk]
                        for x in r.recommendations], "llllrrrll")
         out += ["<details><summary>Evidence</summary>", ""]
-        out += [f"- **{x.type} {workload(x)}**: {x.evidence}" for x in r.recommendations]
+        out += [f"- **{md_text(x.type)} {md_text(workload(x))}**: {md_text(x.evidence)}" for x in r.recommendations]
         out += ["", "</details>", ""]
     else:
         out += [no_recommendation(r), ""]
@@ -145,7 +146,7 @@ def render(r: Report) -> str:
                   "lrrrlrrrrrrrrll", "No commitment pool: no on-demand capacity in the look-back carries an instance type (node pools) or a GPU model with commitment prices (GPU pools).")
     for p in r.commitments:
         if p.spot_note:
-            out.append(f"- **{p.label}**: {p.spot_note}.")
+            out.append(f"- **{md_text(p.label)}**: {md_text(p.spot_note)}.")
     out += ["", "---", f"gpuledger report v2 · settings: headroom {r.settings.headroom:.0%}, target utilisation "
             f"{r.settings.target_utilization:.0%}, idle ≥ {r.settings.idle_share:.0%} of the time", ""]
     return "\n".join(out)

@@ -14,6 +14,7 @@ import json
 
 from recommenders.formats import register
 from recommenders.commitments import OptionResult, PoolResult
+from recommenders.formats.escaping import csv_cell
 from recommenders.report import REPORT_VERSION, Report, to_plain
 from recommenders.rightsizing import COLUMNS
 
@@ -67,7 +68,7 @@ def render_json(r: Report) -> str:
                               "hours": r.commitment_window.hours},
         "commitments": [commitment_plan(p) for p in r.commitments],
     }
-    return json.dumps(doc, indent=2) + "\n"
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"  # finite by construction: inputs are checked
 
 
 @register("csv", "recommendations.csv", "recommendations as CSV")
@@ -77,5 +78,5 @@ def render_csv(r: Report) -> str:
     writer.writerow(COLUMNS)
     for rec in r.recommendations:
         row = rec.as_row()
-        writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in COLUMNS])
     return buf.getvalue()
