@@ -16,14 +16,16 @@ once on millions of samples; the agent calls it on each cycle's handful.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from agent.timeline import Timeline
 from collectors.errors import InputError
-from collectors.samples import SampleColumns
+from collectors.records import ServingRecord
+from collectors.samples import Interners, SampleColumns
 
 MINUTE = 60.0
 
@@ -188,3 +190,57 @@ def _concat(parts: list[Allocations]) -> Allocations:
     return Allocations(**{
         k: np.concatenate([getattr(p, k) for p in parts]) for k in Allocations.__dataclass_fields__
     })
+
+
+# --------------------------------------------------------------------------- serving counts
+
+
+@dataclass
+class ServingCounts:
+    """Serving records placed on ledger rows: the minute holding the midpoint of each
+    record's interval, the pod version listed at its ``ts``, and the slot of that pod's
+    first device (``docs/unit-economics.md``, "The ledger")."""
+
+    minute: np.ndarray
+    slot: np.ndarray
+    holder: np.ndarray
+    counts: dict[str, np.ndarray]  # requests, input_tokens, output_tokens (NaN: not counted)
+
+    def __len__(self) -> int:
+        return len(self.minute)
+
+
+COUNTS = ("requests", "input_tokens", "output_tokens")
+
+
+def place_serving(records: Sequence[ServingRecord], timeline: Timeline, interners: Interners,
+                  default_interval: float) -> tuple[ServingCounts, np.ndarray]:
+    """(the records that could be placed, a mask of which could): a record is placed when the
+    pods record in effect on its node at its ``ts`` lists its pod on a listed device."""
+    n = len(records)
+    ok = np.zeros(n, bool)
+    minute = np.zeros(n, np.int64)
+    slot = np.zeros(n, np.int64)
+    holder = np.zeros(n, np.int64)
+    counts = {k: np.full(n, np.nan) for k in COUNTS}
+    for i, r in enumerate(records):
+        epoch = timeline.epoch_of(interners.nodes.code(r.node), r.ts)
+        found = timeline.pod_slots.get((epoch, r.pod_uid)) if epoch >= 0 else None
+        if found is None:
+            continue
+        ok[i] = True
+        interval = default_interval if r.interval_s is None else r.interval_s
+        minute[i] = int(math.floor((r.ts - interval / 2) / MINUTE) * MINUTE)
+        holder[i], slot[i] = found
+        for k in COUNTS:
+            value = getattr(r, k)
+            if value is not None:
+                counts[k][i] = value
+    return ServingCounts(minute[ok], slot[ok], holder[ok], {k: v[ok] for k, v in counts.items()}), ok
+
+
+def serving_error(record: ServingRecord, file: str, line: int) -> InputError:
+    """The input error of a serving record that names a pod its node does not list at its time."""
+    return InputError(f"serving record of pod {record.pod_uid!r}, which no pods record of node {record.node!r} in "
+                      f"effect at the record's ts lists on a device of the node's devices record",
+                      file=file, line=line, field="pod_uid")

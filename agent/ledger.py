@@ -19,7 +19,7 @@ from collectors.atomicfile import atomic_path
 if TYPE_CHECKING:
     import pyarrow as pa
 
-LEDGER_VERSION = "1.1"  # 1.1 added util_peak; readers take 1 too (docs/ledger.md)
+LEDGER_VERSION = "1.2"  # 1.1 added util_peak, 1.2 the serving counts; readers take 1 too (docs/ledger.md)
 
 
 @dataclass
@@ -40,6 +40,10 @@ class Ledger:
     mem_max: np.ndarray
     util_peak: np.ndarray  # the highest sample utilisation of the row, 0-1 (NaN where unknown)
     samples: np.ndarray
+    # what the pod's model server counted in the minute (NaN where nothing was counted)
+    requests: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
 
     def __len__(self) -> int:
         return len(self.minute)
@@ -48,6 +52,8 @@ class Ledger:
 SUMMED = ("allocated", "unallocated", "used", "util_unknown", "active", "cost", "idle_cost",
           "unallocated_cost", "samples")
 MAXED = ("mem_max", "util_peak")  # the row's highest sample value, NaN when no sample had one
+COUNTED = ("requests", "input_tokens", "output_tokens")  # summed where known, NaN when nothing was counted
+INTEGER = ("minute", "slot", "holder", "samples")
 
 
 def rollup(allocs: Allocations, timeline: Timeline) -> Ledger:
@@ -65,14 +71,29 @@ def rollup(allocs: Allocations, timeline: Timeline) -> Ledger:
         idle_cost=np.where(allocated, allocs.cost * idle_share, 0.0),
         unallocated_cost=np.where(allocated, 0.0, allocs.cost),
         mem_max=allocs.mem, util_peak=allocs.util / 100.0, samples=np.ones(len(allocs), np.int64),
+        **{k: np.full(len(allocs), np.nan) for k in COUNTED},
     )
     return _reduce(rows, timeline)
+
+
+def serving_rows(minute: np.ndarray, slot: np.ndarray, holder: np.ndarray, counts: dict[str, np.ndarray],
+                 timeline: Timeline) -> Ledger:
+    """Ledger rows holding serving counts and nothing else (no GPU-seconds, no cost, no sample),
+    so that merged with the GPU rows they add their counts to the pod's row of the minute."""
+    n = len(minute)
+    zeros = np.zeros(n)
+    return _reduce(Ledger(
+        minute=minute, slot=slot, holder=holder, allocated=zeros, unallocated=zeros, used=zeros,
+        util_unknown=zeros, active=zeros, cost=zeros, idle_cost=zeros, unallocated_cost=zeros,
+        mem_max=np.full(n, np.nan), util_peak=np.full(n, np.nan), samples=np.zeros(n, np.int64),
+        **{k: counts[k] for k in COUNTED},
+    ), timeline)
 
 
 def merge(parts: list[Ledger], timeline: Timeline) -> Ledger:
     """One ledger from the ledgers of several batches (a minute may span batches)."""
     if not parts:
-        return _reduce(Ledger(**{k: np.empty(0, np.int64 if k in ("minute", "slot", "holder", "samples") else np.float64)
+        return _reduce(Ledger(**{k: np.empty(0, np.int64 if k in INTEGER else np.float64)
                                  for k in Ledger.__dataclass_fields__}), timeline)
     if len(parts) == 1:
         return parts[0]
@@ -96,6 +117,10 @@ def _reduce(rows: Ledger, timeline: Timeline) -> Ledger:
     # fmax: NaN only where all are NaN
     maxima = {k: np.fmax.reduceat(getattr(rows, k)[order], starts) for k in MAXED}
     out = {k: np.add.reduceat(getattr(rows, k)[order], starts) for k in SUMMED}
+    for k in COUNTED:
+        values = getattr(rows, k)[order]
+        known = np.add.reduceat((~np.isnan(values)).astype(np.int64), starts) > 0
+        out[k] = np.where(known, np.add.reduceat(np.nan_to_num(values), starts), np.nan)
     return Ledger(
         minute=rows.minute[first], slot=np.maximum.reduceat(rows.slot[order], starts),
         holder=rows.holder[first], **maxima, **out,
@@ -161,9 +186,16 @@ def ledger_table(ledger: Ledger, timeline: Timeline) -> "pa.Table":
         "idle_cost": pa.array(col(ledger.idle_cost)),
         "unallocated_cost": pa.array(col(ledger.unallocated_cost)),
         "samples": pa.array(col(ledger.samples), pa.int64()),
+        **{k: _nullable(col(getattr(ledger, k))) for k in COUNTED},
     }
     metadata = {"gpuledger.ledger_version": LEDGER_VERSION, "gpuledger.currency": timeline.currency}
     return pa.table(columns).replace_schema_metadata(metadata)
+
+
+def _nullable(values: np.ndarray) -> "pa.Array":
+    import pyarrow as pa
+
+    return pa.array(values, pa.float64(), mask=np.isnan(values))
 
 
 def write_parquet(table: "pa.Table", path: str | Path) -> None:

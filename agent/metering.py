@@ -17,12 +17,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from agent.attribution import MINUTE, attribute, locate_slots
+from agent.attribution import MINUTE, attribute, locate_slots, place_serving
 from agent.config import Config
-from agent.ledger import rollup
+from agent.ledger import COUNTED, rollup, serving_rows
 from agent.timeline import PodInfo, SlotInfo, Timeline, build_timeline
 from collectors.pricing.ratecard import Pricer
-from collectors.records import Meta, Record, Sample
+from collectors.records import Meta, Record, Sample, ServingRecord
 from collectors.samples import OVERLAP_TOLERANCE_S, Interners, SampleColumns
 
 # Sums of a ledger row, in this order (the ledger's names, docs/ledger.md).
@@ -52,6 +52,7 @@ class Row:
     mem_max: float  # NaN when unknown
     util_peak: float  # 0-1, NaN when unknown
     samples: int
+    counts: tuple[float, ...] = (math.nan,) * len(COUNTED)  # serving counts in COUNTED order, NaN: none
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class Cycle:
     dropped_undescribed: int = 0  # no devices record (yet) lists the sample's device
     dropped_late: int = 0  # older than what the meter still remembers
     dropped_overlap: int = 0  # covers time an earlier sample of its device already covered
+    serving: int = 0  # serving records placed on ledger rows
+    dropped_serving: int = 0  # serving records of a pod the node's pods record does not list (yet)
     newest_ts: float | None = None
 
 
@@ -125,22 +128,31 @@ class Meter:
         self._timeline = None
 
     def process(self, records: Iterable[Record], default_interval: float) -> Cycle:
-        """Take one cycle's records: remember the state records, attribute the samples."""
+        """Take one cycle's records: remember the state records, attribute the samples and
+        place the serving counts."""
         samples: list[Sample] = []
+        serving: list[ServingRecord] = []
         for record in records:
             if isinstance(record, Sample):
                 samples.append(record)
+            elif isinstance(record, ServingRecord):
+                serving.append(record)
             else:
                 self._remember(record)
         cycle = Cycle()
-        if not samples:
-            return cycle
         limit = self._newest - self.horizon_s  # behind what was seen before this cycle
-        self._newest = max(self._newest, max(s.ts for s in samples))
-        cycle.newest_ts = self._newest
+        if samples:
+            self._newest = max(self._newest, max(s.ts for s in samples))
+            cycle.newest_ts = self._newest
+            self._attribute(samples, default_interval, cycle, limit)
+        if serving:
+            self._place(serving, default_interval, cycle, limit)
+        return cycle
+
+    def _attribute(self, samples: list[Sample], default_interval: float, cycle: Cycle, limit: float) -> None:
         samples = self._drop_known(samples, default_interval, cycle, limit)
         if not samples:
-            return cycle
+            return
         self._forget_before(min(limit, min(s.ts for s in samples)))
         timeline = self._current_timeline()
         columns = SampleColumns.from_samples(samples, self.interners, default_interval)
@@ -153,11 +165,27 @@ class Meter:
             columns = SampleColumns.from_samples(samples, self.interners, default_interval)
             slot = slot[keep]
         if not samples:
-            return cycle
+            return
         cycle.samples = len(samples)
         cycle.rows = _rows(rollup(attribute(columns, timeline), timeline), timeline)
         cycle.readings = _readings(samples, slot, timeline)
-        return cycle
+
+    def _place(self, serving: list[ServingRecord], default_interval: float, cycle: Cycle, limit: float) -> None:
+        """Serving counts on the rows of their pods, as replay places them; a record the ledger
+        already holds (a restart) or older than the horizon is skipped, one whose pod the
+        node does not list is dropped and counted."""
+        kept = [r for r in serving if r.ts >= limit
+                and not ((done := self.resume.get(r.node)) is not None and done.holds(minute_of(r, default_interval), r.ts))]
+        cycle.dropped_late += sum(1 for r in serving if r.ts < limit)
+        if not kept:
+            return
+        timeline = self._current_timeline()
+        placed, ok = place_serving(kept, timeline, self.interners, default_interval)
+        cycle.dropped_serving = int((~ok).sum())
+        cycle.serving = int(ok.sum())
+        if len(placed):
+            cycle.rows += _rows(serving_rows(placed.minute, placed.slot, placed.holder, placed.counts, timeline),
+                                timeline)
 
     # ------------------------------------------------------------------ overlaps
 
@@ -230,7 +258,7 @@ class Meter:
         return kept
 
 
-def minute_of(sample: Sample, default_interval: float) -> int:
+def minute_of(sample: Sample | ServingRecord, default_interval: float) -> int:
     """The minute a sample counts in: the one holding its interval's midpoint (as replay)."""
     interval = default_interval if sample.interval_s is None else sample.interval_s
     return int(math.floor((sample.ts - interval / 2) / MINUTE) * MINUTE)
@@ -247,6 +275,7 @@ def _rows(ledger, timeline: Timeline) -> list[Row]:
             key=RowKey(int(ledger.minute[i]), slot.node, slot.uuid, pod), slot=slot,
             sums=tuple(float(v) for v in sums[i]), mem_max=float(ledger.mem_max[i]),
             util_peak=float(ledger.util_peak[i]), samples=int(ledger.samples[i]),
+            counts=tuple(float(getattr(ledger, k)[i]) for k in COUNTED),
         ))
     return rows
 

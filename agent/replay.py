@@ -7,15 +7,15 @@ the pure steps in :mod:`agent.timeline`, :mod:`agent.attribution` and :mod:`agen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from agent.attribution import attribute
+from agent.attribution import attribute, place_serving, serving_error
 from agent.config import Config
-from agent.ledger import Ledger, merge, rollup
+from agent.ledger import Ledger, merge, rollup, serving_rows
 from agent.summary import summarize
 from agent.timeline import Timeline, build_timeline
 from collectors.errors import InputError
@@ -59,6 +59,20 @@ def replay(
         parts.append(rollup(allocations, timeline))
         start = min(start, float(np.min(batch.ts - batch.interval)))
         end = max(end, float(np.max(batch.ts)))
+    if trace.serving:
+        parts.append(_serving(trace, timeline))
     ledger = merge(parts, timeline)
     window = (start, end) if parts else (0.0, 0.0)
     return ReplayResult(trace, timeline, ledger, summarize(ledger, timeline, window))
+
+
+def _serving(trace: Trace, timeline: Timeline) -> Ledger:
+    """The trace's serving counts as ledger rows; InputError for a record whose pod its node does not list."""
+    # each record's interval: its own, else its file's default
+    records = [r if r.interval_s is not None else replace(r, interval_s=trace.metas[f].interval_s)
+               for (f, _), r in trace.serving]
+    placed, ok = place_serving(records, timeline, trace.interners, trace.metas[0].interval_s)
+    if not ok.all():
+        (file_index, line), record = trace.serving[int(np.flatnonzero(~ok)[0])]
+        raise serving_error(record, trace.files[file_index], line)
+    return serving_rows(placed.minute, placed.slot, placed.holder, placed.counts, timeline)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.ledger import LEDGER_VERSION
+from agent.ledger import COUNTED, LEDGER_VERSION
 from agent.metering import SUMS, Resume, Row, RowKey
 from agent.timeline import SlotInfo
 from collectors.atomicfile import AtomicFile
@@ -52,6 +52,7 @@ class _Acc:
     mem_max: float
     util_peak: float
     samples: int
+    counts: list[float]  # serving counts in COUNTED order, NaN: none
 
 
 @dataclass
@@ -197,13 +198,15 @@ class RollupBook:
                 entry = self._hours[(key.node, hour)] = _Hour()
             acc = entry.rows.get(key)
             if acc is None:
-                entry.rows[key] = _Acc(row.slot, list(row.sums), row.mem_max, row.util_peak, row.samples)
+                entry.rows[key] = _Acc(row.slot, list(row.sums), row.mem_max, row.util_peak, row.samples,
+                                       list(row.counts))
             else:
                 acc.slot = row.slot
                 acc.sums = [a + b for a, b in zip(acc.sums, row.sums)]
                 acc.mem_max = _fmax(acc.mem_max, row.mem_max)
                 acc.util_peak = _fmax(acc.util_peak, row.util_peak)
                 acc.samples += row.samples
+                acc.counts = [_nan_add(a, b) for a, b in zip(acc.counts, row.counts)]
             if key.minute in entry.written:
                 entry.dirty = True  # a late row for a minute already on disk
         return dropped
@@ -326,6 +329,7 @@ def row_dict(key: RowKey, acc: _Acc) -> dict[str, Any]:
     row["memory_used_max_bytes"] = None if math.isnan(acc.mem_max) else acc.mem_max
     row["util_peak"] = None if math.isnan(acc.util_peak) else acc.util_peak
     row["samples"] = acc.samples
+    row.update((k, None if math.isnan(v) else v) for k, v in zip(COUNTED, acc.counts))
     return row
 
 
@@ -364,9 +368,10 @@ def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[s
             value = row.get(key)
             if not _finite(value):
                 raise ValueError(f"line {i}: expected a number for {key}, got {str(value)[:40]!r}")
-        mem = row.get("memory_used_max_bytes")
-        if mem is not None and not _finite(mem):
-            raise ValueError(f"line {i}: expected a number or null for memory_used_max_bytes")
+        for key in ("memory_used_max_bytes", "util_peak", *COUNTED):
+            value = row.get(key)
+            if value is not None and not _finite(value):
+                raise ValueError(f"line {i}: expected a number or null for {key}")
     return hour, rows
 
 
@@ -405,12 +410,24 @@ def _merged(restored: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
         for k in ("memory_used_max_bytes", "util_peak"):
             highest = [m for m in (row[k], old.get(k)) if m is not None]
             row[k] = max(highest) if highest else None
+        for k in COUNTED:
+            counted = [c for c in (row.get(k), old.get(k)) if c is not None]
+            row[k] = sum(counted) if counted else None
     return out
 
 
 def _order(row: dict[str, Any]) -> tuple:
     return (row["minute"], row["device_uuid"], row["pod_uid"] or "", row["namespace"] or "",
             row["pod"] or "", row["team"] or "", row["workload_class"] or "")
+
+
+def _nan_add(a: float, b: float) -> float:
+    """a + b where NaN is 'not counted': NaN only when both are."""
+    if math.isnan(a):
+        return b
+    if math.isnan(b):
+        return a
+    return a + b
 
 
 def _fmax(a: float, b: float) -> float:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.ledger import Ledger
+from agent.ledger import COUNTED, Ledger
 from agent.timeline import Timeline
 
 SUMMARY_VERSION = 1
@@ -20,6 +20,17 @@ FIGURES = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_second
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def unit_figures(cost: float, requests: float | None, input_tokens: float | None,
+                 output_tokens: float | None) -> dict[str, float | None]:
+    """Cost per 1,000 requests and per million tokens on the allocation basis (null where
+    the count is unknown or 0): docs/unit-economics.md."""
+    def per(count: float | None, scale: float) -> float | None:
+        return cost / count * scale if count else None
+
+    return {"cost_per_1k_requests": per(requests, 1e3), "cost_per_1m_input_tokens": per(input_tokens, 1e6),
+            "cost_per_1m_output_tokens": per(output_tokens, 1e6)}
 
 
 def summarize(ledger: Ledger, timeline: Timeline, window: tuple[float, float]) -> dict[str, Any]:
@@ -39,6 +50,11 @@ def summarize(ledger: Ledger, timeline: Timeline, window: tuple[float, float]) -
     size = n_pods * max(len(models), 1)
     sums = {k: np.bincount(pair, weights=v[pod_rows], minlength=size) for k, v in per_pod.items()}
     rows = np.bincount(pair, minlength=size)
+    served = {}  # serving counts per (pod, model), NaN where its servers counted nothing
+    for k in COUNTED:
+        values = getattr(ledger, k)[pod_rows]
+        seen = np.bincount(pair, weights=~np.isnan(values), minlength=size) > 0
+        served[k] = np.where(seen, np.bincount(pair, weights=np.nan_to_num(values), minlength=size), np.nan)
 
     teams: dict[str, dict[str, Any]] = {}
     workloads: dict[tuple, dict[str, Any]] = {}
@@ -54,13 +70,18 @@ def summarize(ledger: Ledger, timeline: Timeline, window: tuple[float, float]) -
             work = workloads.setdefault(key, {
                 "namespace": pod.namespace, "kind": pod.workload_kind, "name": pod.workload_name,
                 "team": pod.team, "workload_class": pod.workload_class, "gpu_model": model,
-                **dict.fromkeys(FIGURES, 0.0), "pods": 0,
+                **dict.fromkeys(FIGURES, 0.0), "pods": 0, **dict.fromkeys(COUNTED),
             })
             work["pods"] += 1
             for k, v in figures.items():
                 team[k] += v
                 cls[k] += v
                 work[k] += v
+            for k in COUNTED:
+                if not np.isnan(served[k][code]):
+                    work[k] = (work[k] or 0.0) + float(served[k][code])
+    for work in workloads.values():
+        work.update(unit_figures(work["cost"], work["requests"], work["input_tokens"], work["output_tokens"]))
 
     totals = {
         "gpu_seconds": float(ledger.allocated.sum() + ledger.unallocated.sum()),

@@ -84,6 +84,17 @@ class Timeline:
     pod_uid_code: np.ndarray  # pod index -> interned uid (to match processes)
     currency: str
     device_names: list[tuple[str, str]] = field(default_factory=list)  # device id -> (node, uuid)
+    # (global epoch, pod uid) -> (pod index, the slot of the pod's first device): where a
+    # serving record of the pod lands (docs/unit-economics.md, "The ledger")
+    pod_slots: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+
+    def epoch_of(self, node_code: int, ts: float) -> int:
+        """The node's epoch in effect at ``ts`` (-1: none yet)."""
+        starts = self.epoch_starts.get(node_code)
+        if starts is None:
+            return -1
+        pos = int(np.searchsorted(starts, ts, side="right")) - 1
+        return self.epoch_base[node_code] + pos if pos >= 0 else -1
 
 
 def build_timeline(
@@ -122,6 +133,7 @@ class _Builder:
         self.pod_index: dict[tuple, int] = {}
         self.pods: list[PodInfo] = []
         self.device_ids: dict[tuple[str, str], int] = {}
+        self.pod_slots: dict[tuple[int, str], tuple[int, int]] = {}
         self._prices: dict[tuple, tuple[float, str]] = {}
 
     def add_node(self, node_code: int, events: list[tuple[float, Where, StateRecord]]) -> None:
@@ -152,10 +164,16 @@ class _Builder:
     def _add_epoch(self, epoch: int, record: DevicesRecord, order: Where, labels, pods) -> None:
         weights = self._weights(record, order)
         holders: dict[str, list[int]] = {}
+        first_device: dict[str, tuple[int, str]] = {}
+        present = {d.uuid for d in record.devices}
         for pod in pods:
             index = self._pod(pod)
             for uuid in pod.devices:
                 holders.setdefault(uuid, []).append(index)
+            listed = [u for u in pod.devices if u in present]
+            if listed:
+                first_device.setdefault(pod.uid, (index, listed[0]))
+        slot_of: dict[str, int] = {}
         by_uuid = {d.uuid: d for d in record.devices}
         physical = sum(1 for d in record.devices if d.parent_uuid is None)
         parents = {d.parent_uuid for d in record.devices if d.parent_uuid}
@@ -163,6 +181,7 @@ class _Builder:
         for device in record.devices:
             gpu = by_uuid[device.parent_uuid] if device.parent_uuid else device
             hourly, source = self._price(labels, gpu.model, physical)
+            slot_of[device.uuid] = len(self.slots)
             self.keys.append((epoch, self.interners.uuids.code(device.uuid)))
             self.weight.append(weights[device.uuid])
             self.price.append(hourly / 3600.0)
@@ -175,6 +194,8 @@ class _Builder:
                 instance_type=price_labels.instance_type, region=price_labels.region,
                 zone=price_labels.zone, capacity_type=price_labels.capacity_type,
             ))
+        for uid, (index, uuid) in first_device.items():
+            self.pod_slots[(epoch, uid)] = (index, slot_of[uuid])
 
     def _weights(self, record: DevicesRecord, order: Where) -> dict[str, float]:
         """Physical-GPU seconds per observed second for every device of the record."""
@@ -256,4 +277,5 @@ class _Builder:
             pod_uid_code=np.array([self.interners.pods.code(p.uid) for p in self.pods], np.int64),
             currency=self.pricer.currency,
             device_names=list(self.device_ids),
+            pod_slots=self.pod_slots,
         )

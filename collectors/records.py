@@ -16,8 +16,11 @@ from typing import Any, Mapping
 from collectors.errors import InputError, describe
 
 FORMAT = "gpuledger-trace"
-VERSION = 1
-KINDS = ("meta", "node", "devices", "pods", "sample")
+VERSION = 1  # what a trace without serving records says it is, so such traces stay v1 files
+SERVING_VERSION = 1.1  # 1.1 added the `serving` record; a trace that holds one says 1.1
+VERSIONS = (1, 1.1)  # what the readers read
+KINDS = ("meta", "node", "devices", "pods", "sample", "serving")
+COUNT_MAX = 1e15  # requests or tokens in one serving record: far above any server's interval
 TS_MAX = 253370764800.0  # 9999-01-01T00:00:00Z: times are before it (ISO dates and the report's months stay 4-digit)
 INTERVAL_MAX = 366 * 86400.0  # a sample covers at most a year
 BYTES_MAX = 1e18  # device memory: an exabyte is no GPU's, and the ledger's readers refuse more
@@ -31,7 +34,7 @@ class Meta:
     source: str = ""
     created: str = ""
     format: str = FORMAT
-    version: int = VERSION
+    version: float = VERSION
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,24 @@ class Sample:
     processes: tuple[Process, ...] | None = None
 
 
-Record = Meta | NodeRecord | DevicesRecord | PodsRecord | Sample
+@dataclass(frozen=True)
+class ServingRecord:
+    """What a pod's model server counted in the ``interval_s`` seconds that end at ``ts``
+    (trace format 1.1). A count the server does not keep is None, never 0."""
+
+    ts: float
+    node: str
+    pod_uid: str
+    interval_s: float | None = None
+    requests: float | None = None
+    input_tokens: float | None = None
+    output_tokens: float | None = None
+    errors: float | None = None
+
+
+SERVING_COUNTS = ("requests", "input_tokens", "output_tokens", "errors")
+
+Record = Meta | NodeRecord | DevicesRecord | PodsRecord | Sample | ServingRecord
 
 
 # --------------------------------------------------------------------------- checks
@@ -266,13 +286,13 @@ def meta_from_json(obj: Mapping[str, Any]) -> Meta:
     if fmt != FORMAT:
         raise InputError(f"expected {FORMAT!r}, got {describe(fmt)}", field="format")
     version = _get(obj, "version", "", True)
-    if version != VERSION:
+    if isinstance(version, bool) or version not in VERSIONS:
         raise InputError(
-            f"expected {VERSION} (this gpuledger reads trace format v{VERSION}), "
-            f"got {describe(version)}",
+            f"expected 1 or 1.1 (this gpuledger reads trace format v1 and v1.1), got {describe(version)}",
             field="version",
         )
     return Meta(
+        version=version,
         interval_s=_interval(obj, required=True),  # type: ignore[arg-type]
         source=_str(obj, "source", required=False) or "",
         created=_str(obj, "created", required=False) or "",
@@ -382,17 +402,29 @@ def sample_from_json(obj: Mapping[str, Any]) -> Sample:
     )
 
 
+def serving_from_json(obj: Mapping[str, Any]) -> ServingRecord:
+    counts = {name: _num(obj, name, required=False, low=0, high=COUNT_MAX) for name in SERVING_COUNTS}
+    return ServingRecord(
+        ts=_time(obj),  # type: ignore[arg-type]
+        node=_str(obj, "node"),  # type: ignore[arg-type]
+        pod_uid=_str(obj, "pod_uid"),  # type: ignore[arg-type]
+        interval_s=_interval(obj, required=False),
+        **counts,
+    )
+
+
 _PARSERS = {
     "meta": meta_from_json,
     "node": node_from_json,
     "devices": devices_from_json,
     "pods": pods_from_json,
     "sample": sample_from_json,
+    "serving": serving_from_json,
 }
 
 
 def from_json(obj: Any) -> Record:
-    """Check one decoded JSON line against trace format v1 and build its record."""
+    """Check one decoded JSON line against trace format v1.1 and build its record."""
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {describe(obj)}")
     kind = obj.get("kind")
@@ -452,6 +484,11 @@ def to_json(record: Record) -> dict[str, Any]:
                 for p in record.processes
             ],
         }) | ({"util": None} if record.util is None else {})
+    if isinstance(record, ServingRecord):
+        return _drop_none({
+            "kind": "serving", "ts": record.ts, "node": record.node, "pod_uid": record.pod_uid,
+            "interval_s": record.interval_s, **{n: _whole(getattr(record, n)) for n in SERVING_COUNTS},
+        })
     raise TypeError(f"not a trace record: {record!r}")
 
 

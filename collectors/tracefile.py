@@ -38,6 +38,7 @@ from collectors.records import (
     PodsRecord,
     Record,
     Sample,
+    ServingRecord,
     from_json,
 )
 from collectors.samples import CODE, Interners, SampleColumns, first_overlap
@@ -73,6 +74,7 @@ class Trace:
     states: list[tuple[tuple[int, int], NodeRecord | DevicesRecord | PodsRecord]]  # ((file, line), record)
     batches: list[SampleColumns]
     interners: Interners = field(default_factory=Interners)
+    serving: list[tuple[tuple[int, int], ServingRecord]] = field(default_factory=list)  # ((file, line), record)
 
     @property
     def samples(self) -> SampleColumns:
@@ -106,9 +108,10 @@ def read_traces(
     total, done = sum(sizes), 0
     metas: list[Meta] = []
     states: list[tuple[tuple[int, int], Any]] = []
+    serving: list[tuple[tuple[int, int], ServingRecord]] = []
     parts: list[SampleColumns] = []
     for index, name in enumerate(files):
-        reader = _FileReader(name, index, interners, states)
+        reader = _FileReader(name, index, interners, states, serving)
         for part, position in reader.blocks():
             if len(part):
                 parts.append(part)
@@ -116,7 +119,7 @@ def read_traces(
                 progress(done + position, total)
         metas.append(reader.meta)  # type: ignore[arg-type]
         done += sizes[index]
-    return Trace(files, metas, states, parts, interners)
+    return Trace(files, metas, states, parts, interners, serving)
 
 
 def refuse_overlaps(trace: Trace) -> None:
@@ -210,13 +213,14 @@ def _decode_deep(raw: bytes) -> dict[str, Any] | None:
 
 
 class _FileReader:
-    """Reads one file block by block, appending its state records to a shared list."""
+    """Reads one file block by block, appending its state and serving records to shared lists."""
 
-    def __init__(self, name: str, index: int, interners: Interners, states: list) -> None:
+    def __init__(self, name: str, index: int, interners: Interners, states: list, serving: list) -> None:
         self.name = name
         self.index = index
         self.interners = interners
         self.states = states
+        self.serving = serving
         self.meta: Meta | None = None
         self.meta_line = 0
 
@@ -293,6 +297,9 @@ class _FileReader:
         if isinstance(record, Meta):
             if number != self.meta_line:
                 raise InputError("a meta record belongs on the first line only", file=self.name, line=number, field="kind")
+            return
+        if isinstance(record, ServingRecord):
+            self.serving.append(((self.index, number), record))
             return
         self.states.append(((self.index, number), record))
 

@@ -32,14 +32,15 @@ STRINGS = ("node", "device_uuid", "parent_uuid", "mig_profile", "gpu_model", "po
            "capacity_type", "price_source")
 NUMBERS = ("gpu_memory_total_bytes", "gpu_hourly_price", "allocated_gpu_seconds",
            "unallocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds",
-           "active_gpu_seconds", "memory_used_max_bytes", "util_peak", "cost", "idle_cost", "unallocated_cost")
+           "active_gpu_seconds", "memory_used_max_bytes", "util_peak", "cost", "idle_cost", "unallocated_cost",
+           "requests", "input_tokens", "output_tokens")
 COLUMNS = ("minute", *STRINGS, *NUMBERS)
 # Held as float32 in memory: readings, not money. Memory in bytes keeps 7 significant digits
 # (60 ppb: a kilobyte of 18 GB) and float32 rounding keeps order (a <= b stays so), so the
 # safety rule's comparisons hold; it saves 40 MB per column per ten million rows.
 READINGS = frozenset({"gpu_memory_total_bytes", "memory_used_max_bytes", "util_peak"})
 # Columns a later ledger version added: an older ledger without them reads as all null.
-OPTIONAL = frozenset({"util_peak"})
+OPTIONAL = frozenset({"util_peak", "requests", "input_tokens", "output_tokens"})
 
 # What a ledger's values may be (docs/ledger.md): anything else is a damaged or forged file,
 # refused with its column named before it reaches a figure (an infinite price, NaN money,
@@ -51,13 +52,15 @@ SECONDS_MAX = 1e8  # GPU-seconds in one row: a sample covers at most 366 days
 MONEY_MAX = 1e15  # per row
 BYTES_MAX = 1e18
 _SLACK = 1e-6  # float rounding may leave a sum a hair below 0
-NULLABLE = ("gpu_memory_total_bytes", "memory_used_max_bytes", "util_peak")
+NULLABLE = ("gpu_memory_total_bytes", "memory_used_max_bytes", "util_peak", "requests", "input_tokens",
+            "output_tokens")
 _BOUNDS = {
     "gpu_memory_total_bytes": BYTES_MAX, "memory_used_max_bytes": BYTES_MAX, "gpu_hourly_price": PRICE_MAX,
     "allocated_gpu_seconds": SECONDS_MAX, "unallocated_gpu_seconds": SECONDS_MAX, "used_gpu_seconds": SECONDS_MAX,
     "util_unknown_gpu_seconds": SECONDS_MAX, "active_gpu_seconds": SECONDS_MAX,
     "cost": MONEY_MAX, "idle_cost": MONEY_MAX, "unallocated_cost": MONEY_MAX,
     "util_peak": 1.0,  # a utilisation, 0-1 (null where unknown)
+    "requests": 1e15, "input_tokens": 1e15, "output_tokens": 1e15,  # serving counts (null where not counted)
 }
 
 

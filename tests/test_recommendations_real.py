@@ -122,7 +122,7 @@ def test_a_spiky_pod_sampled_every_second_is_not_understated(tmp_path):
     from recommenders.history import ensure_categorical
 
     rows = ensure_categorical(ledger_table(result.ledger, result.timeline).to_pandas())
-    rows["minute"] = rows["minute"].astype("int64") // 10**9 if rows["minute"].dtype != "int64" else rows["minute"]
+    rows["minute"] = (rows["minute"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     held = rows[rows["pod_uid"].notna()]
     raw_p95 = float(np.quantile(utils, 0.95)) / 100
     mean_p95 = float(np.quantile(held["used_gpu_seconds"] / held["allocated_gpu_seconds"], 0.95))
