@@ -16,16 +16,14 @@ once on millions of samples; the agent calls it on each cycle's handful.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from agent.timeline import Timeline
+from agent.timeline import POD_KEY, Timeline
 from collectors.errors import InputError
-from collectors.records import ServingRecord
-from collectors.samples import Interners, SampleColumns
+from collectors.samples import SampleColumns, ServingColumns
 
 MINUTE = 60.0
 
@@ -213,34 +211,29 @@ class ServingCounts:
 COUNTS = ("requests", "input_tokens", "output_tokens")
 
 
-def place_serving(records: Sequence[ServingRecord], timeline: Timeline, interners: Interners,
-                  default_interval: float) -> tuple[ServingCounts, np.ndarray]:
+def place_serving(cols: ServingColumns, timeline: Timeline) -> tuple[ServingCounts, np.ndarray]:
     """(the records that could be placed, a mask of which could): a record is placed when the
     pods record in effect on its node at its ``ts`` lists its pod on a listed device."""
-    n = len(records)
-    ok = np.zeros(n, bool)
-    minute = np.zeros(n, np.int64)
-    slot = np.zeros(n, np.int64)
-    holder = np.zeros(n, np.int64)
-    counts = {k: np.full(n, np.nan) for k in COUNTS}
-    for i, r in enumerate(records):
-        epoch = timeline.epoch_of(interners.nodes.code(r.node), r.ts)
-        found = timeline.pod_slots.get((epoch, r.pod_uid)) if epoch >= 0 else None
-        if found is None:
+    n = len(cols)
+    epoch = np.full(n, -1, np.int64)
+    for node in np.unique(cols.node):
+        rows = np.flatnonzero(cols.node == node)
+        starts = timeline.epoch_starts.get(int(node))
+        if starts is None:
             continue
-        ok[i] = True
-        interval = default_interval if r.interval_s is None else r.interval_s
-        minute[i] = int(math.floor((r.ts - interval / 2) / MINUTE) * MINUTE)
-        holder[i], slot[i] = found
-        for k in COUNTS:
-            value = getattr(r, k)
-            if value is not None:
-                counts[k][i] = value
-    return ServingCounts(minute[ok], slot[ok], holder[ok], {k: v[ok] for k, v in counts.items()}), ok
+        pos = np.searchsorted(starts, cols.ts[rows], side="right") - 1
+        epoch[rows] = np.where(pos >= 0, timeline.epoch_base[int(node)] + pos, -1)
+    keys = timeline.pod_slot_keys
+    key = epoch * POD_KEY + cols.pod.astype(np.int64)
+    pos = np.minimum(np.searchsorted(keys, key), max(len(keys) - 1, 0))
+    ok = (epoch >= 0) & (keys[pos] == key) if len(keys) else np.zeros(n, bool)
+    minute = (np.floor((cols.ts - cols.interval / 2) / MINUTE) * MINUTE).astype(np.int64)
+    return ServingCounts(minute[ok], timeline.pod_slot_slot[pos[ok]], timeline.pod_slot_holder[pos[ok]],
+                         {k: getattr(cols, k)[ok] for k in COUNTS}), ok
 
 
-def serving_error(record: ServingRecord, file: str, line: int) -> InputError:
+def serving_error(pod_uid: str, node: str, file: str, line: int) -> InputError:
     """The input error of a serving record that names a pod its node does not list at its time."""
-    return InputError(f"serving record of pod {record.pod_uid!r}, which no pods record of node {record.node!r} in "
-                      f"effect at the record's ts lists on a device of the node's devices record",
+    return InputError(f"serving record of pod {pod_uid!r}, which no pods record of node {node!r} in effect at "
+                      f"the record's ts lists on a device of the node's devices record",
                       file=file, line=line, field="pod_uid")

@@ -210,7 +210,7 @@ def _simulate(args: argparse.Namespace) -> int:
     finally:
         progress.done()
     print(f"wrote {stats.path}: {stats.nodes} nodes, {stats.gpus} GPUs, {stats.pods} pods, "
-          f"{stats.samples:,} samples over {args.hours:g} h")
+          f"{stats.samples:,} samples and {stats.serving:,} serving records over {args.hours:g} h")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.ledger import COUNTED
 from agent.metering import SUMS, Cycle, Reading
 from collectors.faults import FaultCounter
 
@@ -39,6 +40,13 @@ _WORKLOAD_COUNTERS = (
      SUMS.index("idle_cost")),
 )
 _UNALLOCATED = (SUMS.index("unallocated_gpu_seconds"), SUMS.index("unallocated_cost"))
+# (metric name without _total, help) for the serving counters, in COUNTED order
+_SERVING_COUNTERS = (
+    ("gpuledger_serving_requests", "Requests the workload's model servers answered (docs/unit-economics.md)."),
+    ("gpuledger_serving_input_tokens", "Input (prompt) tokens the workload's model servers processed."),
+    ("gpuledger_serving_output_tokens", "Output (generated) tokens the workload's model servers produced."),
+)
+POD_INFO_LABELS = ["node", "namespace", "pod", "team", "workload_class", "workload"]
 _READING_MAX_AGE_S = 300.0  # a device not sampled for this long is gone from the gauges
 
 
@@ -61,6 +69,9 @@ class AgentMetrics(Collector):
         self._unallocated: dict[tuple[str, ...], list[float]] = {}
         self._pending_workloads: dict[tuple[str, ...], list[float]] = {}
         self._pending_unallocated: dict[tuple[str, ...], list[float]] = {}
+        self._serving: dict[tuple[str, ...], list[float]] = {}
+        self._pending_serving: dict[tuple[str, ...], list[float]] = {}
+        self._pods: dict[tuple[str, ...], float] = {}  # pod info labels -> newest row time
         self._readings: dict[tuple[str, str], Reading] = {}
         self.samples = 0
         self.last_sample_ts: float | None = None
@@ -72,13 +83,19 @@ class AgentMetrics(Collector):
         with self._lock:
             _apply(self._workloads, self._pending_workloads)
             _apply(self._unallocated, self._pending_unallocated)
+            _apply(self._serving, self._pending_serving)
             for row in cycle.rows:
                 pod, slot = row.key.pod, row.slot
                 if pod is not None:
-                    key = (slot.node, slot.model, pod.namespace, pod.team, pod.workload_class,
-                           f"{pod.workload_kind}/{pod.workload_name}")
+                    workload = f"{pod.workload_kind}/{pod.workload_name}"
+                    key = (slot.node, slot.model, pod.namespace, pod.team, pod.workload_class, workload)
                     _add(self._workloads, self._pending_workloads, key,
                          [row.sums[i] for _, _, i in _WORKLOAD_COUNTERS])
+                    if any(not math.isnan(c) for c in row.counts):
+                        _add(self._serving, self._pending_serving, key,
+                             [0.0 if math.isnan(c) else c for c in row.counts])
+                    info = (slot.node, pod.namespace, pod.name, pod.team, pod.workload_class, workload)
+                    self._pods[info] = max(self._pods.get(info, -math.inf), row.key.minute + 60.0)
                 else:
                     _add(self._unallocated, self._pending_unallocated, (slot.node, slot.model),
                          [row.sums[i] for i in _UNALLOCATED])
@@ -88,6 +105,8 @@ class AgentMetrics(Collector):
                 self.last_sample_ts = cycle.newest_ts
                 for key in [k for k, r in self._readings.items() if r.ts < cycle.newest_ts - _READING_MAX_AGE_S]:
                     del self._readings[key]
+                for key in [k for k, t in self._pods.items() if t < cycle.newest_ts - _READING_MAX_AGE_S]:
+                    del self._pods[key]
             self.samples += cycle.samples
 
     @property
@@ -103,6 +122,7 @@ class AgentMetrics(Collector):
         with self._lock:
             _apply(self._workloads, self._pending_workloads)
             _apply(self._unallocated, self._pending_unallocated)
+            _apply(self._serving, self._pending_serving)
 
     def totals(self) -> dict[str, float]:
         """Sums over every label set, increments held back included (for checks)."""
@@ -112,6 +132,8 @@ class AgentMetrics(Collector):
                 out[name] = sum(v[j] for d in (self._workloads, self._pending_workloads) for v in d.values())
             for j, name in enumerate(("gpuledger_gpu_unallocated_seconds", "gpuledger_gpu_unallocated_cost")):
                 out[name] = sum(v[j] for d in (self._unallocated, self._pending_unallocated) for v in d.values())
+            for j, (name, _) in enumerate(_SERVING_COUNTERS):
+                out[name] = sum(v[j] for d in (self._serving, self._pending_serving) for v in d.values())
             return out
 
     # ------------------------------------------------------------------ scrape
@@ -120,6 +142,8 @@ class AgentMetrics(Collector):
         with self._lock:
             workloads = {k: list(v) for k, v in self._workloads.items()}
             unallocated = {k: list(v) for k, v in self._unallocated.items()}
+            serving = {k: list(v) for k, v in self._serving.items()}
+            pods = sorted(self._pods)
             readings = list(self._readings.values())
             samples, last_ts = self.samples, self.last_sample_ts
         for j, (name, help_text, _) in enumerate(_WORKLOAD_COUNTERS):
@@ -135,6 +159,17 @@ class AgentMetrics(Collector):
             for key, values in unallocated.items():
                 family.add_metric(key, values[j])
             yield family
+        for j, (name, help_text) in enumerate(_SERVING_COUNTERS):
+            family = CounterMetricFamily(name, help_text, labels=WORKLOAD_LABELS)
+            for key, values in serving.items():
+                family.add_metric(key, values[j])
+            yield family
+        info = GaugeMetricFamily("gpuledger_pod_info", "1 for each pod holding GPUs on the node in the last five "
+                                 "minutes: joins a pod's own metrics (its model server's counters) to its team and "
+                                 "workload.", labels=POD_INFO_LABELS)
+        for labels in pods:
+            info.add_metric(list(labels), 1.0)
+        yield info
         yield from _device_families(readings, self.currency)
         yield _counter("gpuledger_samples", "Device samples attributed.", samples)
         errors = CounterMetricFamily("gpuledger_collector_errors",

@@ -23,7 +23,7 @@ from agent.ledger import COUNTED, rollup, serving_rows
 from agent.timeline import PodInfo, SlotInfo, Timeline, build_timeline
 from collectors.pricing.ratecard import Pricer
 from collectors.records import Meta, Record, Sample, ServingRecord
-from collectors.samples import OVERLAP_TOLERANCE_S, Interners, SampleColumns
+from collectors.samples import OVERLAP_TOLERANCE_S, Interners, SampleColumns, ServingColumns
 
 # Sums of a ledger row, in this order (the ledger's names, docs/ledger.md).
 SUMS = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_seconds",
@@ -180,7 +180,7 @@ class Meter:
         if not kept:
             return
         timeline = self._current_timeline()
-        placed, ok = place_serving(kept, timeline, self.interners, default_interval)
+        placed, ok = place_serving(ServingColumns.from_records(kept, self.interners, default_interval), timeline)
         cycle.dropped_serving = int((~ok).sum())
         cycle.serving = int(ok.sum())
         if len(placed):

@@ -7,7 +7,7 @@ the pure steps in :mod:`agent.timeline`, :mod:`agent.attribution` and :mod:`agen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,6 +20,7 @@ from agent.summary import summarize
 from agent.timeline import Timeline, build_timeline
 from collectors.errors import InputError
 from collectors.pricing.ratecard import Pricer, RateCard, RateCardPricer
+from collectors.samples import ServingColumns
 from collectors.tracefile import Progress, Trace, read_traces, refuse_overlaps
 
 
@@ -68,11 +69,11 @@ def replay(
 
 def _serving(trace: Trace, timeline: Timeline) -> Ledger:
     """The trace's serving counts as ledger rows; InputError for a record whose pod its node does not list."""
-    # each record's interval: its own, else its file's default
-    records = [r if r.interval_s is not None else replace(r, interval_s=trace.metas[f].interval_s)
-               for (f, _), r in trace.serving]
-    placed, ok = place_serving(records, timeline, trace.interners, trace.metas[0].interval_s)
+    cols = ServingColumns.concat(trace.serving)
+    placed, ok = place_serving(cols, timeline)
     if not ok.all():
-        (file_index, line), record = trace.serving[int(np.flatnonzero(~ok)[0])]
-        raise serving_error(record, trace.files[file_index], line)
+        i = int(np.flatnonzero(~ok)[0])
+        names = trace.interners
+        raise serving_error(names.pods.names[int(cols.pod[i])], names.nodes.names[int(cols.node[i])],
+                            trace.files[int(cols.file[i])], int(cols.line[i]))
     return serving_rows(placed.minute, placed.slot, placed.holder, placed.counts, timeline)

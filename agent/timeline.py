@@ -25,6 +25,7 @@ from collectors.records import DevicesRecord, NodeRecord, Pod, PodsRecord
 from collectors.samples import Interners
 
 StateRecord = NodeRecord | DevicesRecord | PodsRecord
+POD_KEY = 1 << 31  # pod-uid codes are int32: epoch * POD_KEY + code is one int64 key
 Where = tuple[int, int]  # (file index, line) of a record, for errors and tie-breaking
 
 
@@ -84,9 +85,11 @@ class Timeline:
     pod_uid_code: np.ndarray  # pod index -> interned uid (to match processes)
     currency: str
     device_names: list[tuple[str, str]] = field(default_factory=list)  # device id -> (node, uuid)
-    # (global epoch, pod uid) -> (pod index, the slot of the pod's first device): where a
-    # serving record of the pod lands (docs/unit-economics.md, "The ledger")
-    pod_slots: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+    # where a serving record of a pod lands (docs/unit-economics.md, "The ledger"): for each
+    # key epoch * POD_KEY + pod-uid code (sorted), the pod's index and the slot of its first device
+    pod_slot_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    pod_slot_holder: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    pod_slot_slot: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def epoch_of(self, node_code: int, ts: float) -> int:
         """The node's epoch in effect at ``ts`` (-1: none yet)."""
@@ -133,7 +136,7 @@ class _Builder:
         self.pod_index: dict[tuple, int] = {}
         self.pods: list[PodInfo] = []
         self.device_ids: dict[tuple[str, str], int] = {}
-        self.pod_slots: dict[tuple[int, str], tuple[int, int]] = {}
+        self.pod_slots: dict[int, tuple[int, int]] = {}
         self._prices: dict[tuple, tuple[float, str]] = {}
 
     def add_node(self, node_code: int, events: list[tuple[float, Where, StateRecord]]) -> None:
@@ -195,7 +198,7 @@ class _Builder:
                 zone=price_labels.zone, capacity_type=price_labels.capacity_type,
             ))
         for uid, (index, uuid) in first_device.items():
-            self.pod_slots[(epoch, uid)] = (index, slot_of[uuid])
+            self.pod_slots[epoch * POD_KEY + self.interners.pods.code(uid)] = (index, slot_of[uuid])
 
     def _weights(self, record: DevicesRecord, order: Where) -> dict[str, float]:
         """Physical-GPU seconds per observed second for every device of the record."""
@@ -277,5 +280,7 @@ class _Builder:
             pod_uid_code=np.array([self.interners.pods.code(p.uid) for p in self.pods], np.int64),
             currency=self.pricer.currency,
             device_names=list(self.device_ids),
-            pod_slots=self.pod_slots,
+            pod_slot_keys=np.array(sorted(self.pod_slots), np.int64),
+            pod_slot_holder=np.array([self.pod_slots[k][0] for k in sorted(self.pod_slots)], np.int64),
+            pod_slot_slot=np.array([self.pod_slots[k][1] for k in sorted(self.pod_slots)], np.int64),
         )

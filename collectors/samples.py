@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from collectors.records import Sample
+from collectors.records import Sample, ServingRecord
 
 CODE = np.int32  # interned names, file indices and line numbers: 4 bytes a sample each
 
@@ -140,6 +140,53 @@ class SampleColumns:
             [parts[0].proc_offsets[:1]] + [p.proc_offsets[1:] + s for p, s in zip(parts, shift)]
         )
         return SampleColumns(**out)
+
+
+@dataclass
+class ServingColumns:
+    """Many ``serving`` records, one array per field. NaN marks a count the server did not keep."""
+
+    ts: np.ndarray  # float64, end of the interval
+    interval: np.ndarray  # float64, seconds (the file default already applied)
+    node: np.ndarray  # int32 node code
+    pod: np.ndarray  # int32 pod-uid code
+    requests: np.ndarray  # float64, NaN = not counted
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    file: np.ndarray  # int32 index of the source file (for error messages)
+    line: np.ndarray  # int32 line in that file, 1-based
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @staticmethod
+    def from_records(records: Sequence[ServingRecord], interners: Interners, default_interval: float,
+                     file: int = 0, lines: Sequence[int] | None = None) -> "ServingColumns":
+        """Columns from record objects (the agent's cycles and the careful reader)."""
+        n = len(records)
+        nan = float("nan")
+
+        def count(name: str) -> np.ndarray:
+            return np.array([nan if getattr(r, name) is None else getattr(r, name) for r in records], np.float64)
+
+        return ServingColumns(
+            ts=np.array([r.ts for r in records], np.float64),
+            interval=np.array([default_interval if r.interval_s is None else r.interval_s for r in records],
+                              np.float64),
+            node=interners.nodes.codes_of(r.node for r in records),
+            pod=interners.pods.codes_of(r.pod_uid for r in records),
+            requests=count("requests"), input_tokens=count("input_tokens"), output_tokens=count("output_tokens"),
+            file=np.full(n, file, CODE), line=np.asarray(lines if lines is not None else np.zeros(n), CODE),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence["ServingColumns"]) -> "ServingColumns":
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return ServingColumns.from_records([], Interners(), 1.0)
+        return ServingColumns(**{name: np.concatenate([getattr(p, name) for p in parts])
+                                 for name in ServingColumns.__dataclass_fields__})
 
 
 OVERLAP_TOLERANCE_S = 0.001

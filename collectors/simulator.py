@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,8 @@ from collectors.records import (
     Owner,
     Pod,
     PodsRecord,
+    SERVING_VERSION,
+    VERSION,
 )
 from collectors.tracewriter import TraceWriter
 
@@ -64,6 +67,7 @@ class SimulationStats:
     lines: int
     start: float
     end: float
+    serving: int = 0  # serving records (trace format 1.1) of the inference pods
 
 
 # --------------------------------------------------------------------------- GPU models
@@ -625,9 +629,12 @@ def _format(node: _Node, device: _Device, r: _Readings, ts_text: list[str]) -> l
     return [tmpl % row for row in zip(*columns)]
 
 
-def _block_lines(plan: list[_Node], ts: np.ndarray, ts_text: list[str]) -> list[str]:
-    """All sample lines of a block in time order: at each ts, every node's devices in order."""
-    per_device: list[list[str]] = []
+def _block_lines(plan: list[_Node], ts: np.ndarray, ts_text: list[str], interval_s: float,
+                 serving_rngs: dict[str, np.random.Generator]) -> list[str]:
+    """All lines of a block in time order: at each ts, every node's devices in order, then
+    the serving records of the inference pods that ran then (``serving_rngs``: each
+    server's own generator, kept across blocks)."""
+    per_step: list[list[str]] = []
     at = float(ts[0])
     for node in plan:
         holders: dict[str, list[_Process]] = {}
@@ -642,12 +649,38 @@ def _block_lines(plan: list[_Node], ts: np.ndarray, ts_text: list[str]) -> list[
             if device.uuid not in done:
                 done[device.uuid] = _readings(device, ts, holders.get(device.uuid, []),
                                               [done[s.uuid] for s in device.slices])
-        per_device += [_format(node, d, done[d.uuid], ts_text) for d in node.devices]
-    width = len(per_device)
+        per_step += [_format(node, d, done[d.uuid], ts_text) for d in node.devices]
+        for d in node.devices:
+            for proc, util, _ in done[d.uuid].procs:
+                if isinstance(proc.behaviour, Inference):
+                    rng = serving_rngs.setdefault(proc.pod_uid, np.random.default_rng(
+                        zlib.crc32(proc.pod_uid.encode())))
+                    per_step.append(_serving_lines(node, proc, util, ts_text, interval_s, rng))
+    width = len(per_step)
     out: list[str] = [""] * (width * len(ts))
-    for k, lines in enumerate(per_device):
+    for k, lines in enumerate(per_step):
         out[k::width] = lines
     return out
+
+
+def _serving_shape(pod_uid: str) -> tuple[float, float, float]:
+    """(requests per second at full utilisation, mean input tokens, mean output tokens) of a
+    model server, fixed by its pod's uid, so adding serving records changes no other number."""
+    h = zlib.crc32(pod_uid.encode())
+    return 20.0 + h % 40, 200.0 + (h >> 8) % 1000, 60.0 + (h >> 16) % 240
+
+
+def _serving_lines(node: _Node, proc: _Process, util: np.ndarray, ts_text: list[str], interval_s: float,
+                   rng: np.random.Generator) -> list[str]:
+    """One ``serving`` record per sample step of an inference pod: requests drawn around its
+    utilisation × its capacity, tokens around its means (trace format 1.1)."""
+    rps, mean_in, mean_out = _serving_shape(proc.pod_uid)
+    requests = rng.poisson(np.asarray(util, np.float64) / 100.0 * rps * interval_s)
+    inputs = rng.poisson(requests * mean_in)
+    outputs = rng.poisson(requests * mean_out)
+    tmpl = ('{"kind":"serving","ts":%s,"node":' + _json(node.name) + ',"pod_uid":' + _json(proc.pod_uid)
+            + ',"requests":%d,"input_tokens":%d,"output_tokens":%d}\n')
+    return [tmpl % row for row in zip(ts_text, requests.tolist(), inputs.tolist(), outputs.tolist())]
 
 
 # --------------------------------------------------------------------------- simulate
@@ -723,8 +756,11 @@ def simulate(
 
     integral = start.is_integer() and interval_s.is_integer()
     created = datetime.fromtimestamp(end, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    meta = Meta(interval_s=interval_s, source="simulator", created=created)
-    done = 0
+    serves = any(isinstance(p.behaviour, Inference) for n in plan for pod in n.pods for p in pod.processes)
+    meta = Meta(interval_s=interval_s, source="simulator", created=created,
+                version=SERVING_VERSION if serves else VERSION)
+    serving_rngs: dict[str, np.random.Generator] = {}  # its own generators: adding them changes no sample
+    done = served = 0
     pods_seen = {p.pod.uid for n in plan for p in n.pods if p.active(start)}
     with TraceWriter(out, meta) as writer:
         for node in plan:
@@ -740,13 +776,14 @@ def simulate(
                 pending += 1
             ts = start + np.arange(j0, j1, dtype=np.float64) * interval_s
             ts_text = [str(int(t)) for t in ts.tolist()] if integral else [repr(t) for t in ts.tolist()]
-            lines = _block_lines(plan, ts, ts_text)
+            lines = _block_lines(plan, ts, ts_text, interval_s, serving_rngs)
             writer.write_lines("".join(lines), len(lines))
-            done += len(lines)
+            done += width * len(ts)
+            served += len(lines) - width * len(ts)
             if progress:
                 progress(done, total)
         lines_written = writer.count
     return SimulationStats(
         path=Path(out), nodes=nodes, gpus=sum(1 for n in plan for d in n.devices if d.parent is None),
-        pods=len(pods_seen), samples=done, lines=lines_written, start=start, end=end,
+        pods=len(pods_seen), samples=done, lines=lines_written, start=start, end=end, serving=served,
     )

@@ -30,6 +30,7 @@ import pyarrow.json as pajson
 from collectors.errors import InputError
 from collectors.records import (
     BYTES_MAX,
+    COUNT_MAX,
     INTERVAL_MAX,
     TS_MAX,
     DevicesRecord,
@@ -41,7 +42,7 @@ from collectors.records import (
     ServingRecord,
     from_json,
 )
-from collectors.samples import CODE, Interners, SampleColumns, first_overlap
+from collectors.samples import CODE, Interners, SampleColumns, ServingColumns, first_overlap
 
 BLOCK_BYTES = 16 << 20
 
@@ -49,10 +50,14 @@ _PROCESS = pa.struct(
     [("pid", pa.int64()), ("pod_uid", pa.string()), ("util", pa.float64()),
      ("mem_used_bytes", pa.float64())]
 )
+# the fields of samples and of serving records (trace format 1.1): both bulk kinds are
+# parsed by Arrow; every other kind is decoded line by line
 _SAMPLE_SCHEMA = pa.schema(
     [("kind", pa.string()), ("ts", pa.float64()), ("node", pa.string()), ("uuid", pa.string()),
      ("util", pa.float64()), ("mem_used_bytes", pa.float64()), ("power_w", pa.float64()),
-     ("interval_s", pa.float64()), ("processes", pa.list_(_PROCESS))]
+     ("interval_s", pa.float64()), ("processes", pa.list_(_PROCESS)), ("pod_uid", pa.string()),
+     ("requests", pa.float64()), ("input_tokens", pa.float64()), ("output_tokens", pa.float64()),
+     ("errors", pa.float64())]
 )
 _PARSE = pajson.ParseOptions(explicit_schema=_SAMPLE_SCHEMA, unexpected_field_behavior="ignore")
 
@@ -74,7 +79,7 @@ class Trace:
     states: list[tuple[tuple[int, int], NodeRecord | DevicesRecord | PodsRecord]]  # ((file, line), record)
     batches: list[SampleColumns]
     interners: Interners = field(default_factory=Interners)
-    serving: list[tuple[tuple[int, int], ServingRecord]] = field(default_factory=list)  # ((file, line), record)
+    serving: list[ServingColumns] = field(default_factory=list)  # the serving records, in the blocks they were read in
 
     @property
     def samples(self) -> SampleColumns:
@@ -108,7 +113,7 @@ def read_traces(
     total, done = sum(sizes), 0
     metas: list[Meta] = []
     states: list[tuple[tuple[int, int], Any]] = []
-    serving: list[tuple[tuple[int, int], ServingRecord]] = []
+    serving: list[ServingColumns] = []
     parts: list[SampleColumns] = []
     for index, name in enumerate(files):
         reader = _FileReader(name, index, interners, states, serving)
@@ -266,11 +271,15 @@ class _FileReader:
         rows = block.rows(table.num_rows)
         if rows is None:  # e.g. two objects on one line
             return self._careful(block)
-        is_sample = pc.fill_null(pc.equal(table.column("kind"), "sample"), False).to_numpy(zero_copy_only=False)
-        for r in np.flatnonzero(~is_sample):
+        kind = table.column("kind")
+        is_sample = pc.fill_null(pc.equal(kind, "sample"), False).to_numpy(zero_copy_only=False)
+        is_serving = pc.fill_null(pc.equal(kind, "serving"), False).to_numpy(zero_copy_only=False)
+        for r in np.flatnonzero(~is_sample & ~is_serving):
             line = int(rows[r])
             number = block.first_line + line
             self._state(_decode(block.line(line), self.name, number), number)
+        if is_serving.any():
+            self._serving_columns(block, table.filter(pa.array(is_serving)), block.first_line + rows[is_serving])
         if not is_sample.all():
             table = table.filter(pa.array(is_sample))
             rows = rows[is_sample]
@@ -298,24 +307,51 @@ class _FileReader:
             if number != self.meta_line:
                 raise InputError("a meta record belongs on the first line only", file=self.name, line=number, field="kind")
             return
-        if isinstance(record, ServingRecord):
-            self.serving.append(((self.index, number), record))
-            return
         self.states.append(((self.index, number), record))
 
     def _careful(self, block: "_Block") -> SampleColumns:
         samples: list[Sample] = []
         numbers: list[int] = []
+        served: list[ServingRecord] = []
+        served_at: list[int] = []
         for line in block.nonblank():
             number = block.first_line + int(line)
             record = _decode(block.line(int(line)), self.name, number)
             if isinstance(record, Sample):
                 samples.append(record)
                 numbers.append(number)
+            elif isinstance(record, ServingRecord):
+                served.append(record)
+                served_at.append(number)
             else:
                 self._state(record, number)
         assert self.meta is not None
+        if served:
+            self.serving.append(ServingColumns.from_records(served, self.interners, self.meta.interval_s,
+                                                            self.index, served_at))
         return SampleColumns.from_samples(samples, self.interners, self.meta.interval_s, self.index, numbers)
+
+    def _serving_columns(self, block: "_Block", table: pa.Table, lines: np.ndarray) -> None:
+        """The block's serving records, checked in bulk; a bad one is decoded alone to name its field."""
+        assert self.meta is not None
+        ts = _floats(table.column("ts"))
+        interval = _floats(table.column("interval_s"))
+        counts = {n: _floats(table.column(n)) for n in ("requests", "input_tokens", "output_tokens", "errors")}
+        checks = [~np.isfinite(ts) | _outside(ts, 0, np.nextafter(TS_MAX, 0)),
+                  _missing_string(table.column("node")), _missing_string(table.column("pod_uid")),
+                  _nonpositive(interval) | _outside(interval, 0, INTERVAL_MAX)]
+        checks += [_outside(v, 0, COUNT_MAX) for v in counts.values()]
+        bad = np.flatnonzero(np.logical_or.reduce(checks))
+        if len(bad):
+            number = int(lines[bad[0]])
+            _decode(block.line(number - block.first_line), self.name, number)
+            raise InputError("serving record rejected by the trace schema", file=self.name, line=number)
+        interval[np.isnan(interval)] = self.meta.interval_s
+        self.serving.append(ServingColumns(
+            ts=ts, interval=interval, node=_encode(table.column("node"), self.interners.nodes),
+            pod=_encode(table.column("pod_uid"), self.interners.pods),
+            requests=counts["requests"], input_tokens=counts["input_tokens"], output_tokens=counts["output_tokens"],
+            file=np.full(table.num_rows, self.index, CODE), line=lines.astype(CODE)))
 
     def _columns(self, table: pa.Table, lines: np.ndarray) -> SampleColumns:
         assert self.meta is not None

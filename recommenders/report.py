@@ -20,6 +20,7 @@ from recommenders.commitments import PoolPrices, PoolResult, commitment_plan, lo
 from recommenders.grouping import column_codes, group_ids
 from recommenders.rightsizing import Recommendation, best_per_workload, not_judged, recommend, workload_key
 from recommenders.settings import Settings
+from recommenders.unit_costs import unit_costs
 from recommenders.workloads import KEY, allocated_mask, workload_ids, workload_stats
 
 REPORT_VERSION = 2
@@ -64,6 +65,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     not_judged: list[dict[str, Any]] = field(default_factory=list)
     price_sources: list[dict[str, Any]] = field(default_factory=list)
+    unit_costs: list[dict[str, Any]] = field(default_factory=list)
     history_days: float = 0.0  # from the ledger's first minute to the window's end
 
     @property
@@ -386,6 +388,7 @@ def build_report(
         utilization_histogram=utilization_histogram(cur_rows), focus_rows=focus_rows(cur_rows),
         settings=settings, notes=notes, not_judged=not_judged(stats, recs, settings, catalog),
         price_sources=sources, history_days=(end - first_minute) / DAY,
+        unit_costs=unit_costs(cur_rows, prev_rows, settings.anomaly_factor),
     )
 
 

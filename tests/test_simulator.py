@@ -325,3 +325,33 @@ def test_bad_arguments_raise_input_error_and_write_nothing(tmp_path, kwargs, fie
         simulate(out, **kwargs)
     assert info.value.field == field
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inference_pods_report_serving_counts_and_nothing_else_changes(demo):
+    """Trace format 1.1: each inference pod's server counts requests around its utilisation × its
+    capacity; training, notebooks and idle pods count nothing. Serving draws use generators of
+    their own, so the samples are those of a trace without them (the README's figures hold)."""
+    from collectors.records import ServingRecord, from_json
+    from collectors.simulator import _serving_shape
+
+    import json
+
+    lines = [json.loads(x) for x in Path(demo.stats.path).read_text().splitlines()]
+    assert lines[0]["version"] == 1.1
+    served = [from_json(x) for x in lines if x["kind"] == "serving"]
+    assert len(served) == demo.stats.serving > 0 and all(isinstance(r, ServingRecord) for r in served)
+    owners = {demo.pods[r.pod_uid].owner.kind for r in served}
+    assert owners <= {"Deployment", "InferenceService", "RayService"}
+    # mean requests per step ≈ mean utilisation / 100 × capacity × interval, per pod (Poisson noise)
+    by_pod: dict[str, list[float]] = {}
+    for r in served:
+        by_pod.setdefault(r.pod_uid, []).append(r.requests)
+    utils: dict[str, list[float]] = {}
+    for s in demo.samples:
+        for p in s.processes or ():
+            if p.pod_uid in by_pod and p.util is not None:
+                utils.setdefault(p.pod_uid, []).append(p.util)
+    for uid, util in utils.items():
+        rps = _serving_shape(uid)[0]
+        expected = sum(util) / 100 * rps * INTERVAL
+        assert abs(sum(by_pod[uid]) - expected) < 5 * expected ** 0.5 + 5, uid

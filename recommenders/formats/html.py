@@ -11,8 +11,9 @@ from html import escape
 
 from recommenders.formats import register
 from recommenders.formats.text import (
-    after_rightsizing, commitment_choice, compared_with, day, gib, hours, idle_money, money, no_anomaly,
-    no_recommendation, pct, price_sources, signed_money, signed_pct, target, when, workload,
+    NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice, compared_with, day, gib,
+    hours, idle_money, money, no_anomaly, no_recommendation, pct, price_sources, signed_money, signed_pct, target,
+    unit_cost_rows, when, workload,
 )
 from recommenders.report import UNALLOCATED, Report
 
@@ -183,6 +184,10 @@ def render(r: Report) -> str:
                               money(w["cost"]), idle_money(w["idle_cost"])] for w in rows], {4, 5, 6, 7, 8, 9},
                             empty="No workload held GPUs in the window." if title.endswith("by cost")
                             else "No workload left GPUs idle."))
+
+    parts.append(f"<h2>Unit economics (inference)</h2><p class='ev'>{_e(UNIT_COST_NOTE)}</p>")
+    parts.append(_table(UNIT_COST_HEADER, [[_e(c) for c in row] for row in unit_cost_rows(r)],
+                        set(range(2, 9)), cls="compact", empty=NO_UNIT_COSTS))
 
     parts.append("<h2>Anomalies</h2>")
     if r.anomalies:

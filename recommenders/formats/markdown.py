@@ -6,8 +6,9 @@ from __future__ import annotations
 from recommenders.formats import register
 from recommenders.formats.escaping import md_text
 from recommenders.formats.text import (
-    after_rightsizing, commitment_choice, compared_with, day, gib, hours, idle_money, money, no_anomaly,
-    no_recommendation, pct, price_sources, signed_money, signed_pct, target, when, workload,
+    NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice, compared_with, day, gib,
+    hours, idle_money, money, no_anomaly, no_recommendation, pct, price_sources, signed_money, signed_pct, target,
+    unit_cost_rows, when, workload,
 )
 from recommenders.report import Report
 
@@ -95,6 +96,9 @@ def render(r: Report) -> str:
                         hours(w["gpu_hours"]), pct(w["util_p95"]), money(w["cost"]), idle_money(w["idle_cost"])]
                        for w in rows], "lllllrrrr",
                       "No workload held GPUs in the window." if col == "cost" else "No workload left GPUs idle.")
+
+    out += ["## Unit economics (inference)", "", UNIT_COST_NOTE, ""]
+    out += _table(UNIT_COST_HEADER, unit_cost_rows(r), "llrrrrrrrll", NO_UNIT_COSTS)
 
     out += ["## Anomalies", ""]
     if r.anomalies:

@@ -64,6 +64,7 @@ def render_json(r: Report) -> str:
         "columns": list(COLUMNS),
         "recommendations": [rec.as_row() for rec in r.recommendations],
         "not_judged": to_plain(r.not_judged),
+        "unit_costs": _rounded(to_plain(r.unit_costs)),
         "commitment_window": {"start": r.commitment_window.start, "end": r.commitment_window.end,
                               "hours": r.commitment_window.hours},
         "commitments": [commitment_plan(p) for p in r.commitments],

@@ -143,3 +143,36 @@ def after_rightsizing(p) -> str:
         return f"{head} (assumes {shown})"
     return f"{head} (counting only the GPU-time pods held; no recommendation touches this pool)"
 
+
+
+def unit_cost_rows(r) -> list[list[str]]:
+    """The unit economics table's cells, shared by Markdown and HTML (escaping is theirs)."""
+    def count(x) -> str:
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = []
+    for u in r.unit_costs:
+        trend = " → ".join(money(d["cost_per_1k_requests"]) for d in u["daily"][-7:]) or "–"
+        change = signed_pct(u["change_pct"]) if u["change_pct"] is not None else (
+            "no previous window" if not r.has_previous else "new")
+        if u["anomaly"]:
+            change += " (anomaly)"
+        rows.append([workload(u), str(u["team"]), count(u["requests"]), count(u["input_tokens"]),
+                     count(u["output_tokens"]), money(u["cost_allocation"]),
+                     f"{money(u['cost_per_1k_requests_allocation'])} / {money(u['cost_per_1k_requests_usage'])}",
+                     f"{money(u['cost_per_1m_input_tokens_allocation'])} / {money(u['cost_per_1m_input_tokens_usage'])}",
+                     f"{money(u['cost_per_1m_output_tokens_allocation'])} / {money(u['cost_per_1m_output_tokens_usage'])}",
+                     trend, change])
+    return rows
+
+
+UNIT_COST_HEADER = ["workload", "team", "requests", "input tokens", "output tokens", "cost",
+                    "per 1k requests (alloc / used)", "per 1M input tokens", "per 1M output tokens",
+                    "per 1k requests, by day", "change"]
+
+UNIT_COST_NOTE = ("Allocation: all the cost the workload held, idle included (it adds up to the spend); used: the "
+                  "cost of the GPU-seconds it used. Each token figure divides the whole cost by one kind of token. "
+                  "See docs/unit-economics.md.")
+
+NO_UNIT_COSTS = ("No inference workload, and no model server counted requests (annotate the pods for Prometheus "
+                 "scraping, or map their server: docs/unit-economics.md).")
