@@ -26,7 +26,7 @@ from collectors.errors import InputError
 from collectors.importers import IMPORTERS
 from collectors.importers import alibaba_genai
 from collectors.pricing.ratecard import RateCard
-from collectors.records import DevicesRecord, Meta, NodeRecord, PodsRecord, Sample, to_json
+from collectors.records import DevicesRecord, Meta, NodeRecord, PodsRecord, Sample, ServingRecord, to_json
 from collectors.tracefile import iter_records
 from tests.conftest import shared_data
 
@@ -319,7 +319,7 @@ def test_real_data_pods_and_samples(genai, real):
     assert len(got) == len(keys) == 161415  # the two files joined on (pod, timestamp)
     assert sum(r.util is None for r in got) == len(keys) - len(duty)
     assert sum(r.mem_used_bytes is None for r in got) == len(keys) - len(memory)
-    assert records[0] == Meta(interval_s=57.0, source="alibaba-genai")
+    assert records[0] == Meta(interval_s=57.0, source="alibaba-genai", version=1.1)  # 1.1: it holds QPS
     assert "161,415 samples of 147 pods (144 container IPs, 3 reused" in summary
 
 
@@ -356,3 +356,23 @@ def test_real_data_replays_fully_allocated(real):
     expected = sum(r.interval_s for r in records if isinstance(r, Sample))
     assert totals["allocated_gpu_seconds"] == pytest.approx(expected, rel=1e-12)
     assert result.summary["workloads"][0]["pods"] == 147
+
+
+def test_real_data_qps_becomes_serving_records_and_cost_per_request(genai, real):
+    """Each pod-level QPS reading is QPS × 57 s requests over the 57 s before it; the gateway's
+    own rows (no container_ip) are left out. Computed here from the raw CSV."""
+    out, summary, records = real
+    qps = read_member(genai / "qps.tar.gz")
+    pod_rows = [r for r in qps if r["container_ip"]]
+    assert len(qps) - len(pod_rows) == 1114  # 'API Requests' rows: the gateway, not a pod
+    expected = sum(float(r["value"]) * 57.0 for r in pod_rows)
+    served = [r for r in records if isinstance(r, ServingRecord)]
+    assert len(served) == len(pod_rows) == 23513 and all(r.interval_s == 57.0 for r in served)
+    assert sum(r.requests for r in served) == pytest.approx(expected, rel=1e-12)
+    assert "23,513 serving records from the QPS file (1,114 gateway rows" in summary
+    result = replay([out], RateCard(currency="USD", default_gpu_hourly=1.0), Config())
+    [w] = result.summary["workloads"]
+    # every GPU-second at 1.00/h: cost = GPU-hours; cost per 1,000 requests from the raw files
+    gpu_hours = sum(r.interval_s for r in records if isinstance(r, Sample)) / 3600
+    assert w["requests"] == pytest.approx(expected, rel=1e-12)
+    assert w["cost_per_1k_requests"] == pytest.approx(gpu_hours / expected * 1000, rel=1e-9)

@@ -22,6 +22,10 @@ GOOD = [
     {"kind": "pods", "ts": 1, "node": "n", "pods": [{"uid": "u", "namespace": "ns", "name": "p",
      "owner": {"kind": "Job", "name": "j"}, "containers": [{"name": "c", "devices": ["GPU-1"]}]}]},
     smp(), smp(util=None), smp(processes=[{"pid": 1, "pod_uid": "u", "util": 5.5, "mem_used_bytes": 3}]),
+    {"kind": "meta", "format": "gpuledger-trace", "version": 1.1, "interval_s": 1.0},
+    {"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "requests": 12, "output_tokens": 3400.5,
+     "input_tokens": None, "interval_s": 15},
+    {"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u"},
 ]
 BAD = [
     {"kind": "meta", "format": "gpuledger-trace", "version": 2, "interval_s": 1.0},
@@ -33,6 +37,11 @@ BAD = [
     smp(util=101), smp(util="5"), smp(mem_used_bytes=-1), smp(processes=[{"util": 1}]), smp(interval_s=0),
     {k: v for k, v in smp().items() if k != "ts"},
     {"kind": "other"},
+    {"kind": "serving", "ts": 1, "node": "n"},
+    {"kind": "serving", "ts": 1, "node": "n", "pod_uid": ""},
+    {"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "requests": -1},
+    {"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "output_tokens": "7"},
+    {"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "errors": 2e15},
 ]
 
 

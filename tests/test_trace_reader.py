@@ -56,6 +56,11 @@ def error_of(tmp_path: Path, lines, meta=META, name="t.jsonl") -> InputError:
     (json.dumps(META), "kind", "first line only"),
     (json.dumps({"kind": "pods", "ts": 0, "node": "n", "pods": [{"uid": "u", "namespace": "x"}]}), "pods[0].name", "is required"),
     (json.dumps({"kind": "node", "ts": 0, "node": "n", "labels": {"a": 1}}), "labels", "string values"),
+    (json.dumps({"kind": "serving", "ts": 1, "node": "n"}), "pod_uid", "is required"),
+    (json.dumps({"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "requests": -3}), "requests", "from 0 to"),
+    (json.dumps({"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "output_tokens": "9"}), "output_tokens",
+     "expected a number"),
+    (json.dumps({"kind": "serving", "ts": 1, "node": "n", "pod_uid": "u", "interval_s": -1}), "interval_s", "above 0"),
 ])
 @pytest.mark.parametrize("reader", ["fast", "careful"])
 def test_bad_line_names_file_line_and_field(tmp_path, monkeypatch, reader, line, field, words):
@@ -161,10 +166,20 @@ def test_fast_and_careful_readers_agree(tmp_path, monkeypatch):
         lines.append(s)
         if i % 50 == 0:
             lines.append("")
+        if i % 4 == 0:  # serving records (v1.1) between the samples, some counts unknown
+            lines.append({"kind": "serving", "ts": float(i), "node": "n", "pod_uid": f"u{i % 3}",
+                          "requests": float(rng.integers(0, 500)), "output_tokens": None if i % 8 else 77.5,
+                          **({"interval_s": 4.0} if i % 12 == 0 else {})})
     path = write_jsonl(tmp_path / "t.jsonl", lines)
     fast = read_traces([path])
     _careful_only(monkeypatch)
     careful = read_traces([path])
+    from collectors.samples import ServingColumns
+
+    fs, cs = ServingColumns.concat(fast.serving), ServingColumns.concat(careful.serving)
+    assert len(fs) == 99
+    for name in fs.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(fs, name), getattr(cs, name), err_msg=name)
     for name in fast.samples.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(fast.samples, name), getattr(careful.samples, name), err_msg=name)
     assert fast.interners.uuids.names == careful.interners.uuids.names

@@ -29,7 +29,7 @@ import tarfile
 import uuid as uuidlib
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -47,6 +47,8 @@ from collectors.records import (
     Process,
     Record,
     Sample,
+    ServingRecord,
+    SERVING_VERSION,
 )
 from collectors.tracewriter import TraceWriter
 
@@ -54,14 +56,17 @@ NAME = "alibaba-genai"
 HELP = "Alibaba GenTD26 per-pod GPU duty cycle and memory (cluster-trace-v2026-GenAI)"
 DESCRIPTION = (
     "Convert a directory of Alibaba's GenTD26 trace (pod_gpu_duty_cycle_anon and "
-    "pod_gpu_memory_used_bytes_anon, as .tar.gz or extracted .csv; qps is ignored) into a "
-    "trace of one-GPU inference pods. The data names neither the GPU model nor the nodes: "
-    "pods are packed onto nodes of --gpus-per-node GPUs of --gpu-model, and the anonymised "
-    "timestamps are shifted so the earliest lands on --start."
+    "pod_gpu_memory_used_bytes_anon, as .tar.gz or extracted .csv; and qps, when present, as "
+    "serving records: each pod's QPS × the sampling interval requests) into a trace of one-GPU "
+    "inference pods. The data names neither the GPU model nor the nodes: pods are packed onto "
+    "nodes of --gpus-per-node GPUs of --gpu-model, and the anonymised timestamps are shifted so "
+    "the earliest lands on --start."
 )
 
 DUTY = "pod_gpu_duty_cycle_anon"
 MEMORY = "pod_gpu_memory_used_bytes_anon"
+QPS = "qps"
+QPS_COLUMNS = ("timestamp_anon", "value", "container_ip")
 COLUMNS = ("value", "timestamp_anon", "container_ip")
 DEFAULT_START = 1767225600.0  # 2026-01-01T00:00:00Z
 FALLBACK_INTERVAL_S = 57.0  # the published cadence, used only when no pod has two readings
@@ -100,6 +105,9 @@ class Readings:
     by_ip: dict[str, dict[float, list[float | None]]]
     duty_rows: int = 0
     memory_rows: int = 0
+    qps: dict[str, dict[float, float]] = field(default_factory=dict)  # ip -> raw timestamp -> requests/s
+    qps_rows: int = 0
+    qps_gateway_rows: int = 0  # rows with no container_ip: the gateway's own, not a pod's
 
 
 @contextmanager
@@ -237,7 +245,53 @@ def read_directory(directory: Path, options: Options) -> Readings:
         readings.memory_rows = read_metric(lines, name, 1, readings, memory_check)
     if not readings.by_ip:
         raise InputError("holds no readings", file=str(directory))
+    if (directory / f"{QPS}.csv").is_file() or (directory / f"{QPS}.tar.gz").is_file():
+        with open_table(directory, QPS) as (lines, name):
+            read_qps(lines, name, readings)
     return readings
+
+
+def read_qps(lines: Iterable[str], file: str, readings: Readings) -> None:
+    """Per-pod QPS readings (``timestamp_anon,value,container_ip,request_type``) into ``readings``.
+
+    A row without a ``container_ip`` is the gateway's (``API Requests``), not a pod's: counted
+    and left out. Columns are found by name.
+    """
+    table = csv.reader(lines)
+    header: list[str] | None = None
+    at: dict[str, int] = {}
+    for cells in table:
+        line = table.line_num
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            for name in QPS_COLUMNS:
+                if name not in header:
+                    raise InputError(f"the header has no {name!r} column (expected {', '.join(QPS_COLUMNS)} "
+                                     "in any order)", file=file, line=line, field=name)
+                at[name] = header.index(name)
+            continue
+        if len(cells) != len(header):
+            raise InputError(f"expected {len(header)} values as in the header, got {len(cells)}",
+                             file=file, line=line)
+        ts = _number(cells[at["timestamp_anon"]], file, line, "timestamp_anon")
+        value = _number(cells[at["value"]], file, line, "value")
+        if value < 0:
+            raise InputError(f"expected requests per second of at least 0, got {value:g}", file=file, line=line,
+                             field="value")
+        ip = cells[at["container_ip"]].strip()
+        if not ip:
+            readings.qps_gateway_rows += 1
+            continue
+        pod = readings.qps.setdefault(ip, {})
+        if ts in pod:
+            raise InputError(f"pod {ip} already has a QPS value at timestamp {ts:g}", file=file, line=line,
+                             field="timestamp_anon")
+        pod[ts] = value
+        readings.qps_rows += 1
+    if header is None:
+        raise InputError(f"is empty: expected a header ({', '.join(QPS_COLUMNS)}) and rows", file=file)
 
 
 # --------------------------------------------------------------------------- pods
@@ -355,6 +409,19 @@ def build_records(readings: Readings, options: Options) -> tuple[Meta, Iterator[
     for i, (n, g) in enumerate(places):
         per_node.setdefault(n, []).append(i)
         events.extend((t, 3, n, g, i, j) for j, t in enumerate(lives[i].ts))
+    # QPS readings: each on the pod (the life of its IP) whose GPU span holds it
+    served = unplaced = 0
+    spans_of: dict[str, list[int]] = {}
+    for i, life in enumerate(lives):
+        spans_of.setdefault(life.ip, []).append(i)
+    for ip, values in readings.qps.items():
+        for t, qps in values.items():
+            i = next((k for k in spans_of.get(ip, ()) if spans[k][0] <= t < spans[k][1]), None)
+            if i is None:
+                unplaced += 1
+                continue
+            events.append((t, 4, places[i][0], places[i][1], i, qps))
+            served += 1
     for n, members in per_node.items():
         born = min(spans[i][0] for i in members)
         events.append((born, 0, n, -1, -1, -1))  # node + devices
@@ -368,8 +435,9 @@ def build_records(readings: Readings, options: Options) -> tuple[Meta, Iterator[
         "util_unknown": sum(d is None for life in lives for d in life.duty),
         "memory_unknown": sum(m is None for life in lives for m in life.memory),
         "start": first + shift, "end": last + shift,
+        "serving": served, "qps_unplaced": unplaced, "qps_gateway": readings.qps_gateway_rows,
     }
-    meta = Meta(interval_s=interval, source=NAME)
+    meta = Meta(interval_s=interval, source=NAME, version=SERVING_VERSION if served else Meta.version)
     return meta, _records(events, lives, spans, places, per_node, shift, interval, options), figures
 
 
@@ -390,6 +458,9 @@ def _records(events, lives, spans, places, per_node, shift, interval, options) -
             present = [k for k in per_node[n] if spans[k][0] <= t < spans[k][1]]
             present.sort(key=lambda k: places[k][1])
             yield PodsRecord(ts=ts, node=node_name(n), pods=tuple(pods[k] for k in present))
+        elif rank == 4:  # a QPS reading: QPS × the interval requests, over the interval ending then
+            yield ServingRecord(ts=ts, node=node_name(n), pod_uid=pods[i].uid, interval_s=interval,
+                                requests=j * interval)
         else:
             life = lives[i]
             util, mem = life.duty[j], life.memory[j]
@@ -480,11 +551,15 @@ def run(args: argparse.Namespace, out: Path) -> str:
             writer.write(record)
     split = fig["pods"] - fig["ips"]
     reused = f", {split} reused after gaps over {fig['max_gap']:g} s" if split else ""
+    serving = ""
+    if fig["serving"] or fig["qps_unplaced"] or fig["qps_gateway"]:
+        serving = (f"; {fig['serving']:,} serving records from the QPS file ({fig['qps_gateway']:,} gateway rows "
+                   f"without a pod and {fig['qps_unplaced']:,} outside any pod's GPU time left out)")
     return (
         f"wrote {fig['samples']:,} samples of {fig['pods']} pods ({fig['ips']} container IPs{reused}) "
         f"on {fig['nodes']} node{'s' if fig['nodes'] != 1 else ''} of {options.gpus_per_node} x {options.gpu_model}, "
         f"{_iso(fig['start'])} to {_iso(fig['end'])} (interval {fig['interval']:g} s; "
-        f"duty cycle unknown in {fig['util_unknown']:,}, memory in {fig['memory_unknown']:,}) to {out}"
+        f"duty cycle unknown in {fig['util_unknown']:,}, memory in {fig['memory_unknown']:,}){serving} to {out}"
     )
 
 
