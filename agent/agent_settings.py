@@ -126,6 +126,48 @@ def _timezone(value: Any) -> str:
     return text
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """'http,8000' or a YAML list: port names or numbers."""
+    items = value if isinstance(value, (list, tuple)) else [] if value in (None, "") else str(value).split(",")
+    out = tuple(str(v).strip() for v in items if str(v).strip())
+    if any(not n.replace("-", "").isalnum() for n in out):
+        raise ValueError(f"expected port names or numbers separated by commas, got {describe(value)}")
+    return out
+
+
+def _mappings(value: Any) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Counter names of other model servers: {server: {requests: [names], output_tokens: [...]}}
+    (a YAML mapping in the config file, or the same as JSON in a flag or variable)."""
+    import json
+
+    from collectors.serving import FIELDS
+
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("expected a JSON object such as {\"my-server\": {\"requests\": [\"answers_total\"]}}") \
+                from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of server names to their counters, got {describe(value)}")
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for server, fields in value.items():
+        if not isinstance(fields, dict) or not fields.get("requests"):
+            raise ValueError(f"server {server!r}: expected a mapping with at least `requests: [counter names]`")
+        mapped = {}
+        for name, counters in fields.items():
+            if name not in FIELDS:
+                raise ValueError(f"server {server!r}: expected fields among {', '.join(FIELDS)}, got {name!r}")
+            names = [counters] if isinstance(counters, str) else counters
+            if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"server {server!r}: {name}: expected a list of metric names")
+            mapped[name] = tuple(names)
+        out[str(server)] = mapped
+    return out
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("listen", "0.0.0.0:9400", "Address of /metrics, /healthz and /readyz.", _listen, "HOST:PORT"),
     Setting("node", None, "Node name for the records and the metrics (default: $NODE_NAME, else the host name).",
@@ -151,6 +193,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kubelet_socket", DEFAULT_SOCKET, "The kubelet pod-resources socket.", _text, "PATH"),
     Setting("kubeconfig", None, "Kubeconfig for the API server (default: the in-cluster service account).",
             _optional_path, "FILE"),
+    Setting("serving", "auto", "Read the request and token counters of the node's GPU pods' model servers "
+            "(vLLM, SGLang, TGI, Triton; docs/unit-economics.md): auto does when Kubernetes placement is on.",
+            _choice("auto", "on", "off"), choices=("auto", "on", "off")),
+    Setting("serving_interval", "15s", "How often the model servers' counters are read.", _duration(1.0),
+            "DURATION"),
+    Setting("serving_timeout", "2s", "How long one model server may take to answer; a slower one is counted "
+            "and skipped, never holding up GPU sampling.", _duration(0.1), "DURATION"),
+    Setting("serving_ports", (), "Container ports (names or numbers, comma-separated) to read /metrics from "
+            "when a pod has no prometheus.io/scrape annotation.", _names, "PORTS", shown_default="none"),
+    Setting("serving_mappings", {}, "Counters of other model servers: {server: {requests: [names], "
+            "input_tokens: [...], output_tokens: [...], errors: [...]}} (YAML in the config file, JSON in a "
+            "flag or variable).", _mappings, "JSON", shown_default="none"),
     Setting("processes", "on", "Per-process GPU use, to split time-shared GPUs (reads /proc/<pid>/cgroup: "
             "the pod needs hostPID).", _choice("on", "off"), choices=("on", "off")),
     Setting("proc_root", "/proc", "Where /proc/<pid>/cgroup is read.", _text, "DIR"),

@@ -52,6 +52,13 @@ def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
         },
         "nodeName": (obj.get("spec") or {}).get("nodeName", ""),
         "phase": (obj.get("status") or {}).get("phase", ""),
+        # where its model server answers, for the serving counters (collectors/serving.py)
+        "podIP": (obj.get("status") or {}).get("podIP", ""),
+        "annotations": {k: str(v) for k, v in (meta.get("annotations") or {}).items()
+                        if k.startswith("prometheus.io/")},
+        "ports": [{"name": p.get("name", ""), "containerPort": p.get("containerPort")}
+                  for c in (obj.get("spec") or {}).get("containers") or () for p in c.get("ports") or ()
+                  if p.get("containerPort")],
     }
 
 

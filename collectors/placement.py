@@ -200,6 +200,18 @@ class PlacementSource:
             out.append(PodsRecord(now, self.node, pods))
         return out
 
+    def gpu_pods(self) -> list[tuple[str, Mapping[str, Any]]]:
+        """(uid, the API server's pod object) of each pod holding GPUs in the newest snapshot:
+        what the serving scraper reads (its IP, annotations and ports)."""
+        if not self._pods or self.pods is None:
+            return []
+        out = []
+        for pod in self._pods:
+            obj = self.pods.get(pod.namespace, pod.name)
+            if obj is not None and (obj.get("metadata") or {}).get("uid") == pod.uid:
+                out.append((pod.uid, obj))
+        return out
+
     def _node_record(self, now: float) -> NodeRecord | None:
         if self.node_informer is None:
             return None
