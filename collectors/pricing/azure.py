@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote, urlparse
 
 from collectors.pricing.cache import PriceApiError
-from collectors.pricing.ratecard import CommitmentOption
+from collectors.pricing.ratecard import CommitmentOption, options_from_json, options_to_json
 
 SOURCE = "azure-api"
 API_URL = "https://prices.azure.com/api/retail/prices"
@@ -80,16 +80,6 @@ class AzureOffer:
     def from_json(cls, data: Mapping[str, Any]) -> "AzureOffer":
         return cls(data["sku"], data["region"], data["product"], data["meter"], data["on_demand_hourly"],
                    data["spot_hourly"], options_from_json(data["savings_plans"]))
-
-
-def options_to_json(options: Iterable[CommitmentOption]) -> list[dict[str, Any]]:
-    return [{"kind": o.kind, "term_years": o.term_years, "payment": o.payment, "hourly": o.hourly,
-             "source": o.source} for o in options]
-
-
-def options_from_json(data: Iterable[Mapping[str, Any]]) -> tuple[CommitmentOption, ...]:
-    return tuple(CommitmentOption(d["kind"], int(d["term_years"]), d["payment"], float(d["hourly"]), d["source"])
-                 for d in data)
 
 
 # --------------------------------------------------------------------------- pure parsing

@@ -22,17 +22,16 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels, provider_of
-from collectors.pricing.aws import AwsPrices, InstanceOffer, describe_location, options_from_json, options_to_json
+from collectors.pricing.aws import AwsPrices, InstanceOffer, describe_location
 from collectors.pricing.aws import SOURCE as AWS_SOURCE
 from collectors.pricing.azure import SOURCE as AZURE_SOURCE
 from collectors.pricing.azure import AzureOffer, AzurePrices
-from collectors.pricing.azure import options_from_json as azure_options_from_json
-from collectors.pricing.azure import options_to_json as azure_options_to_json
 from collectors.pricing.cache import Lookup, PriceCache
 from collectors.pricing.gcp import MACHINES, GcpCatalog, GcpPrices
 from collectors.pricing.gcp import SOURCE as GCP_SOURCE
 from collectors.pricing.ratecard import (
     DEFAULT_SOURCE, RATE_CARD_SOURCE, Commitment, CommitmentOption, GpuPrice, RateCard, load_snapshot,
+    options_from_json, options_to_json,
 )
 
 API_CURRENCY = "USD"
@@ -258,7 +257,6 @@ class PriceChain:
             return [Commitment(options=options, match={INSTANCE_TYPE: where.instance_type, REGION: where.region})]
         return [Commitment(options=options, gpu_model=model)]
 
-
     def _azure_commitments(self, labels: Mapping[str, str]) -> list[Commitment]:
         """Reservations (whole-term prices made hourly) and savings plans of the node's VM size."""
         where = pricing_labels(labels)
@@ -267,10 +265,10 @@ class PriceChain:
         sku, region = where.instance_type, where.region
         offer = self._azure_offer(sku, region).value
         reserved = self.cache.get((AZURE_SOURCE, "reservation", sku, region),
-                                  lambda: azure_options_to_json(self.azure.reservations(sku, region)))
+                                  lambda: options_to_json(self.azure.reservations(sku, region)))
         options: tuple[CommitmentOption, ...] = ()
         if reserved is not None:
-            options += azure_options_from_json(reserved)
+            options += options_from_json(reserved)
         if offer is not None:
             options += AzureOffer.from_json(offer).savings_plans
         return [Commitment(options=options, match={INSTANCE_TYPE: sku, REGION: region})] if options else []
