@@ -279,11 +279,18 @@ def test_a_next_page_link_to_another_host_is_not_followed(api):
         AzurePrices(api.url).offer(H100_VM, "eastus")
 
 
-def test_the_endpoint_comes_from_the_environment(monkeypatch, api):
+def test_the_endpoint_comes_from_the_environment(monkeypatch, api, capsys):
+    from agent.cli import main
+
     monkeypatch.setenv(ENDPOINT_ENV, api.url)
     assert AzurePrices().endpoint == api.url
     monkeypatch.delenv(ENDPOINT_ENV)
     assert AzurePrices().endpoint == "https://prices.azure.com/api/retail/prices"
+    monkeypatch.setenv(ENDPOINT_ENV, "prices.azure.com/api/retail/prices")  # no scheme: a user's mistake
+    assert main(["prices", "show", "--node-labels", f"{IT}={H100_VM},{RG}=eastus", "--azure"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert ENDPOINT_ENV in captured.err and "expected the http(s) URL" in captured.err
 
 
 # --------------------------------------------------------------------------- the chain

@@ -37,6 +37,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote, urlparse
 
+from collectors.errors import InputError
 from collectors.pricing.cache import PriceApiError
 from collectors.pricing.ratecard import CommitmentOption, options_from_json, options_to_json
 
@@ -234,15 +235,21 @@ def retry_after_s(value: str | None, now: Callable[[], datetime] = lambda: datet
 class AzurePrices:
     """The Retail Prices API behind one object.
 
-    ``endpoint`` defaults to ``$GPULEDGER_AZURE_PRICES_URL``, else the public API. The
-    waits between throttled retries go through ``sleep`` (tests may watch them).
+    ``endpoint`` defaults to ``$GPULEDGER_AZURE_PRICES_URL``, else the public API; one
+    that is not an http(s) URL is an InputError naming where it came from. The waits
+    between throttled retries go through ``sleep`` (tests may watch them).
     """
 
     def __init__(self, endpoint: str | None = None, timeout_s: float = TIMEOUT_S,
                  throttle_retries: int = THROTTLE_RETRIES, max_wait_s: float = MAX_WAIT_S,
                  max_total_wait_s: float = MAX_TOTAL_WAIT_S, sleep: Callable[[float], None] = time.sleep,
                  pool: Any = None) -> None:
-        self.endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or API_URL).rstrip("/")
+        given = endpoint or os.environ.get(ENDPOINT_ENV) or API_URL
+        where = urlparse(given)
+        if where.scheme not in ("http", "https") or not where.hostname or where.query or where.fragment:
+            raise InputError(f"expected the http(s) URL of the Retail Prices API, such as {API_URL}, got {given!r}",
+                             field="endpoint" if endpoint else ENDPOINT_ENV)
+        self.endpoint = given.rstrip("/")
         self.timeout_s = timeout_s
         self.throttle_retries = throttle_retries
         self.max_wait_s = max_wait_s
