@@ -186,6 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("aws", False, "Ask the AWS price APIs (standard credential chain; needs gpuledger[cloud]).", _bool),
     Setting("gcp", False, "Ask the GCP Cloud Billing Catalog (Application Default Credentials; needs "
             "gpuledger[cloud]).", _bool),
+    Setting("azure", False, "Ask the Azure Retail Prices API (no credentials; no extra package).", _bool),
     Setting("price_cache", None, "Keep price API answers in DIR/prices.json across restarts.", _optional_path, "DIR"),
     Setting("price_refresh", "1h", "How often prices are fetched again.", _duration(60.0), "DURATION"),
     Setting("kubernetes", "auto", "Learn pods and node labels from the kubelet and the API server: auto does when "
@@ -222,7 +223,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "Logging: debug, info, warning or error.",
             _choice("debug", "info", "warning", "error"), choices=("debug", "info", "warning", "error")),
 )
-BOOLEAN = {"aws", "gcp", "dry_run", "exit_at_end", "fresh_ledger"}
+BOOLEAN = {"aws", "gcp", "azure", "dry_run", "exit_at_end", "fresh_ledger"}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -75,11 +75,11 @@ def build(settings: dict, config):
     from collectors.pricing.ratecard import load_rate_card
 
     card = load_rate_card(settings["rates"]) if settings["rates"] else None
-    aws = gcp = None
-    if settings["aws"] or settings["gcp"]:
-        aws, gcp = _cloud_sources(settings)
-    chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]))
-    refresh = chain.cache.refresh_expired if (aws or gcp) else None
+    aws = gcp = azure = None
+    if settings["aws"] or settings["gcp"] or settings["azure"]:
+        aws, gcp, azure = _cloud_sources(settings)
+    chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]), azure=azure)
+    refresh = chain.cache.refresh_expired if (aws or gcp or azure) else None
     mode = "dry-run" if settings["dry_run"] else "live"
     common = dict(refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
     if settings["dry_run"]:
@@ -154,10 +154,12 @@ def _live_source(settings: dict):
 def _cloud_sources(settings: dict):
     from agent.cmd_prices import require_cloud_packages
     from collectors.pricing.aws import AwsPrices
+    from collectors.pricing.azure import AzurePrices
     from collectors.pricing.gcp import GcpPrices
 
-    require_cloud_packages(aws=settings["aws"], gcp=settings["gcp"])
-    return (AwsPrices() if settings["aws"] else None), (GcpPrices() if settings["gcp"] else None)
+    require_cloud_packages(aws=settings["aws"], gcp=settings["gcp"])  # Azure needs no extra package
+    return ((AwsPrices() if settings["aws"] else None), (GcpPrices() if settings["gcp"] else None),
+            (AzurePrices() if settings["azure"] else None))
 
 
 def _resume_point(resume) -> float | None:

@@ -27,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prices", help="show what a node's GPUs cost and where the price comes from",
         description="Price sources, in order: your rate card's nodes and gpus entries, the cloud "
-        "price APIs (with --aws / --gcp), the bundled snapshot, the default. See docs/pricing.md.",
+        "price APIs (with --aws / --gcp / --azure), the bundled snapshot, the default. See docs/pricing.md.",
     )
     actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     show = actions.add_parser(
@@ -47,6 +47,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     show.add_argument("--aws", action="store_true", help="ask the AWS price APIs (standard credential chain)")
     show.add_argument("--gcp", action="store_true",
                       help="ask the GCP Cloud Billing Catalog (Application Default Credentials)")
+    show.add_argument("--azure", action="store_true",
+                      help="ask the Azure Retail Prices API (no credentials, no extra package)")
     show.add_argument("--cache", metavar="DIR", help="keep API answers in DIR/prices.json between runs")
     show.set_defaults(handler=run_show)
     return p
@@ -70,6 +72,7 @@ def parse_labels(text: str) -> dict[str, str]:
 def run_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from collectors.nodelabels import pricing_labels
     from collectors.pricing.aws import AwsPrices
+    from collectors.pricing.azure import AzurePrices
     from collectors.pricing.cache import PriceCache
     from collectors.pricing.chain import PriceChain
     from collectors.pricing.gcp import GcpPrices
@@ -85,7 +88,7 @@ def run_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     model = args.gpu_model or hint_model or ""
     gpus = args.gpus or hint_gpus or 1
     chain = PriceChain(card=card, aws=AwsPrices() if args.aws else None, gcp=GcpPrices() if args.gcp else None,
-                       cache=PriceCache(args.cache))
+                       cache=PriceCache(args.cache), azure=AzurePrices() if args.azure else None)
     explained = chain.explain(labels, model, gpus)
     write_explanation(out, labels, model, gpus, chain.currency, explained, chain.commitments(labels, model),
                       guessed=(args.gpus is None, args.gpu_model is None))
@@ -145,7 +148,9 @@ def machine_hint(instance_type: str | None) -> tuple[str | None, int | None]:
 
 
 def require_cloud_packages(aws: bool, gcp: bool) -> None:
-    """InputError naming the flag when a cloud price source's package is not installed."""
+    """InputError naming the flag when a cloud price source's package is not installed.
+
+    Azure has no such package: its client is urllib3, one of gpuledger's own dependencies."""
     for flag, wanted, module, package in (("aws", aws, "boto3", "boto3"),
                                           ("gcp", gcp, "google.cloud.billing_v1", "google-cloud-billing")):
         if wanted and not _importable(module):

@@ -1,8 +1,9 @@
 """The node labels that matter for price, read from the well-known label conventions.
 
 EKS, Karpenter, GKE and AKS each spell capacity type differently; the ledger wants one
-vocabulary: ``on-demand``, ``spot`` or ``reserved``. NVIDIA's GPU feature discovery
-(GFD) labels say which GPU a node has and how it is shared (:func:`gpu_labels`).
+vocabulary: ``on-demand``, ``spot`` or ``reserved``. Which cloud a node runs in
+(:func:`provider_of`) decides which cloud's price API is asked. NVIDIA's GPU feature
+discovery (GFD) labels say which GPU a node has and how it is shared (:func:`gpu_labels`).
 
 The placement collector writes a node's labels into ``node`` records as they are, less
 the labels that change without the node changing (:data:`VOLATILE_LABELS`), so a node
@@ -63,6 +64,33 @@ def pricing_labels(labels: Mapping[str, str]) -> PricingLabels:
         zone=_first(labels, ZONE_LABELS),
         capacity_type=capacity_type(labels),
     )
+
+
+GCP_MACHINE_PREFIXES = {"a2", "a3", "a4", "g2", "g4", "n1", "n2", "n2d", "e2", "c2", "c3", "c4"}
+
+
+def provider_of(labels: Mapping[str, str]) -> str | None:
+    """``aws``, ``gcp``, ``azure`` or None, from the labels each provider's nodes carry.
+
+    Provider label prefixes decide first (GKE ``cloud.google.com/``, EKS and Karpenter on
+    AWS, AKS ``kubernetes.azure.com/``); failing those, the shape of the instance type:
+    ``p5.48xlarge`` (AWS), ``a2-highgpu-1g`` (GCP), ``Standard_ND96isr_H100_v5`` (Azure).
+    """
+    keys = list(labels)
+    if any(k.startswith(("cloud.google.com/", "node.gke.io/")) for k in keys):
+        return "gcp"
+    if any(k.startswith(("eks.amazonaws.com/", "karpenter.k8s.aws/", "k8s.amazonaws.com/")) for k in keys):
+        return "aws"
+    if any(k.startswith("kubernetes.azure.com/") for k in keys):
+        return "azure"
+    instance_type = pricing_labels(labels).instance_type or ""
+    if instance_type.startswith(("Standard_", "Basic_")):  # Azure VM sizes
+        return "azure"
+    if "." in instance_type:  # p5.48xlarge; GCP machine types have no dot
+        return "aws"
+    if instance_type.split("-")[0] in GCP_MACHINE_PREFIXES:
+        return "gcp"
+    return None
 
 
 #: Labels that change while nothing about the node does (GFD rewrites its timestamp).

@@ -72,7 +72,7 @@ CASES: dict[str, dict[str, Any]] = {
     "priority-class": {"agent": {"priorityClassName": "gpu-agents", "runtimeClassName": "nvidia"}},
     "no-priority-class": {"agent": {"priorityClassName": ""}},
     "kubernetes-on": {"agent": {"kubernetes": "on"}},
-    "cloud-pricing": {"pricing": {"aws": True, "gcp": True, "refresh": "30m"},
+    "cloud-pricing": {"pricing": {"aws": True, "gcp": True, "azure": True, "refresh": "30m"},
                       "serviceAccount": {"annotations": {
                           "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/gpuledger-pricing",
                           "iam.gke.io/gcp-service-account": "gpuledger@proj.iam.gserviceaccount.com"}}},
@@ -355,11 +355,11 @@ def test_kubernetes_on_insists_on_the_kubelet_directory(rendered):
 def test_cloud_pricing_flags_and_service_account(rendered):
     objs = rendered["cloud-pricing"]
     f = flags(agent_container(objs)["args"])
-    assert f["--aws"] is True and f["--gcp"] is True and f["--price-refresh"] == "30m"
+    assert f["--aws"] is True and f["--gcp"] is True and f["--azure"] is True and f["--price-refresh"] == "30m"
     sa = one(objs, "ServiceAccount")
     assert sa["metadata"]["annotations"] == CASES["cloud-pricing"]["serviceAccount"]["annotations"]
     assert pod_spec(objs)["serviceAccountName"] == sa["metadata"]["name"]
-    assert "--aws" not in flags(agent_container(rendered["defaults"])["args"])
+    assert {"--aws", "--gcp", "--azure"}.isdisjoint(flags(agent_container(rendered["defaults"])["args"]))
 
 
 def test_kubernetes_off_mounts_no_kubelet_dir(rendered):

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from collectors.pricing.cache import PriceApiError
-from collectors.pricing.ratecard import CommitmentOption
+from collectors.pricing.ratecard import CommitmentOption, options_from_json, options_to_json
 from collectors.pricing.regions import aws_location, location_filter
 
 SOURCE = "aws-api"
@@ -58,16 +58,6 @@ class InstanceOffer:
     def from_json(cls, data: Mapping[str, Any]) -> "InstanceOffer":
         return cls(data["instance_type"], data["region"], data["sku"], data["on_demand_hourly"],
                    options_from_json(data["reserved"]))
-
-
-def options_to_json(options: Iterable[CommitmentOption]) -> list[dict[str, Any]]:
-    return [{"kind": o.kind, "term_years": o.term_years, "payment": o.payment, "hourly": o.hourly,
-             "source": o.source} for o in options]
-
-
-def options_from_json(data: Iterable[Mapping[str, Any]]) -> tuple[CommitmentOption, ...]:
-    return tuple(CommitmentOption(d["kind"], int(d["term_years"]), d["payment"], float(d["hourly"]), d["source"])
-                 for d in data)
 
 
 # --------------------------------------------------------------------------- pure parsing

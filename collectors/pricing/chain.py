@@ -4,7 +4,7 @@ The order is the contract (``docs/pricing.md``):
 
 1. the user's rate card: its ``nodes`` entries, then its ``gpus`` entries (``rate-card``);
 2. the cloud price APIs, when enabled: AWS (``aws-api``) for AWS nodes, GCP
-   (``gcp-api``) for GKE nodes;
+   (``gcp-api``) for GKE nodes, Azure (``azure-api``) for AKS nodes;
 3. the bundled snapshot's ``nodes`` and ``gpus`` entries (``snapshot:DATE``);
 4. the rate card's ``default_gpu_hourly`` (the snapshot's when there is no card)
    (``default``).
@@ -21,14 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels
-from collectors.pricing.aws import AwsPrices, InstanceOffer, describe_location, options_from_json, options_to_json
+from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels, provider_of
+from collectors.pricing.aws import AwsPrices, InstanceOffer, describe_location
 from collectors.pricing.aws import SOURCE as AWS_SOURCE
+from collectors.pricing.azure import SOURCE as AZURE_SOURCE
+from collectors.pricing.azure import AzureOffer, AzurePrices
 from collectors.pricing.cache import Lookup, PriceCache
 from collectors.pricing.gcp import MACHINES, GcpCatalog, GcpPrices
 from collectors.pricing.gcp import SOURCE as GCP_SOURCE
 from collectors.pricing.ratecard import (
     DEFAULT_SOURCE, RATE_CARD_SOURCE, Commitment, CommitmentOption, GpuPrice, RateCard, load_snapshot,
+    options_from_json, options_to_json,
 )
 
 API_CURRENCY = "USD"
@@ -55,26 +58,11 @@ class Explained:
     node_hourly: float | None = None  # the whole-node price, when the price is one
 
 
-def provider_of(labels: Mapping[str, str]) -> str | None:
-    """``aws``, ``gcp`` or None, from the labels each provider's nodes carry."""
-    keys = list(labels)
-    if any(k.startswith(("cloud.google.com/", "node.gke.io/")) for k in keys):
-        return "gcp"
-    if any(k.startswith(("eks.amazonaws.com/", "karpenter.k8s.aws/", "k8s.amazonaws.com/")) for k in keys):
-        return "aws"
-    instance_type = pricing_labels(labels).instance_type or ""
-    if "." in instance_type:  # p5.48xlarge; GCP machine types have no dot
-        return "aws"
-    if instance_type.split("-")[0] in {"a2", "a3", "a4", "g2", "g4", "n1", "n2", "n2d", "e2", "c2", "c3", "c4"}:
-        return "gcp"
-    return None
-
-
 @dataclass
 class PriceChain:
     """A :class:`~collectors.pricing.ratecard.Pricer` over every price source.
 
-    ``aws`` / ``gcp`` None leaves that cloud's API out. ``cache`` holds API answers
+    ``aws`` / ``gcp`` / ``azure`` None leaves that cloud's API out. ``cache`` holds API answers
     (in memory when not given); see :mod:`collectors.pricing.cache`.
     """
 
@@ -83,6 +71,7 @@ class PriceChain:
     aws: AwsPrices | None = None
     gcp: GcpPrices | None = None
     cache: PriceCache = field(default_factory=PriceCache)
+    azure: AzurePrices | None = None
 
     def __post_init__(self) -> None:
         if self.snapshot is None:
@@ -110,8 +99,8 @@ class PriceChain:
             steps.append(Step(RATE_CARD_SOURCE, "no match", "no nodes entry matches the labels and "
                               f"no gpus entry names {model!r}"))
         usd = self.currency == API_CURRENCY
-        for name, layer in (("aws", self._aws), ("gcp", self._gcp)):
-            source = AWS_SOURCE if name == "aws" else GCP_SOURCE
+        for name, layer, source in (("aws", self._aws, AWS_SOURCE), ("gcp", self._gcp, GCP_SOURCE),
+                                    ("azure", self._azure, AZURE_SOURCE)):
             if getattr(self, name) is None:
                 continue
             if not usd:
@@ -178,6 +167,32 @@ class PriceChain:
         note = _stale_note(lookup)
         return GpuPrice(priced.hourly, GCP_SOURCE), f"GPU {what} (GPU only){note}", None
 
+    def _azure(self, labels, model, physical, steps) -> tuple[GpuPrice, str, float] | None:
+        if provider_of(labels) != "azure":
+            return None
+        where = pricing_labels(labels)
+        missing = [f"{what} label ({labels_[0]})" for what, value, labels_ in (
+            ("VM size", where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
+            if not value]
+        if missing or physical <= 0:
+            why = ("the node has no " + " and no ".join(missing) if missing
+                   else "the node's GPU count is not known")
+            steps.append(Step(AZURE_SOURCE, "skipped", why + "; the Azure Retail Prices API prices a VM size in a region"))
+            return None
+        sku, region = where.instance_type, where.region
+        lookup = self._azure_offer(sku, region)
+        offer = AzureOffer.from_json(lookup.value) if lookup.found else None
+        if where.capacity_type == "spot":
+            hourly, what = (offer.spot_hourly if offer else None), f"spot price of {sku} in {region}"
+        else:
+            hourly = offer.on_demand_hourly if offer else None
+            what = f"on-demand price of {sku} in {region}" + (f" ({offer.product}, meter {offer.meter!r})" if offer else "")
+        return self._node_step(AZURE_SOURCE, lookup, hourly, what, physical, steps)
+
+    def _azure_offer(self, sku: str, region: str) -> Lookup:
+        return self.cache.lookup((AZURE_SOURCE, "consumption", sku, region),
+                                 lambda: _offer_json(self.azure.offer(sku, region)))
+
     def _node_step(self, source: str, lookup: Lookup, hourly: float | None, what: str, physical: int,
                    steps: list[Step]) -> tuple[GpuPrice, str, float] | None:
         if hourly is None:
@@ -205,7 +220,8 @@ class PriceChain:
         found = list(_matching(self.card, labels, model)) if self.card is not None else []
         if self.currency != API_CURRENCY:
             return tuple(found)
-        from_apis = self._aws_commitments(labels) + self._gcp_commitments(labels, model)
+        from_apis = self._aws_commitments(labels) + self._gcp_commitments(labels, model) + \
+            self._azure_commitments(labels)
         found += from_apis
         if not from_apis:
             found += _matching(self.snapshot, labels, model)
@@ -240,6 +256,22 @@ class PriceChain:
         if where.instance_type in MACHINES:
             return [Commitment(options=options, match={INSTANCE_TYPE: where.instance_type, REGION: where.region})]
         return [Commitment(options=options, gpu_model=model)]
+
+    def _azure_commitments(self, labels: Mapping[str, str]) -> list[Commitment]:
+        """Reservations (whole-term prices made hourly) and savings plans of the node's VM size."""
+        where = pricing_labels(labels)
+        if provider_of(labels) != "azure" or self.azure is None or not where.instance_type or not where.region:
+            return []
+        sku, region = where.instance_type, where.region
+        offer = self._azure_offer(sku, region).value
+        reserved = self.cache.get((AZURE_SOURCE, "reservation", sku, region),
+                                  lambda: options_to_json(self.azure.reservations(sku, region)))
+        options: tuple[CommitmentOption, ...] = ()
+        if reserved is not None:
+            options += options_from_json(reserved)
+        if offer is not None:
+            options += AzureOffer.from_json(offer).savings_plans
+        return [Commitment(options=options, match={INSTANCE_TYPE: sku, REGION: region})] if options else []
 
 
 # --------------------------------------------------------------------------- helpers
@@ -278,12 +310,12 @@ def _stale_note(lookup: Lookup) -> str:
     return f" (last good answer kept: {lookup.error})" if lookup.status == "stale" else ""
 
 
-def _offer_json(offer: InstanceOffer | None):
+def _offer_json(offer: InstanceOffer | AzureOffer | None):
     return offer.to_json() if offer is not None else None
 
 
 def build_chain(card: RateCard | None = None, aws: bool = False, gcp: bool = False,
-                cache: PriceCache | None = None) -> PriceChain:
+                cache: PriceCache | None = None, azure: bool = False) -> PriceChain:
     """The chain the agent and ``prices show`` use; API clients are made on first use."""
     return PriceChain(card=card, aws=AwsPrices() if aws else None, gcp=GcpPrices() if gcp else None,
-                      cache=cache if cache is not None else PriceCache())
+                      cache=cache if cache is not None else PriceCache(), azure=AzurePrices() if azure else None)

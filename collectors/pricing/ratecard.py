@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 from collectors.errors import describe
 from collectors.yamlfile import Key, LocatedYaml
@@ -67,6 +67,17 @@ class CommitmentOption:
     payment: str  # "no-upfront", "partial-upfront", "all-upfront"
     hourly: float
     source: str
+
+
+def options_to_json(options: Iterable[CommitmentOption]) -> list[dict[str, Any]]:
+    """Commitment options as plain JSON data (how the price cache keeps API answers)."""
+    return [{"kind": o.kind, "term_years": o.term_years, "payment": o.payment, "hourly": o.hourly,
+             "source": o.source} for o in options]
+
+
+def options_from_json(data: Iterable[Mapping[str, Any]]) -> tuple[CommitmentOption, ...]:
+    return tuple(CommitmentOption(d["kind"], int(d["term_years"]), d["payment"], float(d["hourly"]), d["source"])
+                 for d in data)
 
 
 @dataclass(frozen=True)

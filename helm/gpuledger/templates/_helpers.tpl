@@ -148,6 +148,9 @@ containers:
       {{- if .Values.pricing.gcp }}
       - --gcp
       {{- end }}
+      {{- if .Values.pricing.azure }}
+      - --azure
+      {{- end }}
       {{- end }}
       {{- if .Values.config }}
       - --config=/etc/gpuledger/config.yaml
