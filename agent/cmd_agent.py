@@ -144,11 +144,35 @@ def _live_source(settings: dict):
     collector = NvmlCollector(node, resolver=resolver)
     wanted = settings["kubernetes"]
     if wanted == "on" or (wanted == "auto" and Path(settings["kubelet_socket"]).exists()):
-        return WithPlacement(collector, placement_source(node, settings["kubelet_socket"], settings["kubeconfig"])), True
+        source = WithPlacement(collector, placement_source(node, settings["kubelet_socket"], settings["kubeconfig"]))
+        if settings["serving"] != "off":
+            source = _with_serving(source, settings)
+        return source, True
+    if settings["serving"] == "on":
+        log.warning("serving counters need Kubernetes placement (the pods and their IPs): not reading them")
     if wanted == "auto":
         log.warning("no kubelet pod-resources socket at %s: attributing GPUs without pods (all unallocated)",
                     settings["kubelet_socket"])
     return collector, False
+
+
+def _with_serving(source, settings: dict):
+    """The placement source with the node's GPU pods' model server counters added (docs/unit-economics.md)."""
+    from collectors.faults import FAULTS
+    from collectors.serving import SERVERS, ServingScraper, ServingSource, endpoints_of
+
+    node = settings["node"]
+    placement = source.placement
+    # the config's servers are tried first, and one named like a known server replaces it
+    servers = dict(settings["serving_mappings"])
+    servers.update({name: metrics for name, metrics in SERVERS.items() if name not in servers})
+
+    def targets():
+        return [e for _, obj in placement.gpu_pods() for e in endpoints_of(obj, node, settings["serving_ports"])]
+
+    scraper = ServingScraper(targets, interval_s=settings["serving_interval"], timeout_s=settings["serving_timeout"],
+                             faults=FAULTS, servers=servers)
+    return ServingSource(source, scraper.start())
 
 
 def _cloud_sources(settings: dict):

@@ -74,6 +74,7 @@ class Agent:
                  book: RollupBook, resume: Mapping[str, Resume], needs_placement: bool = False,
                  refresh_prices: Callable[[], int] | None = None,
                  price_faults: Callable[[], Mapping[str, int]] = dict) -> None:
+        scraper = getattr(source, "scraper", None)  # a ServingSource's (collectors/serving.py)
         self.settings = settings
         self.source = source
         self.default_interval = default_interval
@@ -87,7 +88,9 @@ class Agent:
         self._refresh = refresh_prices
         self.prices_at = time.time()
         self.metrics = AgentMetrics(pricer.currency, mode, version, faults,
-                                    price_age=lambda: time.time() - self.prices_at, price_faults=price_faults)
+                                    price_age=lambda: time.time() - self.prices_at, price_faults=price_faults,
+                                    serving_status=(lambda: (scraper.endpoints, scraper.rounds)) if scraper else
+                                    (lambda: None))
         self.health = Health(time.time(), needs_placement=needs_placement,
                              ready_within_s=max(10.0, 5 * settings["interval"]),
                              cause=lambda: getattr(source, "problem", None))

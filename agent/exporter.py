@@ -55,8 +55,10 @@ class AgentMetrics(Collector):
 
     def __init__(self, currency: str, mode: str, version: str, faults: FaultCounter,
                  price_age: Callable[[], float | None] = lambda: None,
-                 price_faults: Callable[[], Mapping[str, int]] = dict) -> None:
+                 price_faults: Callable[[], Mapping[str, int]] = dict,
+                 serving_status: Callable[[], tuple[int, int] | None] = lambda: None) -> None:
         self.currency = currency
+        self.serving_status = serving_status  # (endpoints in the last round, rounds), None when not reading
         self.mode = mode
         self.version = version
         self.faults = faults
@@ -193,6 +195,10 @@ class AgentMetrics(Collector):
             yield _gauge("gpuledger_ledger_written_through_timestamp_seconds",
                          "End of the newest closed minute on disk (Unix seconds; trace time in dry-run).",
                          self.ledger_through)
+        status = self.serving_status()
+        if status is not None:
+            yield _gauge("gpuledger_serving_endpoints", "Model server endpoints read in the last round.", status[0])
+            yield _counter("gpuledger_serving_rounds", "Rounds of reading the model servers' counters.", status[1])
         info = GaugeMetricFamily("gpuledger_build_info", "The agent's version and mode (live or dry-run).",
                                  labels=["version", "mode"])
         info.add_metric([self.version, self.mode], 1.0)

@@ -339,3 +339,38 @@ class _LazyPool:
 
 
 _POOL = _LazyPool()
+
+
+class ServingSource:
+    """A RecordSource that adds the scraper's increments, as ``serving`` records, to another's records.
+
+    The scraper runs on its own thread; a poll only drains what it has found, so reading
+    model servers never delays the GPU sample it rides along with.
+    """
+
+    def __init__(self, inner, scraper: ServingScraper) -> None:
+        self.inner = inner
+        self.scraper = scraper
+
+    def poll(self, now: float) -> list:
+        records = self.inner.poll(now)
+        return records + [serving_record(endpoint, inc) for endpoint, inc in self.scraper.drain()]
+
+    @property
+    def problem(self) -> str | None:
+        return getattr(self.inner, "problem", None)
+
+    def close(self) -> None:
+        try:
+            self.scraper.stop()
+        finally:
+            self.inner.close()
+
+
+def serving_record(endpoint: Endpoint, inc: Increment):
+    """The trace record of one increment (trace format 1.1)."""
+    from collectors.records import ServingRecord
+
+    return ServingRecord(ts=inc.ts, node=endpoint.node, pod_uid=endpoint.pod_uid, interval_s=inc.interval_s,
+                         requests=inc.requests, input_tokens=inc.input_tokens, output_tokens=inc.output_tokens,
+                         errors=inc.errors)

@@ -109,3 +109,83 @@ def test_readyz_says_why_no_gpu_is_sampled(fake_nvml: FakeNvml, tmp_path: Path):
             assert status == 503 and text.startswith(f"no samples attributed yet: {cause}"), text
         finally:
             assert stop(proc, timeout=10) == 0, proc.stderr.read()
+
+
+def test_live_agent_counts_the_pods_model_server_requests(fake_nvml: FakeNvml, tmp_path: Path):
+    """A vLLM exposition served over HTTP on the pod's IP (127.0.0.1 here), found through the
+    pod's prometheus.io annotations: its counters' increments after the first reading reach
+    the workload's serving counters and the ledger; the server is restarted (a counter reset)
+    half way and nothing is lost or counted twice."""
+    from tests.test_serving import Server, exposition
+
+    server = Server()
+    worker = k8s.pytorchjob_worker()
+    worker["status"]["podIP"] = "127.0.0.1"
+    worker["metadata"]["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(server.port)}
+    gpu0 = h100(0, util=40)
+    fake_nvml.set([gpu0])
+    base = exposition("vllm")
+    counted = {"requests": 3000.0}  # what the server's counter says
+
+    def serve(requests: float) -> None:
+        counted["requests"] = requests
+        server.body = base.replace('finished_reason="stop",model_name="meta-llama/Llama-3.1-8B-Instruct"} 2950.0',
+                                   f'finished_reason="stop",model_name="meta-llama/Llama-3.1-8B-Instruct"}} {requests - 50}')
+
+    serve(3000.0)
+    ledger = tmp_path / "ledger"
+    with FakeKube(tokens={"test"}) as kube, FakeKubelet() as kubelet:
+        kube.add("nodes", k8s.gpu_node(LABELS))
+        kube.add("pods", worker)
+        kubelet.set_pod("research", worker["metadata"]["name"], [("pytorch", [("nvidia.com/gpu", [gpu0.uuid])])])
+        port = free_port()
+        env = fake_nvml.env(dict(os.environ, PYTHONPATH=str(ROOT)))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "agent", "--node", k8s.NODE, "--interval", "200ms",
+             "--kubernetes", "on", "--kubelet-socket", kubelet.socket_path, "--serving-interval", "1s",
+             "--kubeconfig", str(kubeconfig(tmp_path / "kubeconfig", kube.url)), "--proc-root", str(tmp_path),
+             "--ledger-dir", str(ledger), "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: get(port, "/readyz")[0] == 200, 30, "/readyz", proc)
+
+            def read_once() -> bool:  # the first reading of the pod's server is its baseline
+                m = _metrics(port)
+                return (m.get("gpuledger_serving_endpoints", [None])[0] is not None
+                        and m["gpuledger_serving_endpoints"][0].value == 1
+                        and m["gpuledger_serving_rounds_total"][0].value >= 2)
+
+            wait_for(read_once, 30, "the scraper to read the pod's server", proc)
+
+            def requests_seen() -> float:
+                return sum(s.value for s in _metrics(port).get("gpuledger_serving_requests_total", []))
+
+            def serving_counted() -> bool:  # the baseline is taken once the placement knows the pod
+                return requests_seen() > 0
+
+            serve(3100.0)
+            wait_for(serving_counted, 30, "the first increment", proc)
+            first = requests_seen()
+            # the server restarted: every counter starts again from 0
+            server.body = ("# TYPE vllm:request_success_total counter\n"
+                           'vllm:request_success_total{finished_reason="stop",model_name="m"} 40\n'
+                           "# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{model_name=\"m\"} 9000\n"
+                           "# TYPE vllm:generation_tokens_total counter\n"
+                           'vllm:generation_tokens_total{model_name="m"} 300\n')
+            wait_for(lambda: requests_seen() > first, 30, "the increment after the reset", proc)
+            metrics = _metrics(port)
+        finally:
+            assert stop(proc, timeout=10) == 0, proc.stderr.read()
+            server.close()
+    [requests] = metrics["gpuledger_serving_requests_total"]
+    assert requests.labels["workload"] == "PyTorchJob/llama-ft" and requests.labels["team"] == "ml-research"
+    # 100 after the baseline, then 40 counted from 0 after the reset; nothing else moved
+    assert requests.value in (100.0, 140.0) and first == 100.0
+    assert requests.value == 140.0
+    [out] = metrics["gpuledger_serving_output_tokens_total"]
+    assert out.value == 300.0  # unchanged before the restart, 300 counted since
+    [info] = metrics["gpuledger_pod_info"]
+    assert info.labels["pod"] == worker["metadata"]["name"] and info.labels["workload"] == "PyTorchJob/llama-ft"
+    rows = rollup_rows(ledger)
+    assert sum(r["requests"] or 0 for r in rows) == 140.0
+    assert {r["device_uuid"] for r in rows if r["requests"]} == {gpu0.uuid}

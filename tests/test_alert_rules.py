@@ -77,8 +77,9 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_check_rules(rules_file):
     proc = run_promtool("check", "rules", str(rules_file))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # 2 recording rules + one budget series per team, 2 alerts per team, 3 agent alerts
-    expected = 2 + len(BUDGETS) + len(BUDGETS) * len(THRESHOLDS) + 3
+    # 4 recording rules (burn rate, forecast, cost per 1k requests and per 1M output tokens)
+    # + one budget series per team, 2 alerts per team, 3 agent alerts
+    expected = 4 + len(BUDGETS) + len(BUDGETS) * len(THRESHOLDS) + 3
     assert f"SUCCESS: {expected} rules found" in proc.stdout, proc.stdout
 
 
@@ -251,8 +252,34 @@ def write_tests(rules_file: Path, tests: list[dict[str, Any]], tmp_path: Path) -
     return path
 
 
+def unit_cost_tests() -> dict[str, Any]:
+    """Cost per 1,000 requests and per million output tokens, worked out by hand: a workload
+    costing 0.5 a minute on each of two nodes answers 64 requests (and 4,096 output tokens) a
+    minute on one of them; another costs but counts nothing (no series: no figure). Binary
+    fractions, so the expected values are exact."""
+    labels = 'namespace="chat",team="genai",workload="Deployment/llm",workload_class="inference"'
+    series = [
+        {"series": f'gpuledger_gpu_cost_total{{node="a",gpu_model="H100",{labels}}}', "values": "0+0.5x120"},
+        {"series": f'gpuledger_gpu_cost_total{{node="b",gpu_model="H100",{labels}}}', "values": "0+0.5x120"},
+        {"series": f'gpuledger_serving_requests_total{{node="a",gpu_model="H100",{labels}}}', "values": "0+64x120"},
+        {"series": f'gpuledger_serving_output_tokens_total{{node="a",gpu_model="H100",{labels}}}',
+         "values": "0+4096x120"},
+        {"series": 'gpuledger_gpu_cost_total{node="a",gpu_model="H100",namespace="ml",team="r",workload="Job/x",'
+                   'workload_class="training"}', "values": "0+1x120"},
+    ]
+    # over an hour: cost 2 × 60 × 0.5 = 60; requests 3,840; output tokens 245,760
+    return {"interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": "workload:gpuledger_cost_per_1k_requests:rate1h", "eval_time": "90m",
+         "exp_samples": [{"labels": 'workload:gpuledger_cost_per_1k_requests:rate1h{namespace="chat",team="genai",'
+                                    'workload="Deployment/llm"}', "value": 15.625}]},  # 60 / 3,840 × 1,000
+        {"expr": "workload:gpuledger_cost_per_1m_output_tokens:rate1h", "eval_time": "90m",
+         "exp_samples": [{"labels": 'workload:gpuledger_cost_per_1m_output_tokens:rate1h{namespace="chat",'
+                                    'team="genai",workload="Deployment/llm"}', "value": 244.140625}]},  # 60 / 245,760 × 1e6
+    ]}
+
+
 def test_promtool_test_rules(rules_file, tmp_path):
-    tests = [budget_tests(WINDOW_H * 60 + 2 * BUDGET_FOR_MIN + 10)] + agent_tests()
+    tests = [budget_tests(WINDOW_H * 60 + 2 * BUDGET_FOR_MIN + 10)] + agent_tests() + [unit_cost_tests()]
     proc = run_promtool("test", "rules", str(write_tests(rules_file, tests, tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout

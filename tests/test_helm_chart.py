@@ -314,6 +314,7 @@ def test_default_agent_args(rendered):
         "--ledger-dir": "/var/lib/gpuledger/ledger", "--kubernetes": "auto",
         "--kubelet-socket": "/var/lib/kubelet/pod-resources/kubelet.sock", "--processes": "off",
         "--price-cache": "/var/lib/gpuledger/price-cache", "--price-refresh": "1h", "--log-level": "info",
+        "--serving": "auto", "--serving-interval": "15s",
     }
 
 

@@ -140,6 +140,11 @@ containers:
       - --kubelet-socket={{ $agent.kubeletSocketDir }}/kubelet.sock
       {{- end }}
       - --processes={{ ternary "on" "off" $agent.processes }}
+      - --serving={{ $agent.serving.mode }}
+      - --serving-interval={{ $agent.serving.interval }}
+      {{- with $agent.serving.ports }}
+      - --serving-ports={{ join "," . }}
+      {{- end }}
       - --price-cache=/var/lib/gpuledger/price-cache
       - --price-refresh={{ .Values.pricing.refresh }}
       {{- if .Values.pricing.aws }}
