@@ -326,6 +326,16 @@ def replicas(w: Mapping, ctx: Context) -> Recommendation | None:
         return None
     level = _quantile(demand, s.demand_percentile)
     needed = needed_replicas(level, gpus, s)
+    throughput = ""
+    rps, capacity = w.get("rps"), _num(w.get("rps_capacity"))
+    if rps is not None and len(rps) and capacity and float(w.get("serving_share") or 0) >= 0.5:
+        # serving counts exist: the replicas must also carry the requests at what one carried at the target
+        rps_level = _quantile(rps, s.demand_percentile)
+        by_requests = max(1, math.ceil(rps_level / capacity - 1e-9))
+        throughput = (f"By throughput: p{100 * s.demand_percentile:g} {rps_level:,.2f} requests/s, one replica "
+                      f"carried up to {capacity:,.2f}/s at or under {_pct(s.target_utilization)}, so "
+                      f"{by_requests} replicas; the larger count stands. ")
+        needed = max(needed, by_requests)
     if needed > median - 1:  # keep at least the typical count minus one: nothing to give back
         return None
     over_target = int(len(demand) - np.searchsorted(demand, needed * gpus * s.target_utilization, side="right"))
@@ -339,7 +349,8 @@ def replicas(w: Mapping, ctx: Context) -> Recommendation | None:
             f"on average; {needed} replicas at {_pct(s.target_utilization)} cover that: {over_target:,} of {n:,} "
             f"minutes ({over_target / n:.1%}) would have run above {_pct(s.target_utilization)} and {over_full:,} "
             f"({over_full / n:.1%}) above their capacity. Autoscale by hour of day ({s.time_zone}): "
-            f"minReplicas: {low}, maxReplicas: {high} (the busiest minute seen needed {peak_needs}). " + _figures(w))
+            f"minReplicas: {low}, maxReplicas: {high} (the busiest minute seen needed {peak_needs}). " + throughput
+            + _figures(w))
     risk = "high" if over_full / n > s.saturation_share else "medium"
     return _base(w, ctx, "replicas", max(0.0, 1.0 - needed / now), target_gpu_model=w["gpu_model"],
                  target_gpus_per_pod=gpus, target_memory_bytes=_num(w["gpu_memory_bytes"]),

@@ -248,6 +248,45 @@ def _demand(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.nda
     hod = hour_of_day(first_minute + (demand_keys % n_min) * 60, settings.time_zone)
     by_hour = group_sorted(demand_w * 24 + hod, demand, k * 24).quantiles((settings.demand_percentile,))[:, 0]
     out["demand_by_hour"] = _objects(list(by_hour.reshape(k, 24)))
+    _throughput(out, rows, wid, mask, m, n_min, settings)
+
+
+def _throughput(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, m: np.ndarray,
+                n_min: int, settings: Settings) -> None:
+    """Requests per second per (workload, minute), and what one replica sustained.
+
+    ``rps`` (sorted) is the workload's requests per second in each minute its servers
+    counted; ``rps_capacity`` the most requests per second one pod served in a minute
+    whose peak utilisation stayed at or under ``target_utilization`` (NaN without one);
+    ``serving_share`` the share of the workload's minutes with counts. ``replicas`` sizes
+    on these too when serving data exists (docs/unit-economics.md).
+    """
+    k = len(out)
+    requests = _col(rows, "requests")
+    counted = mask & ~np.isnan(requests)
+    if not counted.any():
+        out["rps"] = _objects([np.empty(0)] * k)
+        out["rps_capacity"] = np.nan
+        out["serving_share"] = 0.0
+        return
+    ids, keys = dense_ids(wid[counted].astype(np.int64) * n_min + m[counted], k * n_min)
+    per_minute = np.bincount(ids, weights=requests[counted]) / 60.0
+    w = keys // n_min
+    out["rps"] = _views(group_sorted(w, per_minute, k))
+    seen = np.bincount(dense_ids(wid[mask].astype(np.int64) * n_min + m[mask], k * n_min)[1] // n_min, minlength=k)
+    out["serving_share"] = np.bincount(w, minlength=k) / np.maximum(seen, 1)
+    # a pod's minute: its requests (on its first GPU's row) and its highest peak over its GPUs
+    pod, _ = column_codes(rows["pod_uid"])
+    n_pod = int(pod.max()) + 1
+    pm_ids, pm_keys = dense_ids(pod[mask].astype(np.int64) * n_min + m[mask], n_pod * n_min)
+    pm_requests = np.bincount(pm_ids, weights=np.nan_to_num(requests[mask]))
+    util = np.where(np.isnan(peak := _col(rows, "util_peak")), _col(rows, "used_gpu_seconds")
+                    / np.maximum(_col(rows, "allocated_gpu_seconds"), 1e-12), peak)[mask]
+    pm_peak = group_max(pm_ids, np.where(_known(rows, mask)[mask], util, np.nan), len(pm_keys))
+    pm_w = np.zeros(len(pm_keys), np.int64)
+    pm_w[pm_ids] = wid[mask]
+    within = pm_peak <= settings.target_utilization  # NaN (unknown utilisation) is not within
+    out["rps_capacity"] = group_max(pm_w[within], pm_requests[within] / 60.0, k)
 
 
 def _week(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, minute: np.ndarray,

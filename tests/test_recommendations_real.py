@@ -53,7 +53,7 @@ def test_genai_fleet_gets_fewer_replicas(genai):
     r = recs[0]
     # demand computed here: per minute, the sum over the pods' rows of their peak (a row of
     # unknown utilisation counts as fully busy); its p95; replicas at 80% to cover it
-    held = ledger[ledger["pod_uid"].notna()]
+    held = ledger[ledger["pod_uid"].notna() & (ledger["allocated_gpu_seconds"] > 0)]  # not the request-only rows
     busy = held["util_peak"].fillna(1.0)
     demand = busy.groupby(held["minute"]).sum().to_numpy()
     p95 = float(np.quantile(demand, 0.95))

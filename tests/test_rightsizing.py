@@ -383,3 +383,20 @@ def test_a_model_change_names_the_sources_of_both_prices():
     r = only(recommend(rows, HOURS, "USD", types=["downsize-model"]), "downsize-model")
     assert (r.current_price_source, r.current_hourly_price) == ("gpu-catalog", 2.7447)
     assert (r.target_price_source, r.target_hourly_price) == ("gpu-catalog", 0.8048)
+
+
+def test_replicas_also_carry_the_requests_when_servers_count_them():
+    # 4 pods at 30%: 1.2 GPUs of work → ⌈1.2 / 0.8⌉ = 2 replicas by GPU. Their servers answer
+    # 8 requests/s each (32 in all), and once one pod answered 12/s at 30% (its capacity at or
+    # under the 80% target): ⌈32 / 12⌉ = 3 replicas by throughput; the larger, 3, stands.
+    pods = _fleet(4, lambda h: 0.3)
+    for i, rows in enumerate(pods):
+        for row in rows:
+            row["requests"] = 8 * 60.0
+    pods[0][100]["requests"] = 12 * 60.0
+    r = only(recommend(frame(*pods), HOURS, "USD", types=["replicas"]), "replicas")
+    assert r.target_replicas == 3.0 and r.freed_share == pytest.approx(1 - 3 / 4)
+    assert "By throughput: p95 32.00 requests/s, one replica carried up to 12.00/s at or under 80%, so 3" in r.evidence
+    # without the counts, the GPU demand alone: 2
+    assert only(recommend(frame(*_fleet(4, lambda h: 0.3)), HOURS, "USD", types=["replicas"]),
+                "replicas").target_replicas == 2.0
