@@ -80,6 +80,32 @@ QUERIES: dict[str, str] = {
     "util_active": (f"max by ({_by(DEVICE_LABELS)}) (avg_over_time((gpuledger_gpu_utilization_ratio > bool 0)"
                     f"[{GAUGE_RANGE}:1m]))"),
 }
+# serving counts (docs/unit-economics.md): the agent's own counters per workload, and the model
+# servers' counters as Prometheus scraped them from the pods, joined to their workloads through
+# the agent's gpuledger_pod_info gauge (for workloads whose agents did not read them)
+SERVING = ("requests", "input_tokens", "output_tokens")
+SERVER_LABELS = ("node", "namespace", "team", "workload_class", "workload")
+for _name in SERVING:
+    QUERIES[_name] = _increase(f"gpuledger_serving_{_name}_total", COUNTER_LABELS)
+
+
+def _server_metric_names(field: str) -> str:
+    """A regex of every known server's counter names for ``field`` (with and without _total)."""
+    from collectors.serving import SERVERS
+
+    names = set()
+    for metrics in SERVERS.values():
+        for name in metrics.get(field, ()):
+            names |= {name, name[:-6] if name.endswith("_total") else name + "_total"}
+    return "|".join(sorted(names))
+
+
+for _name in SERVING:
+    QUERIES[f"server_{_name}"] = (
+        f"sum by ({_by(SERVER_LABELS)}) (increase({{__name__=~\"{_server_metric_names(_name)}\"}}[1h]) "
+        f"* on (namespace, pod) group_left ({_by(SERVER_LABELS[0:1] + SERVER_LABELS[2:])}) "
+        f"max by (namespace, pod, {_by(SERVER_LABELS[0:1] + SERVER_LABELS[2:])}) "
+        f"(max_over_time(gpuledger_pod_info[{GAUGE_RANGE}])))")
 # the shape of each device-hour's utilisation, for spreading the hour over its minutes (spread_minutes)
 UTIL_QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 for _q in UTIL_QUANTILES:
@@ -242,7 +268,7 @@ COLUMNS = ("minute", "node", "device_uuid", "parent_uuid", "mig_profile", "gpu_m
            "instance_type", "region", "zone", "capacity_type", "price_source", "gpu_hourly_price",
            "allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds",
            "active_gpu_seconds", "memory_used_max_bytes", "cost", "idle_cost", "unallocated_cost", "minutes",
-           "util_quantiles")
+           "util_quantiles", *SERVING)
 
 
 @dataclass
@@ -345,6 +371,8 @@ def hour_rows(answers: Mapping[str, list[dict]], default_region: str | None = No
     util_mean = per_hour(answers.get("util_mean", []), DEVICE_LABELS)
     util_active = per_hour(answers.get("util_active", []), DEVICE_LABELS)
     util_q = [per_hour(answers.get(f"util_q{q:g}", []), DEVICE_LABELS) for q in UTIL_QUANTILES]
+    served = {n: per_hour(answers.get(n, []), COUNTER_LABELS) for n in SERVING}
+    server_served = {n: per_hour(answers.get(f"server_{n}", []), SERVER_LABELS) for n in SERVING}
 
     total_bytes: dict[tuple, float] = {}
     for slot in mem_total.values():
@@ -416,10 +444,15 @@ def hour_rows(answers: Mapping[str, list[dict]], default_region: str | None = No
                 if owner is not None:
                     owned.setdefault((node, model, ns, owner), []).append(dev)
 
+        counts = _serving_counts(hour, served, server_served)
         for (node, model, ns, team, cls, wl), values in sorted(workloads.items(), key=_sort_key):
             kind, name = split_workload(wl)
             base = {"minute": hour, "node": node, "gpu_model": model, "namespace": ns, "team": team,
                     "workload_class": cls, "workload_kind": kind, "workload_name": name}
+            # the workload's counts that hour on that node go on its first row (as the ledger puts a
+            # pod's on its first GPU's row): the agent's per GPU model, the servers' on the first model
+            base.update(counts.pop((node, model, ns, team, cls, wl), None) or
+                        counts.pop((node, None, ns, team, cls, wl), None) or {})
             for row in hour_ctx.split(owned.get((node, model, ns, name), []), values, node, model, ns, kind, name):
                 if row["pod"] is None:
                     unnamed.append(len(cols["minute"]))
@@ -427,6 +460,8 @@ def hour_rows(answers: Mapping[str, list[dict]], default_region: str | None = No
                 else:
                     named.setdefault((node, ns, kind, name), set()).add(row["pod_uid"])
                 emit(node, model, {**base, **row})
+                for c in SERVING:
+                    base.pop(c, None)  # on the first row only
         for (node, model), (seconds, money) in sorted(spare.items(), key=_sort_key):
             for row in hour_ctx.spare(node, model, seconds, money):
                 emit(node, model, {"minute": hour, "node": node, "gpu_model": model, **row})
@@ -444,6 +479,25 @@ def hour_rows(answers: Mapping[str, list[dict]], default_region: str | None = No
                      "(a safe overestimate) and each counts as one pod per node.")
     currency = next(iter(currencies)) if currencies else "USD"
     return HourRows(cols, currency, first_hour, notes)
+
+
+def _serving_counts(hour: int, served: Mapping[str, Mapping[int, Mapping[tuple, float]]],
+                    server_served: Mapping[str, Mapping[int, Mapping[tuple, float]]]) -> dict[tuple, dict]:
+    """The hour's serving counts by (node, gpu_model, namespace, team, class, workload): the
+    agent's counters where it read the servers; the servers' own (joined through the pod info
+    gauge, gpu_model None) for the workloads it did not."""
+    out: dict[tuple, dict] = {}
+    for name in SERVING:
+        for key, v in served[name].get(hour, {}).items():
+            out.setdefault(key, {})[name] = out.get(key, {}).get(name, 0.0) + v
+    by_agent = {(k[0], *k[2:]) for k in out}
+    for name in SERVING:
+        for (node, ns, team, cls, wl), v in server_served[name].get(hour, {}).items():
+            if (node, ns, team, cls, wl) in by_agent:
+                continue
+            key = (node, None, ns, team, cls, wl)
+            out.setdefault(key, {})[name] = out.get(key, {}).get(name, 0.0) + v
+    return out
 
 
 def _sort_key(item) -> tuple:
@@ -625,7 +679,7 @@ def _normalise(weights: Sequence[float]) -> list[float] | None:
 # --------------------------------------------------------------------------- hours into minutes
 
 EVEN = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost",
-        "unallocated_cost")
+        "unallocated_cost", *SERVING)
 SAME = ("gpu_memory_total_bytes", "gpu_hourly_price", "memory_used_max_bytes")
 
 

@@ -36,6 +36,12 @@ COUNTERS = {"allocated_gpu_seconds": "gpuledger_gpu_allocated_seconds", "used_gp
 UNALLOCATED = {"unallocated_gpu_seconds": "gpuledger_gpu_unallocated_seconds",
                "unallocated_cost": "gpuledger_gpu_unallocated_cost"}
 LABELS = ["node", "gpu_model", "namespace", "team", "workload_class", "workload"]
+SERVING = {"requests": "gpuledger_serving_requests", "input_tokens": "gpuledger_serving_input_tokens",
+           "output_tokens": "gpuledger_serving_output_tokens"}
+# the pods of this namespace get no agent serving counters: Prometheus scrapes their vLLM's own, which the
+# report joins to their workload through gpuledger_pod_info (docs/unit-economics.md)
+SERVER_NAMESPACE = "genai-serving"
+VLLM = {"requests": "vllm:request_success", "input_tokens": "vllm:prompt_tokens", "output_tokens": "vllm:generation_tokens"}
 SOURCES = {"rate-card": "ratecard", "default": "default"}  # the metric's `source` for the ledger's price_source
 
 
@@ -104,6 +110,27 @@ def openmetrics(ledger: pd.DataFrame, currency: str) -> str:
         labels = {**dict(zip(LABELS, key)), **_agent_labels(key[0])}
         _counter_series(fams, COUNTERS, labels, part["minute"].to_numpy(), part[list(COUNTERS)].to_numpy(), end,
                         restart if key[0] == RESTART_NODE else None)
+    served = alloc[alloc["requests"].notna()].copy()
+    for c in SERVING:
+        served[c] = served[c].fillna(0.0)
+    by_agent = served[served["namespace"] != SERVER_NAMESPACE]
+    per = by_agent.groupby([*LABELS, "minute"], observed=True)[list(SERVING)].sum().reset_index()
+    for key, part in per.groupby(LABELS, sort=True, observed=True):
+        labels = {**dict(zip(LABELS, key)), **_agent_labels(key[0])}
+        _counter_series(fams, SERVING, labels, part["minute"].to_numpy(), part[list(SERVING)].to_numpy(), end,
+                        restart if key[0] == RESTART_NODE else None)
+    by_server = served[served["namespace"] == SERVER_NAMESPACE]
+    per = by_server.groupby(["node", "namespace", "pod", "minute"], observed=True)[list(SERVING)].sum().reset_index()
+    for (node, ns, pod), part in per.groupby(["node", "namespace", "pod"], sort=True, observed=True):
+        labels = {"namespace": ns, "pod": pod, "model_name": "sdxl", "job": "vllm", "instance": f"{pod}:8000"}
+        _counter_series(fams, VLLM, labels, part["minute"].to_numpy(), part[list(SERVING)].to_numpy(), end, None)
+    held_pods = alloc[alloc["allocated_gpu_seconds"] > 0].groupby(
+        ["node", "namespace", "pod", "team", "workload_class", "workload"], observed=True)["minute"].agg(["min", "max"])
+    for (node, ns, pod, team, cls, wl), (first, last) in held_pods.iterrows():
+        times = np.arange(-(-(first + 60) // SCRAPE_S) * SCRAPE_S, min(last + 60 + 300, end) + 1, SCRAPE_S)
+        labels = {"node": node, "namespace": ns, "pod": pod, "team": team, "workload_class": cls, "workload": wl,
+                  **_agent_labels(node)}
+        _lines(fams.setdefault("gpuledger_pod_info", []), "gpuledger_pod_info", labels, times, np.ones(len(times)))
     spare = d[d["pod_uid"].isna()].groupby(["node", "gpu_model", "minute"], observed=True)[list(UNALLOCATED)].sum()
     for key, part in spare.reset_index().groupby(["node", "gpu_model"], sort=True, observed=True):
         labels = {"node": key[0], "gpu_model": key[1], **_agent_labels(key[0])}
@@ -156,7 +183,8 @@ def openmetrics(ledger: pd.DataFrame, currency: str) -> str:
 
     text = []
     for name, lines in fams.items():
-        text.append(f"# TYPE {name} {'counter' if name in COUNTERS.values() or name in UNALLOCATED.values() else 'gauge'}")
+        counters = {*COUNTERS.values(), *UNALLOCATED.values(), *SERVING.values(), *VLLM.values()}
+        text.append(f"# TYPE {name} {'counter' if name in counters else 'gauge'}")
         text.extend(lines)
     text.append("# EOF")
     return "\n".join(text) + "\n"
@@ -553,3 +581,19 @@ def test_hour_rows_by_hand():
     answers["price"] = answers["price"] + _series({**price, "node": "n2", "currency": "USD"}, 1.0)
     with pytest.raises(PrometheusError, match="several currencies"):
         hour_rows(answers)
+
+
+def test_unit_costs_match_the_ledger(models):
+    """Cost per 1,000 requests and per million output tokens from Prometheus: the agent's serving
+    counters for most workloads, the vLLM pods' own counters joined through gpuledger_pod_info for
+    one namespace; within 1% of the ledger's for every inference workload."""
+    ledger, prom = models
+    mine = {(u["namespace"], u["workload_name"]): u for u in prom.unit_costs}
+    theirs = {(u["namespace"], u["workload_name"]): u for u in ledger.unit_costs if u["requests"]}
+    assert theirs and any(ns == SERVER_NAMESPACE for ns, _ in theirs)
+    for key, u in theirs.items():
+        got = mine[key]
+        assert rel(got["requests"], u["requests"]) < 0.01, key
+        assert rel(got["output_tokens"], u["output_tokens"]) < 0.01, key
+        assert rel(got["cost_per_1k_requests_allocation"], u["cost_per_1k_requests_allocation"]) < 0.01, key
+        assert rel(got["cost_per_1m_output_tokens_usage"], u["cost_per_1m_output_tokens_usage"]) < 0.01, key
