@@ -1,7 +1,7 @@
 """The node agent's cost on an 8-GPU node with 50 GPU pods at 1-second sampling.
 
     python benchmarks/agent_bench.py [--seconds 300] [--warmup 20] [--scrapes 200] [--blocks 5]
-                                     [--api kubeconfig|in-cluster] [--json FILE]
+                                     [--api kubeconfig|in-cluster] [--serving N] [--json FILE]
 
 Builds a node the real ``gpuledger agent`` runs against, as a child process
 (``python -m agent.cli agent --kubernetes on --interval 1s ...``):
@@ -46,6 +46,14 @@ blocks, medians reported, since the machine is shared):
    per cycle (its own + its child's, ``getrusage``) and the spawn's wall time, and its
    CPU % of a core from ``/proc/<pid>/stat`` (utime + stime + cutime + cstime) per
    block. The ratio agent / baseline is per block, median over the blocks.
+
+With ``--serving N`` the first N pods run a model server: each has a pod IP (127.0.0.1),
+``prometheus.io/scrape`` annotations and a port of its own, where a local HTTP server
+(in this process, so its CPU is not the agent's) answers a vLLM exposition whose
+counters grow every second; the agent reads them every 15 s (``--serving on``). Run it
+with ``--serving 0`` (the agent with ``--serving off``) and ``--serving 50`` one after the
+other to see what reading 50 endpoints costs (issue 12: under 0.2 % of a core and 5 MB,
+scrapes under 5 ms).
 
 It also checks that the agent is attributing: ``/readyz`` answers 200,
 ``gpuledger_samples_total`` grows by 8 a second, every team's cost counter is above 0,
@@ -209,6 +217,71 @@ def build_node(work: Path) -> dict:
     return {"fake": fake, "proc": proc, "gpus": gpus, "pods": pods, "placement": placement}
 
 
+class ModelServers:
+    """N local HTTP servers answering a vLLM exposition whose counters grow with wall time."""
+
+    def __init__(self, n: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.started = time.monotonic()
+        started = self.started
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                t = time.monotonic() - started
+                body = (VLLM_EXPOSITION % (3000 + 7 * t, 1.2e6 + 4100 * t, 3.9e5 + 1300 * t)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.servers = []
+        for _ in range(n):
+            httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            self.servers.append(httpd)
+
+    @property
+    def ports(self) -> list[int]:
+        return [h.server_address[1] for h in self.servers]
+
+    def close(self) -> None:
+        for h in self.servers:
+            h.shutdown()
+            h.server_close()
+
+
+VLLM_EXPOSITION = (  # the counters the agent reads, among vLLM's other series (gauges and a histogram)
+    "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+    "# TYPE vllm:num_requests_running gauge\n"
+    'vllm:num_requests_running{engine="0",model_name="llama"} 3.0\n'
+    "# TYPE vllm:request_success_total counter\n"
+    'vllm:request_success_total{engine="0",finished_reason="stop",model_name="llama"} %.1f\n'
+    "# TYPE vllm:prompt_tokens_total counter\n"
+    'vllm:prompt_tokens_total{engine="0",model_name="llama"} %.1f\n'
+    "# TYPE vllm:generation_tokens_total counter\n"
+    'vllm:generation_tokens_total{engine="0",model_name="llama"} %.1f\n'
+    "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+    + "".join(f'vllm:e2e_request_latency_seconds_bucket{{engine="0",le="{le}",model_name="llama"}} 100.0\n'
+              for le in ("0.3", "0.5", "0.8", "1.0", "1.5", "2.0", "2.5", "5.0", "10.0", "+Inf"))
+    + 'vllm:e2e_request_latency_seconds_sum{engine="0",model_name="llama"} 80.0\n'
+    'vllm:e2e_request_latency_seconds_count{engine="0",model_name="llama"} 100.0\n')
+
+
+def serve_models(node: dict, n: int) -> ModelServers:
+    """Start the model servers and annotate the first ``n`` pods to point at them."""
+    servers = ModelServers(n)
+    for pod, port in zip(node["pods"], servers.ports):
+        pod["status"]["podIP"] = "127.0.0.1"
+        pod["metadata"]["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
+    return servers
+
+
 def start_cluster(node: dict, work: Path, api: str) -> tuple[FakeKube, FakeKubelet]:
     tls = None
     if api == "in-cluster":
@@ -230,9 +303,11 @@ def start_cluster(node: dict, work: Path, api: str) -> tuple[FakeKube, FakeKubel
     return kube, kubelet
 
 
-def agent_argv(node: dict, kube: FakeKube, kubelet: FakeKubelet, work: Path, port: int, api: str) -> tuple[list[str], dict]:
+def agent_argv(node: dict, kube: FakeKube, kubelet: FakeKubelet, work: Path, port: int, api: str,
+               serving: int = 0) -> tuple[list[str], dict]:
     env = node["fake"].env(dict(os.environ, PYTHONPATH=str(ROOT)))
     flags = ["agent", "--node", k8s.NODE, "--interval", "1s", "--kubernetes", "on",
+             "--serving", "on" if serving else "off", "--serving-interval", "15s",
              "--kubelet-socket", kubelet.socket_path, "--proc-root", str(node["proc"]),
              "--ledger-dir", str(work / "ledger"), "--listen", f"127.0.0.1:{port}", "--log-level", "warning"]
     if api == "kubeconfig":
@@ -428,9 +503,10 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="gpuledger-agent-bench-"))
     node = build_node(work)
     node["fake"].set(node["gpus"])  # no frozen clock: the library's samples follow wall time
+    models = serve_models(node, args.serving) if args.serving else None
     kube, kubelet = start_cluster(node, work, args.api)
     port = free_port()
-    argv, env = agent_argv(node, kube, kubelet, work, port, args.api)
+    argv, env = agent_argv(node, kube, kubelet, work, port, args.api, args.serving)
     log = (work / "agent.log").open("w")
     launched = time.monotonic()
     agent = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -496,6 +572,8 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         kubelet.close()
         kube.stop()
+        if models is not None:
+            models.close()
     result = analyse(args, node, work, launched, ready_s, rss_ready, rss, marks, scrapes, first, last, last_body,
                      (burst_t1 - burst_t0, burst_c1 - burst_c0, burst_lat), baseline_cycles,
                      ready_code, end_code, code, start, end)
@@ -608,6 +686,9 @@ def analyse(args, node, work, launched, ready_s, rss_ready, rss, marks, scrapes,
             "allocated_gpu_seconds_in_window": round(alloc, 1),
             "unallocated_gpu_seconds_in_window": round(unalloc, 3),
             "collector_errors": errors,
+            "serving_requests_in_window": round(total(last, "gpuledger_serving_requests_total")
+                                                - total(first, "gpuledger_serving_requests_total"), 1),
+            "serving_endpoints": total(last, "gpuledger_serving_endpoints"),
         },
     }
 
@@ -647,7 +728,8 @@ def report(r: dict) -> None:
     print(f"  checks: /readyz {c['readyz_before']} -> {c['readyz_after']}; {c['samples_per_trace_second']} samples/s; "
           f"{len(c['teams_with_cost'])} teams with cost, {c['workloads']} workloads ({', '.join(c['workload_classes'])}); "
           f"allocated {c['allocated_gpu_seconds_in_window']} GPU-s, unallocated {c['unallocated_gpu_seconds_in_window']}; "
-          f"errors {c['collector_errors'] or 'none'}; exit {a['exit_code']}")
+          f"errors {c['collector_errors'] or 'none'}; exit {a['exit_code']}; serving: {c['serving_endpoints']:g} "
+          f"endpoints, {c['serving_requests_in_window']:,} requests counted in the window")
 
 
 def main() -> None:
@@ -661,6 +743,8 @@ def main() -> None:
                         help="how the agent reaches the API server (default kubeconfig; in-cluster: as in a pod)")
     parser.add_argument("--imports", action="store_true",
                         help="then run the agent once more with -X importtime and charge its RSS to the packages it imports")
+    parser.add_argument("--serving", type=int, default=0, metavar="N",
+                        help="the first N pods run a model server the agent reads every 15 s (default 0: --serving off)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     result = run(args)
