@@ -145,24 +145,34 @@ def after_rightsizing(p) -> str:
 
 
 
+def unit_money(x: float | None) -> str:
+    """A unit cost: three significant digits below 1 (0.0573), else as money."""
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if abs(x) < 1 else money(x)
+
+
 def unit_cost_rows(r) -> list[list[str]]:
     """The unit economics table's cells, shared by Markdown and HTML (escaping is theirs)."""
     def count(x) -> str:
         return "–" if x is None else f"{x:,.0f}"
 
+    def pair(u, what: str) -> str:
+        return f"{unit_money(u[what + '_allocation'])} / {unit_money(u[what + '_usage'])}"
+
     rows = []
     for u in r.unit_costs:
-        trend = " → ".join(money(d["cost_per_1k_requests"]) for d in u["daily"][-7:]) or "–"
-        change = signed_pct(u["change_pct"]) if u["change_pct"] is not None else (
-            "no previous window" if not r.has_previous else "new")
-        if u["anomaly"]:
-            change += " (anomaly)"
+        if u["requests"] is None:
+            change = "no requests counted"
+        elif u["change_pct"] is not None:
+            change = signed_pct(u["change_pct"]) + (" (anomaly)" if u["anomaly"] else "")
+        else:
+            change = "no previous window" if not r.has_previous else "new"
+        trend = " → ".join(unit_money(d["cost_per_1k_requests"]) for d in u["daily"][-7:]) \
+            if u["requests"] is not None else "–"
         rows.append([workload(u), str(u["team"]), count(u["requests"]), count(u["input_tokens"]),
-                     count(u["output_tokens"]), money(u["cost_allocation"]),
-                     f"{money(u['cost_per_1k_requests_allocation'])} / {money(u['cost_per_1k_requests_usage'])}",
-                     f"{money(u['cost_per_1m_input_tokens_allocation'])} / {money(u['cost_per_1m_input_tokens_usage'])}",
-                     f"{money(u['cost_per_1m_output_tokens_allocation'])} / {money(u['cost_per_1m_output_tokens_usage'])}",
-                     trend, change])
+                     count(u["output_tokens"]), money(u["cost_allocation"]), pair(u, "cost_per_1k_requests"),
+                     pair(u, "cost_per_1m_input_tokens"), pair(u, "cost_per_1m_output_tokens"), trend, change])
     return rows
 
 
