@@ -227,6 +227,8 @@ class ModelServers:
         started = self.started
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's uvicorn answers
+
             def do_GET(self):  # noqa: N802
                 t = time.monotonic() - started
                 body = (VLLM_EXPOSITION % (3000 + 7 * t, 1.2e6 + 4100 * t, 3.9e5 + 1300 * t)).encode()

@@ -29,6 +29,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterable, Mapping, Sequence
 
 from collectors.faults import FaultCounter
@@ -86,18 +87,40 @@ class ExpositionError(ValueError):
 def read_counters(text: str, servers: Mapping[str, Mapping[str, Sequence[str]]] = SERVERS) -> Counters:
     """The known counters in one exposition; the server is the first whose requests metric appears.
 
+    Only the lines of the counters named in ``servers`` (and their ``# TYPE``/``# HELP``
+    lines) reach prometheus_client's parser: a model server's exposition is hundreds of
+    lines of histograms, and parsing them all would cost the agent milliseconds a read.
     Raises :class:`ExpositionError` when the text does not parse or no server matches.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
+    wanted = _wanted(tuple((name, tuple((f, tuple(n)) for f, n in metrics.items()))
+                           for name, metrics in servers.items()))
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[2] in wanted:
+                kept.append(line)
+        elif line.strip():
+            end = len(line)
+            for sep in ("{", " ", "\t"):
+                at = line.find(sep)
+                if 0 <= at < end:
+                    end = at
+            if line[:end] in wanted:
+                kept.append(line)
     totals: dict[str, float] = {}
     try:
-        for family in text_string_to_metric_families(text):
+        for family in text_string_to_metric_families("\n".join(kept) + "\n"):
             for sample in family.samples:
                 if math.isfinite(sample.value):
                     totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
     except (ValueError, TypeError, IndexError) as err:
         raise ExpositionError(f"not a Prometheus text exposition: {err}") from None
+    if not kept and text.strip() and not _looks_like_exposition(text):
+        raise ExpositionError("not a Prometheus text exposition")
+
     def value(name: str) -> float | None:
         # the parser names a counter's samples `<family>_total` even where the server wrote
         # no suffix (TGI, Triton): a configured name matches with or without it
@@ -116,6 +139,30 @@ def read_counters(text: str, servers: Mapping[str, Mapping[str, Sequence[str]]] 
         return Counters(server, **values)
     raise ExpositionError("no request counter of a known server (vLLM, SGLang, TGI, Triton, or the config's "
                           "serving mappings)")
+
+
+@lru_cache(maxsize=16)
+def _wanted(servers: tuple) -> frozenset[str]:
+    """Every metric and sample name the servers' fields may appear under (with and without _total);
+    ``servers`` as nested tuples, so that it can be cached."""
+    names = set()
+    for _, metrics in servers:
+        for _, field_names in metrics:
+            for name in field_names:
+                names |= {name, name + "_total", name[:-6] if name.endswith("_total") else name}
+    return frozenset(names)
+
+
+def _looks_like_exposition(text: str) -> bool:
+    """A body of metric lines (``name{labels} value`` or ``name value``) and comments."""
+    for line in text.splitlines()[:20]:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        head = line.split("{", 1)[0].split(None, 1)[0]
+        if not head.replace(":", "_").replace("_", "a").isalnum():
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -294,53 +341,60 @@ class ServingScraper:
 
 
 def http_get(url: str, timeout_s: float) -> str:
-    """The body of a GET, within ``timeout_s`` for connecting and for reading; TimeoutError or OSError."""
-    import urllib3
+    """The body of a GET within ``timeout_s`` in all; TimeoutError or OSError otherwise.
 
+    Connections are kept open between reads (model servers speak HTTP/1.1), one per
+    endpoint: a new TCP connection and its handshake every 15 s would be most of the
+    cost of a read.
+    """
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise OSError(f"not an http:// URL: {url!r}")
+    key = (parts.hostname, parts.port or 80)
+    conn = _CONNECTIONS.pop(key, None) or http.client.HTTPConnection(key[0], key[1], timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
     try:
-        resp = _POOL.request("GET", url, timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-                             retries=False, preload_content=False)
-        try:
-            if resp.status != 200:
-                raise OSError(f"HTTP {resp.status}")
-            data = resp.read(MAX_BODY + 1)
-            if len(data) > MAX_BODY:
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                     headers={"Accept": "text/plain", "User-Agent": "gpuledger"})
+        resp = conn.getresponse()
+        chunks, size = [], 0
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}: no whole answer within {timeout_s:g} s")
+            chunk = resp.read(1 << 16)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_BODY:
                 raise ExpositionError(f"the exposition is larger than {MAX_BODY} bytes")
-            return data.decode("utf-8", errors="replace")
-        finally:
-            resp.release_conn()
-    except urllib3.exceptions.NewConnectionError as err:  # refused: a subclass of ConnectTimeoutError
-        raise OSError(str(err)) from None
-    except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ReadTimeoutError,
-            urllib3.exceptions.ConnectTimeoutError) as err:
-        raise TimeoutError(str(err)) from None
-    except urllib3.exceptions.HTTPError as err:
-        raise OSError(str(err)) from None
+            chunks.append(chunk)
+        if resp.status != 200:
+            raise OSError(f"HTTP {resp.status}")
+        if not resp.will_close:
+            _CONNECTIONS[key] = conn  # whole answer read: reusable
+        else:
+            conn.close()
+        return b"".join(chunks).decode("utf-8", errors="replace")
+    except TimeoutError as err:  # socket.timeout is TimeoutError
+        conn.close()
+        raise TimeoutError(f"{url}: {err}") from None
+    except http.client.HTTPException as err:  # a broken answer: not an OSError of its own
+        conn.close()
+        raise OSError(f"{url}: {err!r}") from None
+    except BaseException:
+        conn.close()
+        raise
 
 
 MAX_BODY = 8 << 20  # a model server's exposition is tens of kilobytes; this bounds a broken one
-
-
-def _pool():
-    import urllib3
-
-    return urllib3.PoolManager(num_pools=64, maxsize=2)
-
-
-class _LazyPool:
-    """One connection pool for every endpoint, made on first use (urllib3 loads only then)."""
-
-    _pool = None
-
-    def request(self, *args, **kwargs):
-        if self._pool is None:
-            self._pool = _pool()
-        return self._pool.request(*args, **kwargs)
-
-
-_POOL = _LazyPool()
-
-
+_CONNECTIONS: dict[tuple[str, int], object] = {}  # idle kept-alive connections, by endpoint
 class ServingSource:
     """A RecordSource that adds the scraper's increments, as ``serving`` records, to another's records.
 
