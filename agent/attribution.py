@@ -73,9 +73,13 @@ def attribute(samples: SampleColumns, timeline: Timeline, where: Locate | None =
         util=np.where(allocated & s_known, s_util, np.nan),
     )]
     shared = np.flatnonzero(is_shared)
-    if len(shared):
-        parts.append(_split_shared(shared, samples, timeline, slot, dt, price, minute))
-    return _concat(parts)
+    if not len(shared):
+        return parts[0]
+    parts.append(_split_shared(shared, samples, timeline, slot, dt, price, minute))
+    # in the samples' order, so that a ledger row's parts always add up in the same order
+    order = np.argsort(np.concatenate([single, np.repeat(shared, timeline.n_holders[slot[shared]])]), kind="stable")
+    joined = _concat(parts)
+    return Allocations(**{k: getattr(joined, k)[order] for k in Allocations.__dataclass_fields__})
 
 
 def _slots(samples: SampleColumns, timeline: Timeline, where: Locate) -> np.ndarray:

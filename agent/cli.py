@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _replay_parser(sub) -> None:
+    from agent.durations import duration_arg
+    from collectors.records import LATENESS_S
+
     p = sub.add_parser(
         "replay",
         help="attribute and price a recorded trace (dry-run of the agent)",
@@ -135,33 +138,40 @@ def _replay_parser(sub) -> None:
                    help="team and workload-class settings (YAML, docs/configuration.md)")
     p.add_argument("--out", metavar="DIR", help="write summary.json and ledger.parquet here")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the table")
+    p.add_argument("--lateness", type=duration_arg, default=LATENESS_S, metavar="DURATION",
+                   help="how much older than the records before it in its file a record may be "
+                   f"(default {LATENESS_S:g}s); replay holds about this much of the trace in memory "
+                   "(docs/trace-format.md, \"Order\")")
     p.set_defaults(handler=_replay)
 
 
 def _replay(args: argparse.Namespace) -> int:
     from agent.config import load_config
-    from agent.ledger import ledger_table, write_parquet
     from agent.progress import ProgressLine
     from agent.replay import replay
+    from agent.sinks import DiscardSink, ParquetSink
     from agent.summary import format_table
     from collectors.atomicfile import atomic_paths, check_dir_target
-    from collectors.pricing.ratecard import load_rate_card, load_snapshot
+    from collectors.pricing.ratecard import RateCardPricer, load_rate_card, load_snapshot
 
     out = Path(args.out) if args.out else None
     if out is not None:
-        check_dir_target(out)  # created only once the input has been read
-    card = load_rate_card(args.rates) if args.rates else load_snapshot()
+        check_dir_target(out)
+    pricer = RateCardPricer(load_rate_card(args.rates) if args.rates else load_snapshot())
     config = load_config(args.config)
     progress = ProgressLine("reading traces")
     try:
-        result = replay(args.traces, card, config, progress)
+        if out is None:
+            result = replay(args.traces, pricer, config, progress, sink=DiscardSink(), lateness_s=args.lateness)
+        else:
+            # both files appear together once all went well; on an input error, neither (nor the folder)
+            with atomic_paths([out / "ledger.parquet", out / "summary.json"]) as (ledger, summary_json):
+                sink = ParquetSink(ledger, pricer.currency)
+                result = replay(args.traces, pricer, config, progress, sink=sink, lateness_s=args.lateness)
+                sink.close()
+                summary_json.write_text(json.dumps(result.summary, indent=2) + "\n", encoding="utf-8")
     finally:
         progress.done()
-    if out is not None:
-        summary = json.dumps(result.summary, indent=2) + "\n"
-        with atomic_paths([out / "ledger.parquet", out / "summary.json"]) as (ledger, summary_json):
-            write_parquet(ledger_table(result.ledger, result.timeline), ledger)
-            summary_json.write_text(summary, encoding="utf-8")
     if args.json:
         sys.stdout.write(json.dumps(result.summary, indent=2) + "\n")
     else:

@@ -35,3 +35,13 @@ def parse_duration(text: str, bare_unit: str = "s") -> float:
     if seconds == float("inf"):
         raise ValueError(f"expected a finite duration, got {text[:40]!r}")
     return seconds
+
+
+def duration_arg(text: str) -> float:
+    """``parse_duration`` as an argparse ``type``: a bad value is a usage error naming the flag."""
+    import argparse
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

@@ -1,206 +1,153 @@
-"""The ledger: allocations summed to one row per (minute, node, device, pod or unallocated).
+"""Ledger rows in columns: how attributed seconds become rows, and how parts of a row add up.
 
-The ledger is the history every later step reads (the weekly report, the
-recommenders), so its columns are a contract: ``docs/ledger.md``.
+A ledger row is one minute of one device for one pod version, or for nobody
+(``docs/ledger.md``; the columns are declared in :mod:`recommenders.ledger_schema`). Here
+rows are NumPy columns that name their device, pod version and device attributes by the
+ids the engine gives them (:class:`agent.engine.Names`), so a row's parts from different
+batches, or from timelines rebuilt in between, still add up to one row. The sinks turn
+ids into names when they write.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from agent.attribution import Allocations
-from agent.timeline import Timeline
-from collectors.atomicfile import atomic_path
+from agent.attribution import Allocations, ServingCounts
+from recommenders.ledger_schema import COUNTED, MAXED, SUMS
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-LEDGER_VERSION = "1.2"  # 1.1 added util_peak, 1.2 the serving counts; readers take 1 too (docs/ledger.md)
+SUMMED = (*SUMS, "samples")
+# where the device and pod columns of a row come from: the attribute of SlotInfo or PodInfo
+SLOT_ATTR = {"parent_uuid": "parent_uuid", "mig_profile": "mig_profile", "gpu_model": "model",
+             "gpu_memory_total_bytes": "memory_total_bytes", "instance_type": "instance_type", "region": "region",
+             "zone": "zone", "capacity_type": "capacity_type", "price_source": "price_source",
+             "gpu_hourly_price": "gpu_hourly_price"}
+POD_ATTR = {"pod_uid": "uid", "namespace": "namespace", "pod": "name", "team": "team",
+            "workload_class": "workload_class", "workload_kind": "workload_kind", "workload_name": "workload_name"}
 
 
 @dataclass
-class Ledger:
-    """Minute rows in columns. ``holder`` -1 marks unallocated capacity."""
+class Rows:
+    """Ledger rows (or parts of rows) in columns.
 
-    minute: np.ndarray
-    slot: np.ndarray  # the row's latest slot (its device's price and labels)
-    holder: np.ndarray
-    allocated: np.ndarray
-    unallocated: np.ndarray
-    used: np.ndarray
-    util_unknown: np.ndarray
-    active: np.ndarray
-    cost: np.ndarray
-    idle_cost: np.ndarray
-    unallocated_cost: np.ndarray
-    mem_max: np.ndarray
-    util_peak: np.ndarray  # the highest sample utilisation of the row, 0-1 (NaN where unknown)
-    samples: np.ndarray
-    # what the pod's model server counted in the minute (NaN where nothing was counted)
-    requests: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
+    ``device``, ``holder`` and ``slot`` are the engine's ids of the device, the pod version
+    (-1: unallocated) and the device's attributes in effect (model, labels, price);
+    ``since`` is when those attributes took effect: a row spanning a change takes the
+    latest. ``values`` holds every summed, maxed and counted column by its ledger name.
+    """
+
+    minute: np.ndarray  # int64, start of the minute
+    device: np.ndarray  # int64
+    holder: np.ndarray  # int64
+    slot: np.ndarray  # int64
+    since: np.ndarray  # float64
+    values: dict[str, np.ndarray]
 
     def __len__(self) -> int:
         return len(self.minute)
 
-
-SUMMED = ("allocated", "unallocated", "used", "util_unknown", "active", "cost", "idle_cost",
-          "unallocated_cost", "samples")
-MAXED = ("mem_max", "util_peak")  # the row's highest sample value, NaN when no sample had one
-COUNTED = ("requests", "input_tokens", "output_tokens")  # summed where known, NaN when nothing was counted
-INTEGER = ("minute", "slot", "holder", "samples")
+    def take(self, index: np.ndarray) -> "Rows":
+        """The rows at ``index`` (positions or a mask)."""
+        return Rows(self.minute[index], self.device[index], self.holder[index], self.slot[index],
+                    self.since[index], {k: v[index] for k, v in self.values.items()})
 
 
-def rollup(allocs: Allocations, timeline: Timeline) -> Ledger:
-    """Sum allocations per (minute, device, holder); memory is the minute's maximum."""
+@dataclass(frozen=True)
+class SlotIds:
+    """For each slot of a timeline, and each of its pods, the engine's ids (see :class:`Rows`)."""
+
+    device: np.ndarray
+    slot: np.ndarray
+    since: np.ndarray
+    pod: np.ndarray
+
+    def holders(self, holder: np.ndarray) -> np.ndarray:
+        return np.where(holder >= 0, self.pod[np.maximum(holder, 0)] if len(self.pod) else -1, -1)
+
+
+def allocation_rows(allocs: Allocations, ids: SlotIds) -> Rows:
+    """One row part per allocation: its seconds split into allocated or unallocated, its
+    cost into used, idle and unallocated money (``docs/cost-model.md``)."""
     allocated = allocs.holder >= 0
     seconds = allocs.gpu_seconds
     with np.errstate(invalid="ignore", divide="ignore"):
         idle_share = np.where(seconds > 0, (seconds - allocs.used - allocs.util_unknown) / seconds, 0.0)
-    rows = Ledger(
-        minute=allocs.minute, slot=allocs.slot, holder=allocs.holder,
-        allocated=np.where(allocated, seconds, 0.0),
-        unallocated=np.where(allocated, 0.0, seconds),
-        used=allocs.used, util_unknown=allocs.util_unknown, active=allocs.active,
-        cost=np.where(allocated, allocs.cost, 0.0),
-        idle_cost=np.where(allocated, allocs.cost * idle_share, 0.0),
-        unallocated_cost=np.where(allocated, 0.0, allocs.cost),
-        mem_max=allocs.mem, util_peak=allocs.util / 100.0, samples=np.ones(len(allocs), np.int64),
-        **{k: np.full(len(allocs), np.nan) for k in COUNTED},
-    )
-    return _reduce(rows, timeline)
+    n = len(allocs)
+    values = {
+        "allocated_gpu_seconds": np.where(allocated, seconds, 0.0),
+        "unallocated_gpu_seconds": np.where(allocated, 0.0, seconds),
+        "used_gpu_seconds": allocs.used, "util_unknown_gpu_seconds": allocs.util_unknown,
+        "active_gpu_seconds": allocs.active,
+        "cost": np.where(allocated, allocs.cost, 0.0),
+        "idle_cost": np.where(allocated, allocs.cost * idle_share, 0.0),
+        "unallocated_cost": np.where(allocated, 0.0, allocs.cost),
+        "samples": np.ones(n, np.int64),
+        "memory_used_max_bytes": allocs.mem, "util_peak": allocs.util / 100.0,
+        **{k: np.full(n, np.nan) for k in COUNTED},
+    }
+    return Rows(allocs.minute, ids.device[allocs.slot], ids.holders(allocs.holder), ids.slot[allocs.slot],
+                ids.since[allocs.slot], values)
 
 
-def serving_rows(minute: np.ndarray, slot: np.ndarray, holder: np.ndarray, counts: dict[str, np.ndarray],
-                 timeline: Timeline) -> Ledger:
-    """Ledger rows holding serving counts and nothing else (no GPU-seconds, no cost, no sample),
-    so that merged with the GPU rows they add their counts to the pod's row of the minute."""
-    n = len(minute)
+def serving_rows(placed: ServingCounts, ids: SlotIds) -> Rows:
+    """Row parts holding serving counts and nothing else (no GPU-seconds, no cost, no
+    sample), so that they add their counts to the pod's row of the minute."""
+    n = len(placed)
     zeros = np.zeros(n)
-    return _reduce(Ledger(
-        minute=minute, slot=slot, holder=holder, allocated=zeros, unallocated=zeros, used=zeros,
-        util_unknown=zeros, active=zeros, cost=zeros, idle_cost=zeros, unallocated_cost=zeros,
-        mem_max=np.full(n, np.nan), util_peak=np.full(n, np.nan), samples=np.zeros(n, np.int64),
-        **{k: counts[k] for k in COUNTED},
-    ), timeline)
+    values: dict[str, np.ndarray] = {k: zeros for k in SUMS}
+    values["samples"] = np.zeros(n, np.int64)
+    values.update({k: np.full(n, np.nan) for k in MAXED})
+    values.update({k: placed.counts[k] for k in COUNTED})
+    return Rows(placed.minute, ids.device[placed.slot], ids.holders(placed.holder), ids.slot[placed.slot],
+                ids.since[placed.slot], values)
 
 
-def merge(parts: list[Ledger], timeline: Timeline) -> Ledger:
-    """One ledger from the ledgers of several batches (a minute may span batches)."""
+def empty() -> Rows:
+    i, f = np.empty(0, np.int64), np.empty(0, np.float64)
+    return Rows(i, i, i, i, f, {k: (i if k == "samples" else f) for k in (*SUMMED, *MAXED, *COUNTED)})
+
+
+def concat(parts: list[Rows]) -> Rows:
     if not parts:
-        return _reduce(Ledger(**{k: np.empty(0, np.int64 if k in INTEGER else np.float64)
-                                 for k in Ledger.__dataclass_fields__}), timeline)
+        return empty()
     if len(parts) == 1:
         return parts[0]
-    joined = Ledger(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Ledger.__dataclass_fields__})
-    return _reduce(joined, timeline)
+    return Rows(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("minute", "device", "holder", "slot", "since")),
+                {k: np.concatenate([p.values[k] for p in parts]) for k in parts[0].values})
 
 
-def _reduce(rows: Ledger, timeline: Timeline) -> Ledger:
-    """Group rows by (minute, device, holder): sums add up, memory and slot take the max."""
+def reduce(rows: Rows) -> Rows:
+    """One row per (minute, device, holder), in order of minute, device id and holder id.
+
+    Sums add up in the order the parts come (a stable sort), so the same parts in the same
+    order give the same bits however they were batched; memory and utilisation take the
+    highest known value, serving counts add where known; the device attributes are those
+    of the part whose ``since`` is latest (the last such part on a tie).
+    """
     n = len(rows)
     if n == 0:
         return rows
-    n_holders = len(timeline.pods) + 1
-    n_pairs = (int(timeline.device_id.max()) + 1) * n_holders
-    pair = timeline.device_id[rows.slot] * n_holders + (rows.holder + 1)
+    n_holders = int(rows.holder.max()) + 2
+    pair = rows.device * n_holders + (rows.holder + 1)
+    n_pairs = (int(rows.device.max()) + 1) * n_holders
     key = (rows.minute - int(rows.minute.min())) // 60 * n_pairs + pair
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
     first = order[starts]
-    # fmax: NaN only where all are NaN
-    maxima = {k: np.fmax.reduceat(getattr(rows, k)[order], starts) for k in MAXED}
-    out = {k: np.add.reduceat(getattr(rows, k)[order], starts) for k in SUMMED}
+    values: dict[str, np.ndarray] = {}
+    for k in SUMMED:
+        values[k] = np.add.reduceat(rows.values[k][order], starts)
+    for k in MAXED:
+        values[k] = np.fmax.reduceat(rows.values[k][order], starts)  # NaN only where all are
     for k in COUNTED:
-        values = getattr(rows, k)[order]
-        known = np.add.reduceat((~np.isnan(values)).astype(np.int64), starts) > 0
-        out[k] = np.where(known, np.add.reduceat(np.nan_to_num(values), starts), np.nan)
-    return Ledger(
-        minute=rows.minute[first], slot=np.maximum.reduceat(rows.slot[order], starts),
-        holder=rows.holder[first], **maxima, **out,
-    )
-
-
-def ledger_table(ledger: Ledger, timeline: Timeline) -> "pa.Table":
-    """The ledger as an Arrow table with the documented columns, sorted by minute.
-
-    Arrow is imported here, not at the top: the agent sums ledger rows on every node
-    and writes them without Arrow (agent/rollups.py), so it never pays for loading it.
-    """
-    import pyarrow as pa
-
-    order = np.lexsort((ledger.holder, timeline.device_id[ledger.slot], ledger.minute))
-    slot = ledger.slot[order]
-    holder = ledger.holder[order]
-    slots = timeline.slots
-    pods = timeline.pods
-
-    def from_slot(attr: str) -> list:
-        values = [getattr(s, attr) for s in slots]
-        return [values[i] for i in slot]
-
-    def from_pod(attr: str) -> list:
-        values = [getattr(p, attr) for p in pods]
-        return [values[h] if h >= 0 else None for h in holder]
-
-    def col(values: np.ndarray) -> np.ndarray:
-        return values[order]
-
-    mem = col(ledger.mem_max)
-    peak = col(ledger.util_peak)
-    columns = {
-        "minute": pa.array(col(ledger.minute), pa.timestamp("s", tz="UTC")),
-        "node": pa.array(from_slot("node"), pa.string()),
-        "device_uuid": pa.array(from_slot("uuid"), pa.string()),
-        "parent_uuid": pa.array(from_slot("parent_uuid"), pa.string()),
-        "mig_profile": pa.array(from_slot("mig_profile"), pa.string()),
-        "gpu_model": pa.array(from_slot("model"), pa.string()),
-        "gpu_memory_total_bytes": pa.array(from_slot("memory_total_bytes"), pa.float64()),
-        "pod_uid": pa.array(from_pod("uid"), pa.string()),
-        "namespace": pa.array(from_pod("namespace"), pa.string()),
-        "pod": pa.array(from_pod("name"), pa.string()),
-        "team": pa.array(from_pod("team"), pa.string()),
-        "workload_class": pa.array(from_pod("workload_class"), pa.string()),
-        "workload_kind": pa.array(from_pod("workload_kind"), pa.string()),
-        "workload_name": pa.array(from_pod("workload_name"), pa.string()),
-        "instance_type": pa.array(from_slot("instance_type"), pa.string()),
-        "region": pa.array(from_slot("region"), pa.string()),
-        "zone": pa.array(from_slot("zone"), pa.string()),
-        "capacity_type": pa.array(from_slot("capacity_type"), pa.string()),
-        "price_source": pa.array(from_slot("price_source"), pa.string()),
-        "gpu_hourly_price": pa.array(from_slot("gpu_hourly_price"), pa.float64()),
-        "allocated_gpu_seconds": pa.array(col(ledger.allocated)),
-        "unallocated_gpu_seconds": pa.array(col(ledger.unallocated)),
-        "used_gpu_seconds": pa.array(col(ledger.used)),
-        "util_unknown_gpu_seconds": pa.array(col(ledger.util_unknown)),
-        "active_gpu_seconds": pa.array(col(ledger.active)),
-        "memory_used_max_bytes": pa.array(mem, pa.float64(), mask=np.isnan(mem)),
-        "util_peak": pa.array(peak, pa.float64(), mask=np.isnan(peak)),
-        "cost": pa.array(col(ledger.cost)),
-        "idle_cost": pa.array(col(ledger.idle_cost)),
-        "unallocated_cost": pa.array(col(ledger.unallocated_cost)),
-        "samples": pa.array(col(ledger.samples), pa.int64()),
-        **{k: _nullable(col(getattr(ledger, k))) for k in COUNTED},
-    }
-    metadata = {"gpuledger.ledger_version": LEDGER_VERSION, "gpuledger.currency": timeline.currency}
-    return pa.table(columns).replace_schema_metadata(metadata)
-
-
-def _nullable(values: np.ndarray) -> "pa.Array":
-    import pyarrow as pa
-
-    return pa.array(values, pa.float64(), mask=np.isnan(values))
-
-
-def write_parquet(table: "pa.Table", path: str | Path) -> None:
-    """Write atomically: a reader sees the old file or the whole new one, never a part."""
-    import pyarrow.parquet as pq
-
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        v = rows.values[k][order]
+        known = np.add.reduceat((~np.isnan(v)).astype(np.int64), starts) > 0
+        values[k] = np.where(known, np.add.reduceat(np.nan_to_num(v), starts), np.nan)
+    since = rows.since[order]
+    latest = np.maximum.reduceat(since, starts)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+    at_latest = np.where(since == latest[group], np.arange(n), -1)
+    pick = order[np.maximum.reduceat(at_latest, starts)]
+    return Rows(rows.minute[first], rows.device[first], rows.holder[first], rows.slot[pick], rows.since[pick],
+                values)

@@ -1,11 +1,14 @@
-"""The agent's accounting core: each cycle's records in, attributed GPU-seconds out.
+"""The live agent's driver of the engine: each cycle's records in, its row parts out.
 
-Replay attributes a whole trace at once. The agent receives a handful of records a
-second, so :class:`Meter` keeps just enough of the past (the state records that can
-still matter) to attribute each cycle's samples with the very functions replay uses:
-:func:`~agent.timeline.build_timeline`, :func:`~agent.attribution.attribute` and
-:func:`~agent.ledger.rollup`. Nothing here does I/O; the daemon feeds it and hands its
-output to the exporter and the minute ledger.
+Replay (:mod:`agent.replay`) accounts a trace strictly and in time order. The agent
+receives a handful of records a second, from collectors that can be a moment out of step
+(a sample of a device before its devices record, a pods record late), so :class:`Meter`
+drives the same :class:`~agent.engine.Engine` with the agent's policy: what cannot be
+accounted is dropped and counted, never fatal; a sample up to ``horizon_s`` behind the
+newest is still accounted with the state records in effect at its time; each cycle's row
+parts go out at once, to the exporter's counters and the minute ledger
+(:class:`~agent.rollups.RollupBook`), which adds a late part to a minute already written.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -17,19 +20,14 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from agent.attribution import MINUTE, attribute, locate_slots, place_serving
 from agent.config import Config
-from agent.ledger import COUNTED, rollup, serving_rows
-from agent.timeline import PodInfo, SlotInfo, Timeline, build_timeline
+from agent.engine import Engine, Names, minute_of as _minute_of
+from agent.ledger import COUNTED, Rows, concat, reduce
+from agent.timeline import PodInfo, SlotInfo, Timeline
 from collectors.pricing.ratecard import Pricer
 from collectors.records import Meta, Record, Sample, ServingRecord
-from collectors.samples import OVERLAP_TOLERANCE_S, Interners, SampleColumns, ServingColumns
-
-# Sums of a ledger row, in this order (the ledger's names, docs/ledger.md).
-SUMS = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_seconds",
-        "util_unknown_gpu_seconds", "active_gpu_seconds", "cost", "idle_cost", "unallocated_cost")
-_LEDGER_SUMS = ("allocated", "unallocated", "used", "util_unknown", "active", "cost", "idle_cost",
-                "unallocated_cost")
+from collectors.samples import OVERLAP_TOLERANCE_S, SampleColumns, ServingColumns
+from recommenders.ledger_schema import SUMS
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class Cycle:
 
 
 class Meter:
-    """Attributes records cycle by cycle, exactly as replay would attribute them at once.
+    """Accounts records cycle by cycle with the agent's policy (see the module's docstring).
 
     ``horizon_s``: how far behind the newest sample a sample may arrive and still be
     attributed with the state records in effect at its time; older ones are dropped and
@@ -111,21 +109,20 @@ class Meter:
         self.config = config
         self.horizon_s = horizon_s
         self.resume = dict(resume or {})
-        self.interners = Interners()
-        self._states: dict[tuple[str, str], list[tuple[float, int, Record]]] = {}
+        self.engine = Engine(pricer, config, where=lambda where: ("agent", where[1]))
+        self.interners = self.engine.interners
         self._seq = 0
-        self._timeline: Timeline | None = None
         self._newest = -math.inf
         # per (node, uuid): the (end, start) of the samples attributed within the horizon, by end
         self._covered: dict[tuple[str, str], list[tuple[float, float]]] = {}
 
     @property
-    def timeline(self) -> Timeline | None:
-        return self._timeline
+    def timeline(self) -> Timeline:
+        return self.engine.timeline
 
     def invalidate_prices(self) -> None:
         """Rebuild the timeline on the next cycle, so refreshed prices are used."""
-        self._timeline = None
+        self.engine.invalidate_prices()
 
     def process(self, records: Iterable[Record], default_interval: float) -> Cycle:
         """Take one cycle's records: remember the state records, attribute the samples and
@@ -137,40 +134,42 @@ class Meter:
                 samples.append(record)
             elif isinstance(record, ServingRecord):
                 serving.append(record)
-            else:
-                self._remember(record)
+            elif not isinstance(record, Meta):
+                self.engine.add_state((0, self._seq), record)  # type: ignore[arg-type]
+                self._seq += 1
         cycle = Cycle()
         limit = self._newest - self.horizon_s  # behind what was seen before this cycle
+        parts: list[Rows] = []
         if samples:
             self._newest = max(self._newest, max(s.ts for s in samples))
             cycle.newest_ts = self._newest
-            self._attribute(samples, default_interval, cycle, limit)
+            parts += self._attribute(samples, default_interval, cycle, limit)
         if serving:
-            self._place(serving, default_interval, cycle, limit)
+            parts += self._place(serving, default_interval, cycle, limit)
+        if parts:
+            cycle.rows = _rows(reduce(concat(parts)), self.engine.names)
         return cycle
 
-    def _attribute(self, samples: list[Sample], default_interval: float, cycle: Cycle, limit: float) -> None:
+    def _attribute(self, samples: list[Sample], default_interval: float, cycle: Cycle, limit: float) -> list[Rows]:
         samples = self._drop_known(samples, default_interval, cycle, limit)
         if not samples:
-            return
-        self._forget_before(min(limit, min(s.ts for s in samples)))
-        timeline = self._current_timeline()
+            return []
+        self.engine.forget_before(min(limit, min(s.ts for s in samples)))
         columns = SampleColumns.from_samples(samples, self.interners, default_interval)
-        slot, ok = locate_slots(columns, timeline)
+        slot, ok = self.engine.locate(columns)
         cycle.dropped_undescribed = int((~ok).sum())
         keep = self._cover(samples, ok, default_interval, limit)
         cycle.dropped_overlap = int(ok.sum() - keep.sum())
+        if not keep.any():
+            return []
         if not keep.all():
             samples = [s for s, k in zip(samples, keep) if k]
-            columns = SampleColumns.from_samples(samples, self.interners, default_interval)
-            slot = slot[keep]
-        if not samples:
-            return
+            columns, slot = columns.take(keep), slot[keep]
         cycle.samples = len(samples)
-        cycle.rows = _rows(rollup(attribute(columns, timeline), timeline), timeline)
-        cycle.readings = _readings(samples, slot, timeline)
+        cycle.readings = _readings(samples, slot, self.engine.timeline)
+        return [self.engine.attribute(columns)]
 
-    def _place(self, serving: list[ServingRecord], default_interval: float, cycle: Cycle, limit: float) -> None:
+    def _place(self, serving: list[ServingRecord], default_interval: float, cycle: Cycle, limit: float) -> list[Rows]:
         """Serving counts on the rows of their pods, as replay places them; a record the ledger
         already holds (a restart) or older than the horizon is skipped, one whose pod the
         node does not list is dropped and counted."""
@@ -178,20 +177,19 @@ class Meter:
                 and not ((done := self.resume.get(r.node)) is not None and done.holds(minute_of(r, default_interval), r.ts))]
         cycle.dropped_late += sum(1 for r in serving if r.ts < limit)
         if not kept:
-            return
-        timeline = self._current_timeline()
-        placed, ok = place_serving(ServingColumns.from_records(kept, self.interners, default_interval), timeline)
+            return []
+        rows, ok = self.engine.place(ServingColumns.from_records(kept, self.interners, default_interval))
         cycle.dropped_serving = int((~ok).sum())
         cycle.serving = int(ok.sum())
-        if len(placed):
-            cycle.rows += _rows(serving_rows(placed.minute, placed.slot, placed.holder, placed.counts, timeline),
-                                timeline)
+        return [rows] if len(rows) else []
 
     # ------------------------------------------------------------------ overlaps
 
     def _cover(self, samples: list[Sample], ok: np.ndarray, default_interval: float, limit: float) -> np.ndarray:
         """Which samples to attribute: those ``ok`` that cover no time an earlier sample of
-        their device covered (replay refuses such input; the agent drops and counts it)."""
+        their device covered (replay refuses such input; the agent drops and counts it).
+        Samples may arrive out of order here, so each device keeps every interval within
+        the horizon, not only its newest (as replay's :class:`~collectors.samples.Coverage`)."""
         keep = ok.copy()
         for i, s in enumerate(samples):
             if not ok[i]:
@@ -211,37 +209,6 @@ class Meter:
                 del covered[:bisect.bisect_left(covered, (horizon, -math.inf))]
         return keep
 
-    # ------------------------------------------------------------------ state records
-
-    def _remember(self, record: Record) -> None:
-        if isinstance(record, Meta):
-            return
-        key = (record.node, type(record).__name__)
-        history = self._states.setdefault(key, [])
-        history.append((record.ts, self._seq, record))
-        self._seq += 1
-        if len(history) > 1 and history[-2][0] > record.ts:
-            history.sort(key=lambda e: (e[0], e[1]))
-        self._timeline = None
-
-    def _forget_before(self, horizon: float) -> None:
-        """Keep, per node and kind, the records after ``horizon`` and the one in effect at it."""
-        for key, history in self._states.items():
-            first_kept = 0
-            for i, (ts, _, _) in enumerate(history):
-                if ts <= horizon:
-                    first_kept = i
-            if first_kept:
-                del history[:first_kept]
-                self._timeline = None
-
-    def _current_timeline(self) -> Timeline:
-        if self._timeline is None:
-            states = [((0, seq), record) for history in self._states.values() for _, seq, record in history]
-            self._timeline = build_timeline(states, self.interners, self.pricer, self.config,
-                                            lambda where: ("agent", where[1]))
-        return self._timeline
-
     def _drop_known(self, samples: list[Sample], default_interval: float, cycle: Cycle,
                     limit: float) -> list[Sample]:
         """Drop samples already in the ledger (a restart) or older than ``limit``."""
@@ -260,24 +227,25 @@ class Meter:
 
 def minute_of(sample: Sample | ServingRecord, default_interval: float) -> int:
     """The minute a sample counts in: the one holding its interval's midpoint (as replay)."""
-    interval = default_interval if sample.interval_s is None else sample.interval_s
-    return int(math.floor((sample.ts - interval / 2) / MINUTE) * MINUTE)
+    return _minute_of(sample.ts, default_interval if sample.interval_s is None else sample.interval_s)
 
 
-def _rows(ledger, timeline: Timeline) -> list[Row]:
-    sums = np.column_stack([getattr(ledger, k) for k in _LEDGER_SUMS]) if len(ledger) else None
-    rows = []
-    for i in range(len(ledger)):
-        slot = timeline.slots[int(ledger.slot[i])]
-        holder = int(ledger.holder[i])
-        pod = timeline.pods[holder] if holder >= 0 else None
-        rows.append(Row(
-            key=RowKey(int(ledger.minute[i]), slot.node, slot.uuid, pod), slot=slot,
-            sums=tuple(float(v) for v in sums[i]), mem_max=float(ledger.mem_max[i]),
-            util_peak=float(ledger.util_peak[i]), samples=int(ledger.samples[i]),
-            counts=tuple(float(getattr(ledger, k)[i]) for k in COUNTED),
+def _rows(rows: Rows, names: Names) -> list[Row]:
+    """Rows as objects, for the exporter's counters and the minute ledger (a cycle has a few)."""
+    sums = np.column_stack([rows.values[k] for k in SUMS]).tolist() if len(rows) else []
+    counts = np.column_stack([rows.values[k] for k in COUNTED]).tolist() if len(rows) else []
+    devices, slots, pods = names.devices.values, names.slots.values, names.pods.values
+    out = []
+    for i in range(len(rows)):
+        node, uuid = devices[int(rows.device[i])]
+        holder = int(rows.holder[i])
+        out.append(Row(
+            key=RowKey(int(rows.minute[i]), node, uuid, pods[holder] if holder >= 0 else None),
+            slot=slots[int(rows.slot[i])], sums=tuple(sums[i]),
+            mem_max=float(rows.values["memory_used_max_bytes"][i]), util_peak=float(rows.values["util_peak"][i]),
+            samples=int(rows.values["samples"][i]), counts=tuple(counts[i]),
         ))
-    return rows
+    return out
 
 
 def _readings(samples: list[Sample], slot: np.ndarray, timeline: Timeline) -> list[Reading]:

@@ -19,28 +19,25 @@ report reads these files as it reads ``ledger.parquet``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
-import os
-import re
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.ledger import COUNTED, LEDGER_VERSION
-from agent.metering import SUMS, Resume, Row, RowKey
+from agent.ledger import POD_ATTR, SLOT_ATTR
+from agent.metering import Resume, Row, RowKey
 from agent.timeline import SlotInfo
-from collectors.atomicfile import AtomicFile
+from collectors.atomicfile import write_bytes
 from collectors.errors import InputError
 from collectors.faults import FAULTS, FaultCounter
 from collectors.records import TS_MAX
+from recommenders.ledger_schema import (COUNTED, DEVICE, HOUR, NAMES, POD, ROW_KEY, ROLLUP_HEADER, ROLLUP_SUFFIX,
+                                        SUMS, VERSION, node_dirname, rollup_path)
 
-HOUR = 3600
-SUFFIX = ".jsonl.gz"
-HEADER_KEY = "gpuledger_ledger"  # the header line's marker: {"gpuledger_ledger": "1", ...}
+SUFFIX = ROLLUP_SUFFIX
+HEADER_KEY = ROLLUP_HEADER
 DAMAGED = ".damaged"  # a damaged rollup found at start is renamed <name>.damaged
 COLLECTOR = "agent"
 
@@ -260,77 +257,28 @@ class RollupBook:
         new = [row_dict(k, a) for k, a in entry.rows.items() if k.minute in minutes]
         rows = _merged(entry.restored, new)
         rows.sort(key=_order)
-        header = {HEADER_KEY: LEDGER_VERSION, "currency": self.currency, "node": node, "hour": hour,
+        header = {HEADER_KEY: VERSION, "currency": self.currency, "node": node, "hour": hour,
                   "minutes_through": minutes_through, "samples_through": samples_through}
         if self.trace is not None:
             header["trace"] = self.trace
         lines = [json.dumps(header)] + [json.dumps(r, allow_nan=False) for r in rows]
         data = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
-        path = rollup_path(self.directory, node, hour)
-        atomic = AtomicFile(path)
-        try:
-            with open(atomic.tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            atomic.commit()
-        except BaseException:
-            atomic.discard()
-            raise
+        write_bytes(rollup_path(self.directory, node, hour), data, durable=True)
         self.files_written += 1
 
 
-def rollup_path(directory: Path, node: str, hour: int) -> Path:
-    stamp = time.gmtime(hour)
-    return directory / node_dirname(node) / time.strftime("%Y-%m-%d", stamp) / f"{stamp.tm_hour:02d}{SUFFIX}"
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_MAX_DIRNAME = 200
-
-
-def node_dirname(node: str) -> str:
-    """The directory of a node's rollups: one safe path component, whatever the name.
-
-    Kubernetes node names (letters, digits, ``.``, ``-``) are used as they are. Any other
-    name (from a trace in dry-run: ``..``, ``a/b``, ``/abs``, a NUL, a leading dot or dash)
-    is percent-encoded byte by byte (``%2E.`` for ``..``), so it can only name a directory
-    inside the ledger directory, and two names never share one; a name too long for a
-    file name keeps its first part and a hash of the whole. The files' headers and rows
-    carry the real name, which is what the agent and the report read.
-    """
-    if _PLAIN_NAME.fullmatch(node):
-        return node
-    raw = node.encode("utf-8", "surrogatepass")
-    out = "".join(chr(b) if b in _KEEP and (i or b not in b".-_") else f"%{b:02X}" for i, b in enumerate(raw))
-    if len(out) > _MAX_DIRNAME:
-        out = out[:_MAX_DIRNAME - 17] + "~" + hashlib.sha256(raw).hexdigest()[:16]
-    return out
-
-
 def row_dict(key: RowKey, acc: _Acc) -> dict[str, Any]:
-    """A ledger row with the columns of docs/ledger.md (NaN memory becomes null)."""
+    """A ledger row with the columns of docs/ledger.md, in their order (NaN becomes null)."""
     s, p = acc.slot, key.pod
-    row: dict[str, Any] = {
-        "minute": key.minute, "node": key.node, "device_uuid": key.uuid,
-        "parent_uuid": s.parent_uuid, "mig_profile": s.mig_profile, "gpu_model": s.model,
-        "gpu_memory_total_bytes": s.memory_total_bytes,
-        "pod_uid": p.uid if p else None, "namespace": p.namespace if p else None,
-        "pod": p.name if p else None, "team": p.team if p else None,
-        "workload_class": p.workload_class if p else None,
-        "workload_kind": p.workload_kind if p else None,
-        "workload_name": p.workload_name if p else None,
-        "instance_type": s.instance_type, "region": s.region, "zone": s.zone,
-        "capacity_type": s.capacity_type, "price_source": s.price_source,
-        "gpu_hourly_price": s.gpu_hourly_price,
-    }
+    row: dict[str, Any] = {"minute": key.minute, "node": key.node, "device_uuid": key.uuid}
+    row.update((name, getattr(s, SLOT_ATTR[name])) for name in DEVICE)
+    row.update((name, getattr(p, POD_ATTR[name]) if p else None) for name in POD)
     row.update(zip(SUMS, acc.sums))
-    row["memory_used_max_bytes"] = None if math.isnan(acc.mem_max) else acc.mem_max
-    row["util_peak"] = None if math.isnan(acc.util_peak) else acc.util_peak
+    row["memory_used_max_bytes"] = acc.mem_max
+    row["util_peak"] = acc.util_peak
     row["samples"] = acc.samples
-    row.update((k, None if math.isnan(v) else v) for k, v in zip(COUNTED, acc.counts))
-    return row
+    row.update(zip(COUNTED, acc.counts))
+    return {name: None if isinstance(row[name], float) and math.isnan(row[name]) else row[name] for name in NAMES}
 
 
 def read_rollup(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -361,7 +309,7 @@ def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[s
         minute = row.get("minute")
         if isinstance(minute, bool) or not isinstance(minute, int) or not hour <= minute < hour + HOUR:
             raise ValueError(f"line {i}: expected a minute of the file's hour, got {minute!r:.40}")
-        for key in _IDENTITY[1:]:
+        for key in ROW_KEY[1:]:
             if key not in row or not (row[key] is None or isinstance(row[key], str)):
                 raise ValueError(f"line {i}: expected a string or null for {key}")
         for key in SUMS + ("samples",):
@@ -389,19 +337,16 @@ def _reason(err: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-_IDENTITY = ("minute", "device_uuid", "pod_uid", "namespace", "pod", "team", "workload_class",
-             "workload_kind", "workload_name")
-
 
 def _merged(restored: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows written before a restart plus the rows since; a minute the agent stopped in
     has rows on both sides, which add up (they hold different samples)."""
     if not restored:
         return new
-    by_identity = {tuple(r[k] for k in _IDENTITY): r for r in new}
+    by_identity = {tuple(r[k] for k in ROW_KEY): r for r in new}
     out = list(new)
     for old in restored:
-        row = by_identity.get(tuple(old[k] for k in _IDENTITY))
+        row = by_identity.get(tuple(old[k] for k in ROW_KEY))
         if row is None:
             out.append(old)
             continue

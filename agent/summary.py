@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.ledger import COUNTED, Ledger
-from agent.timeline import Timeline
+from agent.engine import Names
+from agent.ledger import COUNTED, Rows
 
 SUMMARY_VERSION = 1
 FIGURES = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost")
@@ -33,37 +33,53 @@ def unit_figures(cost: float, requests: float | None, input_tokens: float | None
             "cost_per_1m_output_tokens": per(output_tokens, 1e6)}
 
 
-def summarize(ledger: Ledger, timeline: Timeline, window: tuple[float, float]) -> dict[str, Any]:
-    """Totals, per-team figures with a per-class split, and per-workload figures."""
-    n_pods = len(timeline.pods)
-    pod_rows = ledger.holder >= 0
-    holder = ledger.holder[pod_rows]
-    per_pod = {
-        "allocated_gpu_seconds": ledger.allocated, "used_gpu_seconds": ledger.used,
-        "util_unknown_gpu_seconds": ledger.util_unknown, "cost": ledger.cost,
-        "idle_cost": ledger.idle_cost,
-    }
-    models = sorted({s.model for s in timeline.slots})
-    model_code = {m: i for i, m in enumerate(models)}
-    row_model = np.array([model_code[s.model] for s in timeline.slots], np.int64)[ledger.slot[pod_rows]] if len(timeline.slots) else np.empty(0, np.int64)
-    pair = holder * max(len(models), 1) + row_model
-    size = n_pods * max(len(models), 1)
-    sums = {k: np.bincount(pair, weights=v[pod_rows], minlength=size) for k, v in per_pod.items()}
-    rows = np.bincount(pair, minlength=size)
-    served = {}  # serving counts per (pod, model), NaN where its servers counted nothing
-    for k in COUNTED:
-        values = getattr(ledger, k)[pod_rows]
-        seen = np.bincount(pair, weights=~np.isnan(values), minlength=size) > 0
-        served[k] = np.where(seen, np.bincount(pair, weights=np.nan_to_num(values), minlength=size), np.nan)
+class SummaryBook:
+    """The summary accumulated from ledger rows as they are finished (a sink, see
+    :mod:`agent.sinks`), so no ledger has to be held to summarise it.
 
-    teams: dict[str, dict[str, Any]] = {}
-    workloads: dict[tuple, dict[str, Any]] = {}
-    for p, pod in enumerate(timeline.pods):
-        for m, model in enumerate(models):
-            code = p * len(models) + m
-            if rows[code] == 0:
-                continue
-            figures = {k: float(sums[k][code]) for k in FIGURES}
+    Figures are kept per (pod version, GPU model): teams, classes and workloads are sums
+    of those, made once at the end.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[int, str], np.ndarray] = {}  # (pod id, model) -> FIGURES, rows, COUNTED, counted
+        self._totals = dict.fromkeys(_TOTALS, 0.0)
+        self._models: list[str] = []  # model of each slot id
+
+    def add(self, rows: Rows, names: Names) -> None:
+        v = rows.values
+        for name in _TOTALS:
+            self._totals[name] += float(v[name].sum())
+        pod_rows = np.flatnonzero(rows.holder >= 0)
+        if not len(pod_rows):
+            return
+        self._models += [s.model for s in names.slots.values[len(self._models):]]
+        models = sorted(set(self._models))
+        code = {m: i for i, m in enumerate(models)}
+        slot_model = np.array([code[m] for m in self._models], np.int64)
+        pair = rows.holder[pod_rows] * len(models) + slot_model[rows.slot[pod_rows]]
+        keys, inverse = np.unique(pair, return_inverse=True)
+        parts = [np.bincount(inverse, weights=v[k][pod_rows], minlength=len(keys)) for k in FIGURES]
+        parts.append(np.bincount(inverse, minlength=len(keys)).astype(np.float64))
+        for k in COUNTED:
+            values = v[k][pod_rows]
+            parts.append(np.bincount(inverse, weights=np.nan_to_num(values), minlength=len(keys)))
+            parts.append(np.bincount(inverse, weights=~np.isnan(values), minlength=len(keys)))
+        sums = np.column_stack(parts)
+        for i, key in enumerate(keys.tolist()):
+            at = (key // len(models), models[key % len(models)])
+            found = self._pairs.get(at)
+            self._pairs[at] = sums[i] if found is None else found + sums[i]
+
+    def summary(self, names: Names, currency: str, window: tuple[float, float],
+                prices: set[tuple]) -> dict[str, Any]:
+        """Totals, per-team figures with a per-class split, and per-workload figures."""
+        teams: dict[str, dict[str, Any]] = {}
+        workloads: dict[tuple, dict[str, Any]] = {}
+        n = len(FIGURES)
+        for (pod_id, model), sums in sorted(self._pairs.items()):
+            pod = names.pods.values[pod_id]
+            figures = {k: float(sums[i]) for i, k in enumerate(FIGURES)}
             team = teams.setdefault(pod.team, {"team": pod.team, **dict.fromkeys(FIGURES, 0.0), "by_class": {}})
             cls = team["by_class"].setdefault(pod.workload_class, dict.fromkeys(FIGURES, 0.0))
             key = (pod.namespace, pod.workload_kind, pod.workload_name, pod.team, pod.workload_class, model)
@@ -73,42 +89,34 @@ def summarize(ledger: Ledger, timeline: Timeline, window: tuple[float, float]) -
                 **dict.fromkeys(FIGURES, 0.0), "pods": 0, **dict.fromkeys(COUNTED),
             })
             work["pods"] += 1
-            for k, v in figures.items():
-                team[k] += v
-                cls[k] += v
-                work[k] += v
-            for k in COUNTED:
-                if not np.isnan(served[k][code]):
-                    work[k] = (work[k] or 0.0) + float(served[k][code])
-    for work in workloads.values():
-        work.update(unit_figures(work["cost"], work["requests"], work["input_tokens"], work["output_tokens"]))
+            for k, value in figures.items():
+                team[k] += value
+                cls[k] += value
+                work[k] += value
+            for i, k in enumerate(COUNTED):
+                if sums[n + 2 + 2 * i] > 0:
+                    work[k] = (work[k] or 0.0) + float(sums[n + 1 + 2 * i])
+        for work in workloads.values():
+            work.update(unit_figures(work["cost"], work["requests"], work["input_tokens"], work["output_tokens"]))
+        t = self._totals
+        totals = {"gpu_seconds": t["allocated_gpu_seconds"] + t["unallocated_gpu_seconds"], **t}
+        return {
+            "version": SUMMARY_VERSION,
+            "currency": currency,
+            "window": {"start": iso(window[0]), "end": iso(window[1])},
+            "totals": totals,
+            "teams": sorted(teams.values(), key=lambda t: (-t["cost"], t["team"])),
+            "workloads": sorted(workloads.values(), key=lambda w: (-w["cost"], w["namespace"], w["name"], w["gpu_model"])),
+            "prices": [
+                {"node": n, "instance_type": it or None, "gpu_model": m, "gpu_hourly": h, "source": src}
+                for n, it, m, h, src in sorted(prices)
+            ],
+        }
 
-    totals = {
-        "gpu_seconds": float(ledger.allocated.sum() + ledger.unallocated.sum()),
-        "allocated_gpu_seconds": float(ledger.allocated.sum()),
-        "used_gpu_seconds": float(ledger.used.sum()),
-        "unallocated_gpu_seconds": float(ledger.unallocated.sum()),
-        "util_unknown_gpu_seconds": float(ledger.util_unknown.sum()),
-        "cost": float(ledger.cost.sum()),
-        "idle_cost": float(ledger.idle_cost.sum()),
-        "unallocated_cost": float(ledger.unallocated_cost.sum()),
-    }
-    prices = sorted({
-        (s.node, s.instance_type or "", s.model, s.gpu_hourly_price, s.price_source) for s in timeline.slots
-        if s.parent_uuid is None
-    })
-    return {
-        "version": SUMMARY_VERSION,
-        "currency": timeline.currency,
-        "window": {"start": iso(window[0]), "end": iso(window[1])},
-        "totals": totals,
-        "teams": sorted(teams.values(), key=lambda t: (-t["cost"], t["team"])),
-        "workloads": sorted(workloads.values(), key=lambda w: (-w["cost"], w["namespace"], w["name"], w["gpu_model"])),
-        "prices": [
-            {"node": n, "instance_type": it or None, "gpu_model": m, "gpu_hourly": h, "source": src}
-            for n, it, m, h, src in prices
-        ],
-    }
+
+# summary.json's totals besides gpu_seconds: sums of the ledger columns of these names (docs/summary.md)
+_TOTALS = ("allocated_gpu_seconds", "used_gpu_seconds", "unallocated_gpu_seconds", "util_unknown_gpu_seconds",
+           "cost", "idle_cost", "unallocated_cost")
 
 
 def format_table(summary: dict[str, Any]) -> str:

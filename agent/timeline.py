@@ -165,7 +165,7 @@ class _Builder:
         self.epoch_starts[node_code] = np.array(starts, np.float64)
 
     def _add_epoch(self, epoch: int, record: DevicesRecord, order: Where, labels, pods) -> None:
-        weights = self._weights(record, order)
+        weights = device_weights(record, self.where(order))
         holders: dict[str, list[int]] = {}
         first_device: dict[str, tuple[int, str]] = {}
         present = {d.uuid for d in record.devices}
@@ -199,41 +199,6 @@ class _Builder:
             ))
         for uid, (index, uuid) in first_device.items():
             self.pod_slots[epoch * POD_KEY + self.interners.pods.code(uid)] = (index, slot_of[uuid])
-
-    def _weights(self, record: DevicesRecord, order: Where) -> dict[str, float]:
-        """Physical-GPU seconds per observed second for every device of the record."""
-        weights = {d.uuid: 1.0 for d in record.devices}
-        by_uuid = {d.uuid: d for d in record.devices}
-        used: dict[str, int] = {}
-        for i, device in enumerate(record.devices):
-            if device.parent_uuid is None:
-                continue
-            parent = by_uuid[device.parent_uuid]
-            total = model_compute_slices(parent.model)
-            g = profile_compute_slices(device.mig_profile or "")
-            file, line = self.where(order)
-            if total is None:
-                raise InputError(
-                    f"cannot weigh MIG slices of {parent.model!r}: not a MIG-capable model gpuledger knows",
-                    file=file, line=line, field=f"devices[{i}].parent_uuid",
-                )
-            if g is None or g > total:
-                raise InputError(
-                    f"expected a MIG profile such as '3g.20gb' with at most {total} compute slices, "
-                    f"got {device.mig_profile!r}", file=file, line=line, field=f"devices[{i}].mig_profile",
-                )
-            weights[device.uuid] = g / total
-            used[parent.uuid] = used.get(parent.uuid, 0) + g
-        for parent_uuid, g_sum in used.items():
-            total = model_compute_slices(by_uuid[parent_uuid].model) or 0
-            if g_sum > total:
-                file, line = self.where(order)
-                raise InputError(
-                    f"the MIG slices of {parent_uuid} add up to {g_sum} compute slices; "
-                    f"{by_uuid[parent_uuid].model} has {total}", file=file, line=line, field="devices",
-                )
-            weights[parent_uuid] = (total - g_sum) / total
-        return weights
 
     def _price(self, labels: Mapping[str, str], model: str, physical: int) -> tuple[float, str]:
         key = (tuple(sorted(labels.items())), model, physical)
@@ -284,3 +249,40 @@ class _Builder:
             pod_slot_holder=np.array([self.pod_slots[k][0] for k in sorted(self.pod_slots)], np.int64),
             pod_slot_slot=np.array([self.pod_slots[k][1] for k in sorted(self.pod_slots)], np.int64),
         )
+
+
+def device_weights(record: DevicesRecord, where: tuple[str, int]) -> dict[str, float]:
+    """Physical-GPU seconds per observed second for every device of the record; InputError
+    (at ``where``, a file and line) for MIG slices that cannot be weighed."""
+    weights = {d.uuid: 1.0 for d in record.devices}
+    by_uuid = {d.uuid: d for d in record.devices}
+    used: dict[str, int] = {}
+    for i, device in enumerate(record.devices):
+        if device.parent_uuid is None:
+            continue
+        parent = by_uuid[device.parent_uuid]
+        total = model_compute_slices(parent.model)
+        g = profile_compute_slices(device.mig_profile or "")
+        file, line = where
+        if total is None:
+            raise InputError(
+                f"cannot weigh MIG slices of {parent.model!r}: not a MIG-capable model gpuledger knows",
+                file=file, line=line, field=f"devices[{i}].parent_uuid",
+            )
+        if g is None or g > total:
+            raise InputError(
+                f"expected a MIG profile such as '3g.20gb' with at most {total} compute slices, "
+                f"got {device.mig_profile!r}", file=file, line=line, field=f"devices[{i}].mig_profile",
+            )
+        weights[device.uuid] = g / total
+        used[parent.uuid] = used.get(parent.uuid, 0) + g
+    for parent_uuid, g_sum in used.items():
+        total = model_compute_slices(by_uuid[parent_uuid].model) or 0
+        if g_sum > total:
+            file, line = where
+            raise InputError(
+                f"the MIG slices of {parent_uuid} add up to {g_sum} compute slices; "
+                f"{by_uuid[parent_uuid].model} has {total}", file=file, line=line, field="devices",
+            )
+        weights[parent_uuid] = (total - g_sum) / total
+    return weights

@@ -145,5 +145,15 @@ def _check_target(path: Path, flag: str, kind: str) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` whole or not at all; ``durable``: on disk (fsync) before the rename,
+    so a power cut leaves the old file or the new one (the agent's ledger)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())

@@ -23,6 +23,10 @@ KINDS = ("meta", "node", "devices", "pods", "sample", "serving")
 COUNT_MAX = 1e15  # requests or tokens in one serving record: far above any server's interval
 TS_MAX = 253370764800.0  # 9999-01-01T00:00:00Z: times are before it (ISO dates and the report's months stay 4-digit)
 INTERVAL_MAX = 366 * 86400.0  # a sample covers at most a year
+# How much older than the records before it in its file a record may be and still be
+# accounted (docs/trace-format.md, "Order"): the recorder writes in time order; importers
+# and hand-made traces may be a little out of it. Replay holds about this much in memory.
+LATENESS_S = 300.0
 BYTES_MAX = 1e18  # device memory: an exabyte is no GPU's, and the ledger's readers refuse more
 
 

@@ -124,6 +124,21 @@ class SampleColumns:
             file=self.file[start:stop], line=self.line[start:stop],
         )
 
+    def take(self, index: np.ndarray) -> "SampleColumns":
+        """The samples at ``index`` (positions or a mask), with their processes."""
+        rows = np.flatnonzero(index) if index.dtype == bool else np.asarray(index, np.int64)
+        lo = self.proc_offsets[rows]
+        counts = self.proc_offsets[rows + 1] - lo
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        procs = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1] - lo, counts)
+        return SampleColumns(
+            ts=self.ts[rows], interval=self.interval[rows], node=self.node[rows], uuid=self.uuid[rows],
+            util=self.util[rows], mem=self.mem[rows], proc_offsets=offsets, proc_pod=self.proc_pod[procs],
+            proc_util=self.proc_util[procs], proc_mem=self.proc_mem[procs], file=self.file[rows],
+            line=self.line[rows],
+        )
+
     @staticmethod
     def concat(parts: list["SampleColumns"]) -> "SampleColumns":
         """One batch from many."""
@@ -179,6 +194,10 @@ class ServingColumns:
             file=np.full(n, file, CODE), line=np.asarray(lines if lines is not None else np.zeros(n), CODE),
         )
 
+    def take(self, index: np.ndarray) -> "ServingColumns":
+        """The records at ``index`` (positions or a mask)."""
+        return ServingColumns(**{name: getattr(self, name)[index] for name in ServingColumns.__dataclass_fields__})
+
     @staticmethod
     def concat(parts: Sequence["ServingColumns"]) -> "ServingColumns":
         if len(parts) == 1:
@@ -195,38 +214,62 @@ are rounded to the millisecond (NVML recording, importers), so intervals that me
 disagree by that much. Anything more is the same device counted twice."""
 
 
-def first_overlap(batches: Sequence[SampleColumns]) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The first two samples of one device whose intervals overlap, as ((batch, index) of
-    the one earlier in the input, (batch, index) of the later one), or None.
+@dataclass(frozen=True)
+class Span:
+    """Where a sample is and what it covers, for an overlap's error message."""
+
+    file: int
+    line: int
+    uuid: int
+    start: float
+    end: float
+
+
+class Coverage:
+    """The newest interval each device's samples covered, to check each new batch against.
 
     A sample covers ``(ts - interval, ts]``; two samples of one device (node and uuid)
     overlap when one starts more than :data:`OVERLAP_TOLERANCE_S` before the other ends.
-    "First" is by input order (file, then line) of the later one of the pair.
+    Batches must come in time order (every sample of a batch ends after those of earlier
+    batches, as replay's stream gives them), so the newest end of each device is all the
+    past that matters, and memory stays one entry per device.
     """
-    sizes = [len(b) for b in batches]
-    if sum(sizes) < 2:
-        return None
-    node = np.concatenate([b.node for b in batches]).astype(np.int64)
-    uuid = np.concatenate([b.uuid for b in batches]).astype(np.int64)
-    end = np.concatenate([b.ts for b in batches])
-    start = end - np.concatenate([b.interval for b in batches])
-    order = np.lexsort((end, uuid, node))  # by device, then by end
-    device = node[order] << 32 | uuid[order]
-    del node, uuid
-    e, s = end[order], start[order]
-    bad = np.flatnonzero((device[1:] == device[:-1]) & (s[1:] < e[:-1] - OVERLAP_TOLERANCE_S))
-    if not len(bad):
-        return None
-    a, b = order[bad], order[bad + 1]  # positions in the concatenated input
-    file = np.concatenate([x.file for x in batches]).astype(np.int64)
-    line = np.concatenate([x.line for x in batches]).astype(np.int64)
-    later = np.where((file[a] > file[b]) | ((file[a] == file[b]) & (line[a] > line[b])), a, b)
-    earlier = np.where(later == a, b, a)
-    k = int(np.lexsort((line[later], file[later]))[0])
-    bounds = np.cumsum([0] + sizes)
 
-    def locate(position: int) -> tuple[int, int]:
-        batch = int(np.searchsorted(bounds, position, side="right") - 1)
-        return batch, position - int(bounds[batch])
+    def __init__(self) -> None:
+        self._device = np.empty(0, np.int64)  # sorted
+        self._span = np.empty((0, 5), np.float64)  # file, line, uuid, start, end per device
 
-    return locate(int(earlier[k])), locate(int(later[k]))
+    def check(self, batch: SampleColumns) -> tuple[Span, Span] | None:
+        """The first overlapping pair involving the batch, as (the sample earlier in the
+        input, the later one), or None; then the batch's newest intervals are remembered.
+        "First" is by input order (file, then line) of the later one of the pair."""
+        n = len(batch)
+        if n == 0:
+            return None
+        device = batch.node.astype(np.int64) << 32 | batch.uuid.astype(np.int64)
+        span = np.column_stack([batch.file, batch.line, batch.uuid, batch.ts - batch.interval, batch.ts])
+        known = np.isin(self._device, device)
+        all_device = np.concatenate([self._device[known], device])
+        all_span = np.concatenate([self._span[known], span])
+        order = np.lexsort((all_span[:, 4], all_device))  # by device, then by end
+        d, s = all_device[order], all_span[order]
+        bad = np.flatnonzero((d[1:] == d[:-1]) & (s[1:, 3] < s[:-1, 4] - OVERLAP_TOLERANCE_S))
+        found = None
+        if len(bad):
+            a, b = s[bad], s[bad + 1]
+            a_later = (a[:, 0] > b[:, 0]) | ((a[:, 0] == b[:, 0]) & (a[:, 1] > b[:, 1]))
+            later = np.where(a_later[:, None], a, b)
+            earlier = np.where(a_later[:, None], b, a)
+            k = int(np.lexsort((later[:, 1], later[:, 0]))[0])
+            found = _span(earlier[k]), _span(later[k])
+        last = np.flatnonzero(np.r_[d[1:] != d[:-1], True])  # each device's newest
+        keep = ~np.isin(self._device, d[last])
+        self._device = np.concatenate([self._device[keep], d[last]])
+        self._span = np.concatenate([self._span[keep], s[last]])
+        order = np.argsort(self._device, kind="stable")
+        self._device, self._span = self._device[order], self._span[order]
+        return found
+
+
+def _span(row: np.ndarray) -> Span:
+    return Span(int(row[0]), int(row[1]), int(row[2]), float(row[3]), float(row[4]))

@@ -42,7 +42,7 @@ from collectors.records import (
     ServingRecord,
     from_json,
 )
-from collectors.samples import CODE, Interners, SampleColumns, ServingColumns, first_overlap
+from collectors.samples import CODE, Interners, SampleColumns, ServingColumns
 
 BLOCK_BYTES = 16 << 20
 
@@ -66,31 +66,103 @@ _PARSE = pajson.ParseOptions(explicit_schema=_SAMPLE_SCHEMA, unexpected_field_be
 
 
 @dataclass
-class Trace:
-    """Everything read from one or more trace files.
+class TraceBlock:
+    """What one block of one trace file holds: its samples in columns, its serving records
+    in columns (None: none), and its state records with their (file index, line)."""
 
-    Samples stay in the batches they were read in (one per block of the file), so
-    a large trace is never copied into one array; :attr:`samples` joins them for
-    callers that want one.
+    file: int
+    samples: SampleColumns
+    serving: ServingColumns | None
+    states: list[tuple[tuple[int, int], NodeRecord | DevicesRecord | PodsRecord]]
+
+    def newest(self) -> float:
+        """The latest ts of any record in the block (-inf for a block of none)."""
+        newest = max((r.ts for _, r in self.states), default=-np.inf)
+        if len(self.samples):
+            newest = max(newest, float(self.samples.ts.max()))
+        if self.serving is not None and len(self.serving):
+            newest = max(newest, float(self.serving.ts.max()))
+        return newest
+
+
+Progress = Callable[[int, int], None]
+
+
+class TraceStream:
+    """One or more trace files read as one stream of blocks, merged by time.
+
+    The next block always comes from the file that is furthest behind (the lowest newest
+    ts read so far), so files covering the same hours are read side by side and what a
+    reader must hold before every file has reached a time stays about one block per file.
+    :attr:`low_water` is the time every file has reached: records at or before it have
+    all been read, save those a file holds out of time order.
+
+    ``progress(done, total)`` is called with bytes of (compressed) input read so far;
+    ``block_bytes()`` gives the size of each next block (tests vary it).
     """
+
+    def __init__(self, paths: Iterable[str | Path], interners: Interners | None = None,
+                 progress: Progress | None = None, block_bytes: Callable[[], int] = lambda: BLOCK_BYTES) -> None:
+        self.files = [str(p) for p in paths]
+        self.interners = interners or Interners()
+        self.progress = progress
+        self.sizes = []
+        for f in self.files:
+            try:
+                self.sizes.append(os.path.getsize(f))
+            except OSError as err:
+                raise InputError(f"cannot read trace: {err.strerror}", file=f) from None
+        self._readers = [_FileReader(name, i, self.interners, block_bytes) for i, name in enumerate(self.files)]
+        self._newest = [-np.inf] * len(self.files)
+        self._done = [False] * len(self.files)
+        self._read = [0] * len(self.files)
+
+    @property
+    def metas(self) -> list[Meta]:
+        return [r.meta for r in self._readers if r.meta is not None]
+
+    @property
+    def low_water(self) -> float:
+        """The newest ts read so far of the file furthest behind (inf once all are read)."""
+        return min((t for t, done in zip(self._newest, self._done) if not done), default=np.inf)
+
+    def where(self, order: tuple[int, int]) -> tuple[str, int]:
+        """The file name and line of a (file index, line)."""
+        return self.files[order[0]], order[1]
+
+    def __iter__(self) -> Iterator[TraceBlock]:
+        blocks = [r.blocks() for r in self._readers]
+        total = sum(self.sizes)
+        while not all(self._done):
+            i = min((k for k in range(len(blocks)) if not self._done[k]), key=lambda k: (self._newest[k], k))
+            try:
+                block, position = next(blocks[i])
+            except StopIteration:
+                self._done[i] = True
+                self._read[i] = self.sizes[i]
+                continue
+            self._newest[i] = max(self._newest[i], block.newest())
+            self._read[i] = position
+            if self.progress:
+                self.progress(sum(self._read), total)
+            yield block
+
+
+@dataclass
+class Trace:
+    """Everything read from one or more trace files, held at once (small traces, tests);
+    replay streams instead (:class:`TraceStream`)."""
 
     files: list[str]
     metas: list[Meta]
     states: list[tuple[tuple[int, int], NodeRecord | DevicesRecord | PodsRecord]]  # ((file, line), record)
     batches: list[SampleColumns]
     interners: Interners = field(default_factory=Interners)
-    serving: list[ServingColumns] = field(default_factory=list)  # the serving records, in the blocks they were read in
+    serving: list[ServingColumns] = field(default_factory=list)
 
     @property
     def samples(self) -> SampleColumns:
         return SampleColumns.concat(list(self.batches))
-
-    def where(self, batch: SampleColumns, index: int) -> tuple[str, int]:
-        """File and line of sample ``index`` of ``batch``, for error messages."""
-        return self.files[int(batch.file[index])], int(batch.line[index])
-
-
-Progress = Callable[[int, int], None]
 
 
 def read_traces(
@@ -98,58 +170,16 @@ def read_traces(
     interners: Interners | None = None,
     progress: Progress | None = None,
 ) -> Trace:
-    """Read trace files into one :class:`Trace`; raises :class:`InputError` on bad input.
-
-    ``progress(done, total)`` is called with bytes of (compressed) input read so far.
-    """
-    files = [str(p) for p in paths]
-    interners = interners or Interners()
-    sizes = []
-    for f in files:
-        try:
-            sizes.append(os.path.getsize(f))
-        except OSError as err:
-            raise InputError(f"cannot read trace: {err.strerror}", file=f) from None
-    total, done = sum(sizes), 0
-    metas: list[Meta] = []
-    states: list[tuple[tuple[int, int], Any]] = []
-    serving: list[ServingColumns] = []
-    parts: list[SampleColumns] = []
-    for index, name in enumerate(files):
-        reader = _FileReader(name, index, interners, states, serving)
-        for part, position in reader.blocks():
-            if len(part):
-                parts.append(part)
-            if progress:
-                progress(done + position, total)
-        metas.append(reader.meta)  # type: ignore[arg-type]
-        done += sizes[index]
-    return Trace(files, metas, states, parts, interners, serving)
-
-
-def refuse_overlaps(trace: Trace) -> None:
-    """InputError naming both samples when two samples of one device cover the same time
-    (a repeated line, the same file given twice), so that every GPU-second is counted
-    once; see ``docs/trace-format.md``. Replay calls it before attributing."""
-    pair = first_overlap(trace.batches)
-    if pair is None:
-        return
-    (eb, ei), (lb, li) = pair
-    earlier, later = trace.batches[eb], trace.batches[lb]
-    e_file, e_line = trace.where(earlier, ei)
-    l_file, l_line = trace.where(later, li)
-    twice = " (the same trace given twice?)" if e_line == l_line and Path(e_file) == Path(l_file) else ""
-    raise InputError(
-        f"sample of {trace.interners.uuids.names[int(later.uuid[li])]!r} ({_span(later, li)}) overlaps the "
-        f"sample at {e_file}:{e_line} ({_span(earlier, ei)}): a device's samples may not cover the same time "
-        f"twice{twice}",
-        file=l_file, line=l_line, field="ts",
-    )
-
-
-def _span(batch: SampleColumns, i: int) -> str:
-    ts, interval = float(batch.ts[i]), float(batch.interval[i])
-    return f"{ts - interval:.3f} to {ts:.3f}"
+    """Read trace files into one :class:`Trace`; raises :class:`InputError` on bad input."""
+    stream = TraceStream(paths, interners, progress)
+    states, batches, serving = [], [], []
+    for block in stream:
+        states += block.states
+        if len(block.samples):
+            batches.append(block.samples)
+        if block.serving is not None:
+            serving.append(block.serving)
+    return Trace(stream.files, stream.metas, states, batches, stream.interners, serving)
 
 
 @contextmanager
@@ -218,21 +248,27 @@ def _decode_deep(raw: bytes) -> dict[str, Any] | None:
 
 
 class _FileReader:
-    """Reads one file block by block, appending its state and serving records to shared lists."""
+    """Reads one file block by block."""
 
-    def __init__(self, name: str, index: int, interners: Interners, states: list, serving: list) -> None:
+    def __init__(self, name: str, index: int, interners: Interners,
+                 block_bytes: Callable[[], int] = lambda: BLOCK_BYTES) -> None:
         self.name = name
+        self.block_bytes = block_bytes
         self.index = index
         self.interners = interners
-        self.states = states
-        self.serving = serving
+        self.states: list = []  # the current block's
+        self.serving: list[ServingColumns] = []  # the current block's
         self.meta: Meta | None = None
         self.meta_line = 0
 
-    def blocks(self) -> Iterator[tuple[SampleColumns, int]]:
+    def blocks(self) -> Iterator[tuple[TraceBlock, int]]:
+        """Each block's records, with the bytes of the file read so far."""
         try:
             with open_trace(self.name) as (stream, raw):
-                yield from self._blocks(stream, raw)
+                for samples, position in self._blocks(stream, raw):
+                    serving = ServingColumns.concat(self.serving) if self.serving else None
+                    yield TraceBlock(self.index, samples, serving, self.states), position
+                    self.states, self.serving = [], []
         except UNREADABLE as err:
             raise InputError(f"cannot read trace: {_why(err)}", file=self.name) from None
 
@@ -240,7 +276,7 @@ class _FileReader:
         first_line = 1
         carry = b""
         while True:
-            chunk = stream.read(BLOCK_BYTES)
+            chunk = stream.read(self.block_bytes())
             data = carry + chunk if carry else chunk
             if not chunk:
                 if data.strip():

@@ -21,7 +21,6 @@ from typing import Any, Callable
 import pytest
 
 from agent.config import Config
-from agent.ledger import ledger_table
 from agent.replay import replay
 from agent.rollups import read_rollup
 from collectors.pricing.ratecard import RateCardPricer, load_snapshot
@@ -44,7 +43,7 @@ def small_trace(tmp_path_factory) -> Path:
 def reference(small_trace: Path) -> dict[str, Any]:
     """Replay's ledger rows (keyed) and summary for the small trace."""
     result = replay([small_trace], RateCardPricer(load_snapshot()), Config())
-    rows = ledger_table(result.ledger, result.timeline).to_pylist()
+    rows = result.table.to_pylist()
     for row in rows:
         row["minute"] = int(row["minute"].timestamp())
     return {"rows": keyed(rows), "summary": result.summary}

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.ledger import ledger_table
 from agent.replay import replay
 from agent.rollups import read_rollup
 from collectors.pricing.ratecard import RateCardPricer, load_snapshot
@@ -40,7 +39,7 @@ def other_trace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def other_reference(other_trace) -> dict:
     result = replay([other_trace], RateCardPricer(load_snapshot()), Config())
-    rows = ledger_table(result.ledger, result.timeline).to_pylist()
+    rows = result.table.to_pylist()
     for row in rows:
         row["minute"] = int(row["minute"].timestamp())
     return {"rows": keyed(rows), "summary": result.summary}

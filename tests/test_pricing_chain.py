@@ -13,7 +13,6 @@ boto3 = pytest.importorskip("boto3")
 from botocore.stub import ANY, Stubber  # noqa: E402
 
 from agent.config import Config  # noqa: E402
-from agent.ledger import ledger_table  # noqa: E402
 from agent.replay import replay  # noqa: E402
 from collectors.pricing.aws import AwsPrices, product_filters  # noqa: E402
 from collectors.pricing.cache import PriceApiError  # noqa: E402
@@ -241,7 +240,7 @@ def test_every_ledger_row_carries_its_price_source(tmp_path, rates):
         sp.assert_no_pending_responses()
         se.assert_no_pending_responses()
 
-    table = ledger_table(result.ledger, result.timeline).to_pylist()
+    table = result.table.to_pylist()
     expected = {
         "aws-od": ("aws-api", 55.04 / 8),
         "aws-spot": ("aws-api", 24.7664 / 8),

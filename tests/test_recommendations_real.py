@@ -118,10 +118,9 @@ def test_a_spiky_pod_sampled_every_second_is_not_understated(tmp_path):
     records = [node(), devices(gpu("GPU-a")), pods(pod("p1", "GPU-a"))]
     records += [sample("GPU-a", t + 1, float(u), mem=8 * GIB) for t, u in enumerate(utils)]
     result = replay([write_jsonl(tmp_path / "t.jsonl", records)], load_rate_card(_rates(tmp_path)), Config())
-    from agent.ledger import ledger_table
     from recommenders.history import ensure_categorical
 
-    rows = ensure_categorical(ledger_table(result.ledger, result.timeline).to_pandas())
+    rows = ensure_categorical(result.table.to_pandas())
     rows["minute"] = (rows["minute"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     held = rows[rows["pod_uid"].notna()]
     raw_p95 = float(np.quantile(utils, 0.95)) / 100

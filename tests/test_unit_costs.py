@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from agent.config import Config
-from agent.ledger import ledger_table
 from agent.metering import Meter
 from collectors.errors import InputError
 from collectors.pricing.ratecard import RateCardPricer, load_rate_card
@@ -35,7 +34,7 @@ def serving(pod_uid, ts, requests=None, inputs=None, outputs=None, interval=None
 def rows_of(result):
     import pandas as pd
 
-    table = ledger_table(result.ledger, result.timeline).to_pandas()
+    table = result.table.to_pandas()
     table["minute"] = (table["minute"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     return table
 
