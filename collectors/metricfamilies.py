@@ -214,6 +214,6 @@ def metrics_markdown(section: str) -> str:
     rows = ["| metric | type | labels | unit | what it holds |", "|---|---|---|---|---|"]
     for m in in_section(section):
         labels = f"`{', '.join(m.labels)}`" if m.labels else ""
-        when = f" (only {m.when})" if m.when else ""
+        when = f"; only {m.when}" if m.when else ""
         rows.append(f"| `{m.sample}` | {m.type} | {labels} | {m.unit} | {m.doc}{when} |")
     return "\n".join(rows) + "\n"
