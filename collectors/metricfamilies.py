@@ -23,13 +23,18 @@ exporter yields it) and paste ``metrics_markdown(section)`` into ``docs/metrics.
   counted field, needs nothing more: ``column`` names the sum or the count and the
   exporter adds it to every row's label set.
 * Any other metric needs the line in ``AgentMetrics.collect`` that gives its value, and
-  that line takes the family from here (``_build(metric)``); a test fails while a declared
-  family is not exposed or an exposed one is not declared.
+  that line takes the family from here by name (``_build(declared(name))``, or
+  ``_counter``/``_gauge`` for one unlabelled value); a test fails while a declared family
+  is not exposed or an exposed one is not declared.
 
 Rules the declarations keep (tested): names start ``gpuledger_``; a counter's name is
 declared without ``_total`` (prometheus_client adds it, as Prometheus's text format
 wants); no counter has a ``pod`` or ``uuid`` label (cardinality: pods come and go);
 help text is one sentence ending in a full stop.
+
+Types are ``counter`` and ``gauge``. The two ``*_info`` families are gauges of value 1
+whose labels carry the information, as the agent has always served them (declaring them
+OpenMetrics ``info`` would change their exposition).
 """
 
 from __future__ import annotations
