@@ -1,5 +1,8 @@
 """The agent's Prometheus metrics (``docs/metrics.md``), served from plain dictionaries.
 
+Every family is built from its declaration in ``collectors/metricfamilies.py`` (name,
+type, labels, help); this module only gives the values.
+
 The sample job adds each cycle's rows here; a scrape reads a consistent copy. Holding
 the values ourselves (instead of prometheus_client's Counter objects) keeps the update
 a dictionary addition per row and lets a label set appear at 0 one cycle before its
@@ -19,34 +22,15 @@ from prometheus_client.registry import Collector
 from agent.ledger import COUNTED
 from agent.metering import SUMS, Cycle, Reading
 from collectors.faults import FaultCounter
-
-WORKLOAD_LABELS = ["node", "gpu_model", "namespace", "team", "workload_class", "workload"]
-NODE_LABELS = ["node", "gpu_model"]
-DEVICE_LABELS = ["node", "gpu_model", "uuid", "namespace", "pod"]
-PRICE_LABELS = ["node", "gpu_model", "instance_type", "region", "capacity_type", "source", "currency"]
-
-# (metric name without _total, help, index into Row.sums) for the per-workload counters
-_WORKLOAD_COUNTERS = (
-    ("gpuledger_gpu_allocated_seconds", "Physical-GPU seconds held by the workload's pods.",
-     SUMS.index("allocated_gpu_seconds")),
-    ("gpuledger_gpu_used_seconds", "Allocated physical-GPU seconds times utilisation.",
-     SUMS.index("used_gpu_seconds")),
-    ("gpuledger_gpu_util_unknown_seconds",
-     "Allocated physical-GPU seconds whose utilisation NVML does not report (MIG).",
-     SUMS.index("util_unknown_gpu_seconds")),
-    ("gpuledger_gpu_cost", "Cost of the allocated GPU seconds, in the rate card's currency.",
-     SUMS.index("cost")),
-    ("gpuledger_gpu_idle_cost", "Part of the cost for allocated seconds neither used nor of unknown use.",
-     SUMS.index("idle_cost")),
+from collectors.metricfamilies import (
+    COUNTER, GPU_HOURLY_PRICE, GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION, POD_INFO, SERVING_COUNTERS,
+    UNALLOCATED_COUNTERS, WORKLOAD_COUNTERS, Metric, declared,
 )
-_UNALLOCATED = (SUMS.index("unallocated_gpu_seconds"), SUMS.index("unallocated_cost"))
-# (metric name without _total, help) for the serving counters, in COUNTED order
-_SERVING_COUNTERS = (
-    ("gpuledger_serving_requests", "Requests the workload's model servers answered (docs/unit-economics.md)."),
-    ("gpuledger_serving_input_tokens", "Input (prompt) tokens the workload's model servers processed."),
-    ("gpuledger_serving_output_tokens", "Output (generated) tokens the workload's model servers produced."),
-)
-POD_INFO_LABELS = ["node", "namespace", "pod", "team", "workload_class", "workload"]
+
+# where each declared counter's amount is in a row (collectors/metricfamilies.py names the column)
+_WORKLOAD_SUMS = tuple(SUMS.index(m.column) for m in WORKLOAD_COUNTERS)
+_UNALLOCATED = tuple(SUMS.index(m.column) for m in UNALLOCATED_COUNTERS)
+_SERVING_COUNTS = tuple(COUNTED.index(m.column) for m in SERVING_COUNTERS)
 _READING_MAX_AGE_S = 300.0  # a device not sampled for this long is gone from the gauges
 
 
@@ -92,10 +76,10 @@ class AgentMetrics(Collector):
                     workload = f"{pod.workload_kind}/{pod.workload_name}"
                     key = (slot.node, slot.model, pod.namespace, pod.team, pod.workload_class, workload)
                     _add(self._workloads, self._pending_workloads, key,
-                         [row.sums[i] for _, _, i in _WORKLOAD_COUNTERS])
+                         [row.sums[i] for i in _WORKLOAD_SUMS])
                     if any(not math.isnan(c) for c in row.counts):
                         _add(self._serving, self._pending_serving, key,
-                             [0.0 if math.isnan(c) else c for c in row.counts])
+                             [0.0 if math.isnan(c) else c for c in (row.counts[i] for i in _SERVING_COUNTS)])
                     info = (slot.node, pod.namespace, pod.name, pod.team, pod.workload_class, workload)
                     self._pods[info] = max(self._pods.get(info, -math.inf), row.key.minute + 60.0)
                 else:
@@ -130,12 +114,12 @@ class AgentMetrics(Collector):
         """Sums over every label set, increments held back included (for checks)."""
         with self._lock:
             out = {}
-            for j, (name, _, _) in enumerate(_WORKLOAD_COUNTERS):
-                out[name] = sum(v[j] for d in (self._workloads, self._pending_workloads) for v in d.values())
-            for j, name in enumerate(("gpuledger_gpu_unallocated_seconds", "gpuledger_gpu_unallocated_cost")):
-                out[name] = sum(v[j] for d in (self._unallocated, self._pending_unallocated) for v in d.values())
-            for j, (name, _) in enumerate(_SERVING_COUNTERS):
-                out[name] = sum(v[j] for d in (self._serving, self._pending_serving) for v in d.values())
+            for j, m in enumerate(WORKLOAD_COUNTERS):
+                out[m.name] = sum(v[j] for d in (self._workloads, self._pending_workloads) for v in d.values())
+            for j, m in enumerate(UNALLOCATED_COUNTERS):
+                out[m.name] = sum(v[j] for d in (self._unallocated, self._pending_unallocated) for v in d.values())
+            for j, m in enumerate(SERVING_COUNTERS):
+                out[m.name] = sum(v[j] for d in (self._serving, self._pending_serving) for v in d.values())
             return out
 
     # ------------------------------------------------------------------ scrape
@@ -148,35 +132,20 @@ class AgentMetrics(Collector):
             pods = sorted(self._pods)
             readings = list(self._readings.values())
             samples, last_ts = self.samples, self.last_sample_ts
-        for j, (name, help_text, _) in enumerate(_WORKLOAD_COUNTERS):
-            family = CounterMetricFamily(name, help_text, labels=WORKLOAD_LABELS)
-            for key, values in workloads.items():
-                family.add_metric(key, values[j])
-            yield family
-        for j, (name, help_text) in enumerate((
-            ("gpuledger_gpu_unallocated_seconds", "Physical-GPU seconds no pod held."),
-            ("gpuledger_gpu_unallocated_cost", "Cost of the GPU seconds no pod held."),
-        )):
-            family = CounterMetricFamily(name, help_text, labels=NODE_LABELS)
-            for key, values in unallocated.items():
-                family.add_metric(key, values[j])
-            yield family
-        for j, (name, help_text) in enumerate(_SERVING_COUNTERS):
-            family = CounterMetricFamily(name, help_text, labels=WORKLOAD_LABELS)
-            for key, values in serving.items():
-                family.add_metric(key, values[j])
-            yield family
-        info = GaugeMetricFamily("gpuledger_pod_info", "1 for each pod holding GPUs on the node in the last five "
-                                 "minutes: joins a pod's own metrics (its model server's counters) to its team and "
-                                 "workload.", labels=POD_INFO_LABELS)
+        for declared_counters, values_by_key in ((WORKLOAD_COUNTERS, workloads), (UNALLOCATED_COUNTERS, unallocated),
+                                                 (SERVING_COUNTERS, serving)):
+            for j, m in enumerate(declared_counters):
+                family = _build(m)
+                for key, values in values_by_key.items():
+                    family.add_metric(key, values[j])
+                yield family
+        info = _build(POD_INFO)
         for labels in pods:
             info.add_metric(list(labels), 1.0)
         yield info
         yield from _device_families(readings, self.currency)
-        yield _counter("gpuledger_samples", "Device samples attributed.", samples)
-        errors = CounterMetricFamily("gpuledger_collector_errors",
-                                     "Faults survived, by collector and reason (each kind is logged once).",
-                                     labels=["collector", "reason"])
+        yield _counter("gpuledger_samples", samples)
+        errors = _build(declared("gpuledger_collector_errors"))
         counts = dict(self.faults.counts())
         for source, count in self.price_faults().items():
             counts[("pricing", f"{source}_failed")] = count
@@ -184,35 +153,25 @@ class AgentMetrics(Collector):
             errors.add_metric([collector, reason], count)
         yield errors
         if last_ts is not None:
-            yield _gauge("gpuledger_last_sample_timestamp_seconds",
-                         "Unix time of the newest sample attributed (trace time in dry-run).", last_ts)
+            yield _gauge("gpuledger_last_sample_timestamp_seconds", last_ts)
         age = self.price_age()
         if age is not None:
-            yield _gauge("gpuledger_price_age_seconds", "Seconds since the prices in use were last refreshed.", age)
-        yield _counter("gpuledger_ledger_writes", "Ledger rollup files written (each rewrite of an hour's file).",
-                       self.ledger_writes)
+            yield _gauge("gpuledger_price_age_seconds", age)
+        yield _counter("gpuledger_ledger_writes", self.ledger_writes)
         if self.ledger_through is not None:
-            yield _gauge("gpuledger_ledger_written_through_timestamp_seconds",
-                         "End of the newest closed minute on disk (Unix seconds; trace time in dry-run).",
-                         self.ledger_through)
+            yield _gauge("gpuledger_ledger_written_through_timestamp_seconds", self.ledger_through)
         status = self.serving_status()
         if status is not None:
-            yield _gauge("gpuledger_serving_endpoints", "Model server endpoints read in the last round.", status[0])
-            yield _counter("gpuledger_serving_rounds", "Rounds of reading the model servers' counters.", status[1])
-        info = GaugeMetricFamily("gpuledger_build_info", "The agent's version and mode (live or dry-run).",
-                                 labels=["version", "mode"])
+            yield _gauge("gpuledger_serving_endpoints", status[0])
+            yield _counter("gpuledger_serving_rounds", status[1])
+        info = _build(declared("gpuledger_build_info"))
         info.add_metric([self.version, self.mode], 1.0)
         yield info
 
 
 def _device_families(readings: list[Reading], currency: str) -> Iterator:
-    util = GaugeMetricFamily("gpuledger_gpu_utilization_ratio",
-                             "Utilisation of the device in its newest sample (0-1).", labels=DEVICE_LABELS)
-    used = GaugeMetricFamily("gpuledger_gpu_memory_used_bytes", "Device memory used in the newest sample.",
-                             labels=DEVICE_LABELS)
-    total = GaugeMetricFamily("gpuledger_gpu_memory_total_bytes", "Device memory.", labels=["node", "gpu_model", "uuid"])
-    price = GaugeMetricFamily("gpuledger_gpu_hourly_price", "Price of one physical GPU per hour.",
-                              labels=PRICE_LABELS)
+    util, used, total, price = (_build(m) for m in (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL,
+                                                   GPU_HOURLY_PRICE))
     prices: dict[tuple[str, ...], float] = {}
     for r in sorted(readings, key=lambda r: (r.slot.node, r.slot.uuid)):
         s = r.slot
@@ -252,9 +211,17 @@ def _apply(values: dict, pending: dict) -> None:
     pending.clear()
 
 
-def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, help_text, value=value)
+def _build(m: Metric) -> CounterMetricFamily | GaugeMetricFamily:
+    """An empty family as collectors/metricfamilies.py declares it."""
+    kind = CounterMetricFamily if m.type == COUNTER else GaugeMetricFamily
+    return kind(m.name, m.help, labels=m.labels)
 
 
-def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, help_text, value=value if math.isfinite(value) else float("nan"))
+def _counter(name: str, value: float) -> CounterMetricFamily:
+    m = declared(name)
+    return CounterMetricFamily(m.name, m.help, value=value)
+
+
+def _gauge(name: str, value: float) -> GaugeMetricFamily:
+    m = declared(name)
+    return GaugeMetricFamily(m.name, m.help, value=value if math.isfinite(value) else float("nan"))

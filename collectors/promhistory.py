@@ -35,15 +35,30 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from collectors.metricfamilies import (
+    GPU_HOURLY_PRICE, GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION, POD_INFO, counters_of, labels_of,
+)
+
 HOUR = 3600
 MAX_POINTS = 11_000  # Prometheus refuses a range query with more points per series than this
 POINTS_PER_QUERY = 24 * 7  # a week of hours per request keeps each answer small
 TIMEOUT_S = 60.0
 
-COUNTER_LABELS = ("node", "gpu_model", "namespace", "team", "workload_class", "workload")
-NODE_LABELS = ("node", "gpu_model")
-DEVICE_LABELS = ("node", "gpu_model", "uuid", "namespace", "pod")
-PRICE_LABELS = ("node", "gpu_model", "instance_type", "capacity_type", "source", "currency", "region", "zone")
+# the agent's metrics as collectors/metricfamilies.py declares them: ledger column -> counter
+_WORKLOAD = counters_of("workload")
+_UNALLOCATED = counters_of("unallocated")
+_SERVED = counters_of("serving")
+# the ledger columns hour_rows reads from counters, in the order it unpacks them
+COUNTERS = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost")
+UNALLOCATED = ("unallocated_gpu_seconds", "unallocated_cost")
+SERVING = ("requests", "input_tokens", "output_tokens")
+
+COUNTER_LABELS = _WORKLOAD["allocated_gpu_seconds"].labels
+NODE_LABELS = _UNALLOCATED["unallocated_gpu_seconds"].labels
+DEVICE_LABELS = GPU_UTILIZATION.labels
+# the order _node_prices unpacks; zone is read if an agent adds it (the agent declares none)
+PRICE_LABELS = (*labels_of(GPU_HOURLY_PRICE, "node", "gpu_model", "instance_type", "capacity_type", "source",
+                           "currency", "region"), "zone")
 
 # a gauge's hour: 1 ms short of an hour, so that a sample exactly on the hour belongs to one hour only
 GAUGE_RANGE = "3599999ms"
@@ -63,30 +78,24 @@ def _gauge(fn: str, metric: str, labels: Sequence[str]) -> str:
 
 # name -> PromQL, evaluated at every whole hour of the window
 QUERIES: dict[str, str] = {
-    "allocated_gpu_seconds": _increase("gpuledger_gpu_allocated_seconds_total", COUNTER_LABELS),
-    "used_gpu_seconds": _increase("gpuledger_gpu_used_seconds_total", COUNTER_LABELS),
-    "util_unknown_gpu_seconds": _increase("gpuledger_gpu_util_unknown_seconds_total", COUNTER_LABELS),
-    "cost": _increase("gpuledger_gpu_cost_total", COUNTER_LABELS),
-    "idle_cost": _increase("gpuledger_gpu_idle_cost_total", COUNTER_LABELS),
-    "unallocated_gpu_seconds": _increase("gpuledger_gpu_unallocated_seconds_total", NODE_LABELS),
-    "unallocated_cost": _increase("gpuledger_gpu_unallocated_cost_total", NODE_LABELS),
+    **{c: _increase(_WORKLOAD[c].sample, COUNTER_LABELS) for c in COUNTERS},
+    **{c: _increase(_UNALLOCATED[c].sample, NODE_LABELS) for c in UNALLOCATED},
     # region is on the price gauge (docs/metrics.md); zone is read if an agent adds it
-    "price": _gauge("last_over_time", "gpuledger_gpu_hourly_price", PRICE_LABELS),
-    "memory_total": _gauge("max_over_time", "gpuledger_gpu_memory_total_bytes", ("node", "gpu_model", "uuid")),
-    "memory_max": _gauge("max_over_time", "gpuledger_gpu_memory_used_bytes", DEVICE_LABELS),
-    "presence": _gauge("count_over_time", "gpuledger_gpu_memory_used_bytes", DEVICE_LABELS),
-    "util_mean": _gauge("avg_over_time", "gpuledger_gpu_utilization_ratio", DEVICE_LABELS),
+    "price": _gauge("last_over_time", GPU_HOURLY_PRICE.sample, PRICE_LABELS),
+    "memory_total": _gauge("max_over_time", GPU_MEMORY_TOTAL.sample, GPU_MEMORY_TOTAL.labels),
+    "memory_max": _gauge("max_over_time", GPU_MEMORY_USED.sample, DEVICE_LABELS),
+    "presence": _gauge("count_over_time", GPU_MEMORY_USED.sample, DEVICE_LABELS),
+    "util_mean": _gauge("avg_over_time", GPU_UTILIZATION.sample, DEVICE_LABELS),
     # the share of the hour's minutes in which the device did any work (the ledger's active seconds)
-    "util_active": (f"max by ({_by(DEVICE_LABELS)}) (avg_over_time((gpuledger_gpu_utilization_ratio > bool 0)"
+    "util_active": (f"max by ({_by(DEVICE_LABELS)}) (avg_over_time(({GPU_UTILIZATION.sample} > bool 0)"
                     f"[{GAUGE_RANGE}:1m]))"),
 }
 # serving counts (docs/unit-economics.md): the agent's own counters per workload, and the model
 # servers' counters as Prometheus scraped them from the pods, joined to their workloads through
 # the agent's gpuledger_pod_info gauge (for workloads whose agents did not read them)
-SERVING = ("requests", "input_tokens", "output_tokens")
-SERVER_LABELS = ("node", "namespace", "team", "workload_class", "workload")
+SERVER_LABELS = tuple(n for n in POD_INFO.labels if n != "pod")  # the pod info's labels but the pod's name
 for _name in SERVING:
-    QUERIES[_name] = _increase(f"gpuledger_serving_{_name}_total", COUNTER_LABELS)
+    QUERIES[_name] = _increase(_SERVED[_name].sample, COUNTER_LABELS)
 
 
 def _server_metric_names(field: str) -> str:
@@ -105,14 +114,12 @@ for _name in SERVING:
         f"sum by ({_by(SERVER_LABELS)}) (increase({{__name__=~\"{_server_metric_names(_name)}\"}}[1h]) "
         f"* on (namespace, pod) group_left ({_by(SERVER_LABELS[0:1] + SERVER_LABELS[2:])}) "
         f"max by (namespace, pod, {_by(SERVER_LABELS[0:1] + SERVER_LABELS[2:])}) "
-        f"(max_over_time(gpuledger_pod_info[{GAUGE_RANGE}])))")
+        f"(max_over_time({POD_INFO.sample}[{GAUGE_RANGE}])))")
 # the shape of each device-hour's utilisation, for spreading the hour over its minutes (spread_minutes)
 UTIL_QUANTILES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 for _q in UTIL_QUANTILES:
     QUERIES[f"util_q{_q:g}"] = (f"max by ({_by(DEVICE_LABELS)}) (quantile_over_time({_q:g}, "
-                                f"gpuledger_gpu_utilization_ratio[{GAUGE_RANGE}]))")
-COUNTERS = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost")
-UNALLOCATED = ("unallocated_gpu_seconds", "unallocated_cost")
+                                f"{GPU_UTILIZATION.sample}[{GAUGE_RANGE}]))")
 # needed for the report window only (the right-sizing evidence); the rest for the whole look-back
 DETAIL = ("memory_max", "util_mean", "util_active", *(f"util_q{q:g}" for q in UTIL_QUANTILES))
 
@@ -365,7 +372,7 @@ def hour_rows(answers: Mapping[str, list[dict]], default_region: str | None = No
     counters = {n: per_hour(answers.get(n, []), COUNTER_LABELS) for n in COUNTERS}
     unalloc = {n: per_hour(answers.get(n, []), NODE_LABELS) for n in UNALLOCATED}
     prices = per_hour(answers.get("price", []), PRICE_LABELS)
-    mem_total = per_hour(answers.get("memory_total", []), ("node", "gpu_model", "uuid"))
+    mem_total = per_hour(answers.get("memory_total", []), GPU_MEMORY_TOTAL.labels)
     mem_max = per_hour(answers.get("memory_max", []), DEVICE_LABELS)
     presence = per_hour(answers.get("presence", []), DEVICE_LABELS)
     util_mean = per_hour(answers.get("util_mean", []), DEVICE_LABELS)
@@ -382,14 +389,14 @@ def hour_rows(answers: Mapping[str, list[dict]], default_region: str | None = No
     parents = mig_parents(mem_total, util_devices)
     currencies = {k[5] for slot in prices.values() for k in slot if k[5]}
     if len(currencies) > 1:
-        raise PrometheusError(f"gpuledger_gpu_hourly_price carries several currencies ({', '.join(sorted(currencies))}); "
-                              "a report is in one")
+        raise PrometheusError(f"{GPU_HOURLY_PRICE.sample} carries several currencies "
+                              f"({', '.join(sorted(currencies))}); a report is in one")
     notes = []
     if not prices:
-        notes.append("No gpuledger_gpu_hourly_price series: instance types, capacity types and the currency are "
+        notes.append(f"No {GPU_HOURLY_PRICE.sample} series: instance types, capacity types and the currency are "
                      "unknown (USD assumed), so commitments cannot be priced.")
     if not presence:
-        notes.append("No device gauges (gpuledger_gpu_memory_used_bytes): pods, GPUs per pod and memory peaks are "
+        notes.append(f"No device gauges ({GPU_MEMORY_USED.sample}): pods, GPUs per pod and memory peaks are "
                      "unknown, so right-sizing that needs memory is skipped and each workload counts as one pod per node.")
 
     cols: dict[str, list] = {c: [] for c in COLUMNS}

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from collectors.metricfamilies import FAMILIES, sample_names
 from tests.helmtool import CHART, REPO, pinned_helm, render
 from tests.systemtools import require_tool
 
@@ -299,9 +300,10 @@ def test_promtool_test_rules_fails_on_wrong_expectations(rules_file, tmp_path):
 
 # --- every metric the rules and the dashboard read exists ----------------------------
 
-def documented_metrics() -> set[str]:
-    text = (REPO / "docs" / "metrics.md").read_text()
-    return set(re.findall(r"`(gpuledger_[a-z_]+)`", text))
+def declared_metrics() -> set[str]:
+    """The sample names the agent declares (collectors/metricfamilies.py); docs/metrics.md's
+    tables are generated from the same declarations (tests/test_metric_families.py)."""
+    return set(sample_names())
 
 
 def used_metrics(expr: str) -> set[str]:
@@ -325,7 +327,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def test_rules_read_only_documented_metrics(groups):
-    known = documented_metrics()
+    known = declared_metrics()
     assert "gpuledger_gpu_cost_total" in known and "gpuledger_last_sample_timestamp_seconds" in known
     recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
     for group in groups:
@@ -338,7 +340,7 @@ def test_rules_read_only_documented_metrics(groups):
 def test_dashboard_queries_are_valid_promql_on_documented_metrics(groups, tmp_path):
     """Every dashboard query parses (promtool, with Grafana's variables filled in) and reads
     only documented metrics or the chart's recording rules."""
-    known = documented_metrics()
+    known = declared_metrics()
     recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
     rules = []
     for i, (where, expr) in enumerate(dashboard_exprs()):
@@ -351,6 +353,45 @@ def test_dashboard_queries_are_valid_promql_on_documented_metrics(groups, tmp_pa
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = run_promtool("check", "rules", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+TARGET_LABELS = {"job", "instance"}  # what Prometheus adds to every scraped series
+
+
+def read_labels(expr: str) -> set[str]:
+    """Label names an expression groups, joins or matches by."""
+    clauses = re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr)
+    matched = re.findall(r"[{,]\s*([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", expr)
+    return {n.strip() for c in clauses for n in c.split(",") if n.strip()} | set(matched)
+
+
+def test_rules_and_dashboard_read_declared_labels(groups):
+    """Queries on the agent's metrics alone (no recording rule, no ``up``) group and match only
+    by labels those metrics are declared with, or by the scrape's own; so do the dashboard's
+    variables."""
+    labels = {m.sample: set(m.labels) for m in FAMILIES}
+    exprs = [r["expr"] for g in groups for r in g["rules"]] + [e for _, e in dashboard_exprs()]
+    checked = 0
+    for expr in exprs:
+        if re.search(r"\w+:\w+:\w+", expr) or re.search(r"\bup\b", expr) or not used_metrics(expr):
+            continue
+        carried = set().union(*(labels[m] for m in used_metrics(expr))) | TARGET_LABELS
+        assert read_labels(expr) <= carried, (expr, read_labels(expr) - carried)
+        checked += 1
+    assert checked >= 10
+    dashboard = json.loads((CHART / "dashboards" / "gpuledger.json").read_text())
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["query"]["query"]).groups()
+            assert label in labels[metric], var["query"]["query"]
+
+
+def test_the_chart_names_only_declared_metrics():
+    """Every gpuledger_* metric the chart mentions (rules, dashboard, NOTES, values' comments) is declared."""
+    for path in sorted(CHART.rglob("*")):
+        if path.is_file() and path.suffix in (".yaml", ".json", ".txt", ".tpl", ".md"):
+            named = used_metrics(path.read_text())
+            assert named <= declared_metrics(), (path.relative_to(CHART), named - declared_metrics())
 
 
 def test_forecast_window_follows_values(helm, tmp_path):
@@ -368,7 +409,7 @@ def doc_blocks(lang: str) -> list[str]:
 
 
 def test_docs_promql_examples_are_valid(groups, tmp_path):
-    known = documented_metrics()
+    known = declared_metrics()
     recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
     exprs = [block.strip() for block in doc_blocks("promql")]
     assert len(exprs) >= 5
