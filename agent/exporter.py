@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.ledger import COUNTED
-from agent.metering import SUMS, Cycle, Reading
+from agent.metering import Cycle, Reading
+from recommenders.ledger_schema import SUMS
 from collectors.faults import FaultCounter
 from collectors.metricfamilies import (
     COUNTER, GPU_HOURLY_PRICE, GPU_MEMORY_TOTAL, GPU_MEMORY_USED, GPU_UTILIZATION, POD_INFO, SERVING_COUNTERS,

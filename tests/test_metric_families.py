@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import Config
 from agent.exporter import AgentMetrics
 from agent.ledger import COUNTED
-from agent.metering import SUMS, Meter
+from agent.metering import Meter
+from recommenders.ledger_schema import SUMS
 from collectors.faults import FaultCounter
 from collectors.metricfamilies import (
     COUNTER, FAMILIES, SECTIONS, SERVING_COUNTERS, TYPES, UNALLOCATED_COUNTERS, WORKLOAD_COUNTERS, metrics_markdown,
