@@ -44,7 +44,7 @@ from collectors.records import (
 )
 from collectors.samples import CODE, Interners, SampleColumns, ServingColumns
 
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 8 << 20
 
 _PROCESS = pa.struct(
     [("pid", pa.int64()), ("pod_uid", pa.string()), ("util", pa.float64()),
@@ -59,6 +59,7 @@ _SAMPLE_SCHEMA = pa.schema(
      ("requests", pa.float64()), ("input_tokens", pa.float64()), ("output_tokens", pa.float64()),
      ("errors", pa.float64())]
 )
+_SAMPLE_FIELDS = ["ts", "node", "uuid", "util", "mem_used_bytes", "power_w", "interval_s", "processes"]
 _PARSE = pajson.ParseOptions(explicit_schema=_SAMPLE_SCHEMA, unexpected_field_behavior="ignore")
 
 
@@ -317,15 +318,16 @@ class _FileReader:
         if is_serving.any():
             self._serving_columns(block, table.filter(pa.array(is_serving)), block.first_line + rows[is_serving])
         if not is_sample.all():
-            table = table.filter(pa.array(is_sample))
+            table = table.select(_SAMPLE_FIELDS).filter(pa.array(is_sample))
             rows = rows[is_sample]
         lines = block.first_line + rows
-        bad = _first_bad_sample(table)
+        columns = self._columns(table, lines)
+        bad = _first_bad_sample(table, columns)
         if bad is not None:
             number = int(lines[bad])
             _decode(block.line(number - block.first_line), self.name, number)
             raise InputError("sample rejected by the trace schema", file=self.name, line=number)
-        return self._columns(table, lines)
+        return columns
 
     def _read_meta(self, block: "_Block") -> None:
         rows = block.nonblank()
@@ -482,17 +484,17 @@ def _list_offsets(array: pa.ListArray) -> np.ndarray:
     return offsets
 
 
-def _first_bad_sample(table: pa.Table) -> int | None:
-    """Index of the first sample that breaks a rule the careful reader checks, or None."""
-    ts = _floats(table.column("ts"))
-    util = _floats(table.column("util"))
-    interval = _floats(table.column("interval_s"))
+def _first_bad_sample(table: pa.Table, cols: SampleColumns) -> int | None:
+    """Index of the first sample that breaks a rule the careful reader checks, or None.
+    ``cols`` are the table's samples in columns (an absent interval already the file's
+    default, which the meta line's checks keep in range)."""
+    ts, interval = cols.ts, cols.interval
     checks = [
         ~np.isfinite(ts) | _outside(ts, 0, np.nextafter(TS_MAX, 0)),
         _missing_string(table.column("node")),
         _missing_string(table.column("uuid")),
-        _outside(util, 0, 100),
-        _outside(_floats(table.column("mem_used_bytes")), 0, BYTES_MAX),
+        _outside(cols.util, 0, 100),
+        _outside(cols.mem, 0, BYTES_MAX),
         _outside(_floats(table.column("power_w")), 0, np.inf),
         _nonpositive(interval) | _outside(interval, 0, INTERVAL_MAX),
     ]
@@ -504,8 +506,8 @@ def _first_bad_sample(table: pa.Table) -> int | None:
         nested = (
             flat.is_null().to_numpy(zero_copy_only=False)
             | flat.field("pid").is_null().to_numpy(zero_copy_only=False)
-            | _outside(_floats(flat.field("util")), 0, 100)
-            | _outside(_floats(flat.field("mem_used_bytes")), 0, BYTES_MAX)
+            | _outside(cols.proc_util, 0, 100)
+            | _outside(cols.proc_mem, 0, BYTES_MAX)
         )
         if nested.any():
             bad[owner[np.flatnonzero(nested)]] = True
