@@ -125,6 +125,7 @@ def _find_slots(samples: SampleColumns, timeline: Timeline) -> tuple[np.ndarray,
     pos = np.minimum(np.searchsorted(timeline.slot_keys, keys), max(len(timeline.slot_keys) - 1, 0))
     found = (timeline.slot_keys[pos] == keys) if len(timeline.slot_keys) else np.zeros(n, bool)
     found &= described
+    found &= samples.uuid < timeline.n_uuids  # a device named after the timeline was built is in none of its epochs
     slot = timeline.slot_of_key[pos] if len(timeline.slot_keys) else np.zeros(n, np.int64)
     return slot, described, found
 

@@ -68,9 +68,9 @@ def replay(
     stream = TraceStream(paths, progress=progress, block_bytes=block_bytes)
     table = TableSink(pricer.currency) if sink is None else None
     run = Replay(stream, pricer, config, table or sink, lateness_s)  # type: ignore[arg-type]
-    for block in stream:
+    for block, low_water in stream.read_ahead():
         run.feed(block)
-        run.advance(stream.low_water - lateness_s)
+        run.advance(low_water - lateness_s)
     run.advance(math.inf)
     summary = run.finish()
     return ReplayResult(stream.files, summary, table.table() if table else None)

@@ -8,6 +8,7 @@ integer codes. Processes are flattened: sample ``i`` owns processes
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -19,17 +20,25 @@ CODE = np.int32  # interned names, file indices and line numbers: 4 bytes a samp
 
 
 class Interner:
-    """Strings to dense integer codes, shared by every batch of a run."""
+    """Strings to dense integer codes, shared by every batch of a run.
+
+    Replay's reading thread and its accounting both add names, so a new name is added
+    under a lock (a name already known, nearly every call, takes none)."""
 
     def __init__(self) -> None:
         self.codes: dict[str, int] = {}
         self.names: list[str] = []
+        self._lock = threading.Lock()
 
     def code(self, name: str) -> int:
         found = self.codes.get(name)
         if found is None:
-            found = self.codes[name] = len(self.names)
-            self.names.append(name)
+            with self._lock:
+                found = self.codes.get(name)
+                if found is None:
+                    found = len(self.names)
+                    self.names.append(name)
+                    self.codes[name] = found
         return found
 
     def codes_of(self, names: Iterable[str | None]) -> np.ndarray:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import queue
+import threading
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -130,6 +132,46 @@ class TraceStream:
     def where(self, order: tuple[int, int]) -> tuple[str, int]:
         """The file name and line of a (file index, line)."""
         return self.files[order[0]], order[1]
+
+    def read_ahead(self) -> Iterator[tuple[TraceBlock, float]]:
+        """Each block with :attr:`low_water` as it was once the block was read, while a
+        thread reads and parses the next one (Arrow's parser and NumPy work without the
+        GIL, so reading overlaps the caller's work on the block before). One block waits
+        at most; an error in reading is raised here, where the caller iterates."""
+        handoff: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for block in self:
+                    if not put((block, self.low_water, None)):
+                        return
+                put((None, self.low_water, None))
+            except BaseException as err:  # noqa: BLE001 - handed to the caller, who raises it
+                put((None, None, err))
+
+        reader = threading.Thread(target=produce, name="trace-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                block, low_water, err = handoff.get()
+                if err is not None:
+                    raise err
+                if block is None:
+                    return
+                yield block, low_water
+        finally:
+            stop.set()
+            reader.join()
 
     def __iter__(self) -> Iterator[TraceBlock]:
         blocks = [r.blocks() for r in self._readers]
