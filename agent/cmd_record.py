@@ -67,7 +67,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Record until the duration ends or a signal arrives; print one closing line."""
-    from agent.record import record
+    from agent.recorder import record
     from collectors.atomicfile import check_file_target
     from collectors.nvml import NvmlCollector
     from collectors.procfs import PodResolver

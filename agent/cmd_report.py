@@ -291,7 +291,8 @@ def _iso(ts: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``report`` alone (for tests and benchmarks before the CLI wires it in)."""
+    """Run ``report`` alone, without the rest of the CLI (``python -m agent.cmd_report``:
+    benchmarks/report_bench.py times it this way)."""
     parser = argparse.ArgumentParser(prog="gpuledger")
     register(parser.add_subparsers())
     args = parser.parse_args(["report", *(argv or sys.argv[1:])])

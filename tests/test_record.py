@@ -18,7 +18,7 @@ import pytest
 from agent.cmd_record import register
 from agent.durations import parse_duration
 from agent.config import Config
-from agent.record import record
+from agent.recorder import record
 from agent.replay import replay
 from collectors.errors import InputError
 from collectors.faults import FaultCounter
@@ -347,7 +347,7 @@ def test_out_is_a_directory_exits_2(fake_nvml, tmp_path) -> None:
 
 def test_the_recorder_does_not_load_arrow() -> None:
     """Its resident memory on every GPU node: pyarrow and numpy alone are ~90 MB."""
-    code = ("import sys, agent.cli, agent.cmd_record, agent.record, collectors.nvml, collectors.procfs, pynvml\n"
+    code = ("import sys, agent.cli, agent.cmd_record, agent.recorder, collectors.nvml, collectors.procfs, pynvml\n"
             "agent.cli.build_parser()\n"
             "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,1 +1,1 @@
-"""Prices per GPU-second: rate cards, the bundled snapshot and (later) cloud APIs."""
+"""Prices per GPU-second: rate cards, the bundled snapshot, and the AWS, GCP and Azure pricing APIs."""

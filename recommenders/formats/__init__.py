@@ -36,4 +36,4 @@ def render_all(report: Report) -> dict[str, str]:
     return {f.filename: f.render(report) for f in FORMATS.values()}
 
 
-from recommenders.formats import markdown, html, records, focus  # noqa: E402,F401  (registration)
+from recommenders.formats import markdown, html, recommendation_rows, focus  # noqa: E402,F401  (registration)

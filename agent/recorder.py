@@ -7,8 +7,8 @@ writes ``meta`` and then every record, and stops after ``duration_s`` or on SIGI
 SIGTERM, closing the sources and the file so the trace is whole (it is renamed into
 place only then).
 
-Any number of :class:`collectors.sources.RecordSource` can be polled together (NVML
-today, the kubelet and API-server collectors for ``node``/``pods`` records later).
+Any number of :class:`collectors.sources.RecordSource` can be polled together: NVML, and
+with ``--kubernetes`` the placement (kubelet and API server) for ``node``/``pods`` records.
 Their state records are written before the samples of the same poll, because records
 with equal ``ts`` apply in file order.
 
