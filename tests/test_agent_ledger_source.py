@@ -151,12 +151,17 @@ def test_a_restart_logs_what_the_ledger_holds_in_iso_times_and_no_scheduler_warn
     assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
     iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z"
-    assert all(re.match(iso + " gpuledger: INFO: ", line) for line in lines), lines
+    # On a loaded machine every 50 ms cycle can run long; the agent's own "behind" warning is
+    # then the right output. APScheduler's per-run warnings never are.
+    ours = [line for line in lines if "the agent is behind" not in line]
+    assert all(re.match(iso + " gpuledger: INFO: ", line) for line in ours), lines
+    assert all(re.match(iso + " gpuledger: WARNING: the agent is behind: ", line)
+               for line in lines if line not in ours), lines
     (resumed,) = [line for line in lines if "continuing the ledger" in line]
     assert re.search(r"gpu-node-0001, gpu-node-0002, gpu-node-0003, gpu-node-0004 through " + iso, resumed), resumed
     assert not any(re.search(r"\b1\d{9}\b", line) for line in lines), "no Unix seconds in the log"
     assert not any("maximum number of running instances" in line or "apscheduler" in line.lower()
-                   or "WARNING" in line for line in lines), lines
+                   for line in lines), lines
 
 
 class _SlowSource:
