@@ -17,7 +17,7 @@ Adding a metric
 ---------------
 Declare a :class:`Metric` in :data:`FAMILIES` (at the place in exposition order where the
 exporter yields it) and paste ``metrics_markdown(section)`` into ``docs/metrics.md``
-(``tests/test_metric_families.py`` prints what to paste when the doc differs).
+(``tests/collectors/test_metric_families.py`` prints what to paste when the doc differs).
 
 * A per-workload or unallocated counter of a ledger sum, or a serving counter of a
   counted field, needs nothing more: ``column`` names the sum or the count and the

@@ -15,6 +15,8 @@ import pytest
 from agent.rollups import read_rollup
 from tests.systemtools import require_tool
 
+pytestmark = pytest.mark.slow  # drives real processes or servers; see README "Fast loop"
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 

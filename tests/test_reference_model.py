@@ -20,6 +20,8 @@ from collectors.pricing.ratecard import load_rate_card
 from collectors.simulator import simulate
 from tests.reference_model import reference
 
+pytestmark = pytest.mark.slow  # drives real processes or servers; see README "Fast loop"
+
 RATES = """currency: USD
 nodes:
   - match: {node.kubernetes.io/instance-type: p5.48xlarge}

@@ -54,6 +54,7 @@ def test_the_readme_says_what_the_tests_need():
     assert "CI=true" in readme and ".ci/run" in readme
 
 
+@pytest.mark.slow
 def test_tests_find_system_tools_through_require_tool():
     """So that none fails with 'not found' outside CI, or skips inside it."""
     offenders = []

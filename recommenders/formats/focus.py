@@ -6,7 +6,7 @@ the publisher of these rows and the cost is what the rate card says a GPU-hour c
 so billed, effective, list and contracted cost are the same figure: the attribution
 is showback, not an invoice: ``InvoiceId`` is null (FOCUS: null when the charge is
 not associated with an invoice). ``Tags`` carries team, workload
-class and workload. ``tests/test_focus.py`` runs the FinOps Foundation's validator.
+class and workload. ``tests/recommenders/test_focus.py`` runs the FinOps Foundation's validator.
 """
 
 from __future__ import annotations
