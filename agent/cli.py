@@ -150,7 +150,7 @@ def _replay(args: argparse.Namespace) -> int:
     from agent.progress import ProgressLine
     from agent.replay import replay
     from agent.sinks import DiscardSink, ParquetSink
-    from agent.summary import format_table
+    from agent.accounting.summary import format_table
     from collectors.atomicfile import atomic_paths, check_dir_target
     from collectors.pricing.ratecard import RateCardPricer, load_rate_card, load_snapshot
 

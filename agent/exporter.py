@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.ledger import COUNTED
+from agent.accounting.ledger import COUNTED
 from agent.metering import Cycle, Reading
 from recommenders.ledger_schema import SUMS
 from collectors.faults import FaultCounter

@@ -3,7 +3,7 @@
 Replay (:mod:`agent.replay`) accounts a trace strictly and in time order. The agent
 receives a handful of records a second, from collectors that can be a moment out of step
 (a sample of a device before its devices record, a pods record late), so :class:`Meter`
-drives the same :class:`~agent.engine.Engine` with the agent's policy: what cannot be
+drives the same :class:`~agent.accounting.engine.Engine` with the agent's policy: what cannot be
 accounted is dropped and counted, never fatal; a sample up to ``horizon_s`` behind the
 newest is still accounted with the state records in effect at its time; each cycle's row
 parts go out at once, to the exporter's counters and the minute ledger
@@ -21,9 +21,9 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from agent.config import Config
-from agent.engine import Engine, Names, minute_of as _minute_of
-from agent.ledger import COUNTED, Rows, concat, reduce
-from agent.timeline import PodInfo, SlotInfo, Timeline
+from agent.accounting.engine import Engine, Names, minute_of as _minute_of
+from agent.accounting.ledger import COUNTED, Rows, concat, reduce
+from agent.accounting.timeline import PodInfo, SlotInfo, Timeline
 from collectors.pricing.ratecard import Pricer
 from collectors.records import Meta, Record, Sample, ServingRecord
 from collectors.samples import OVERLAP_TOLERANCE_S, SampleColumns, ServingColumns

@@ -1,7 +1,7 @@
 """Replay: the agent's accounting fed from trace files, as a stream in bounded memory.
 
 Trace files are read block by block (:class:`~collectors.tracefile.TraceStream`, several
-files merged by time) and fed to the one :class:`~agent.engine.Engine` the live agent
+files merged by time) and fed to the one :class:`~agent.accounting.engine.Engine` the live agent
 uses. Replay's policy is strict: any record it cannot account is an input error naming
 its file and line, raised before a ledger or summary is in place.
 
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from agent.attribution import MINUTE, serving_error
+from agent.accounting.attribution import MINUTE, serving_error
 from agent.config import Config
-from agent.engine import Engine
-from agent.ledger import Rows, concat, reduce
+from agent.accounting.engine import Engine
+from agent.accounting.ledger import Rows, concat, reduce
 from agent.sinks import LedgerSink, TableSink, ledger_order
-from agent.summary import SummaryBook
+from agent.accounting.summary import SummaryBook
 from collectors.errors import InputError
 from collectors.pricing.ratecard import Pricer, RateCard, RateCardPricer
 from collectors.records import LATENESS_S

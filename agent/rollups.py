@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.ledger import POD_ATTR, SLOT_ATTR
+from agent.accounting.ledger import POD_ATTR, SLOT_ATTR
 from agent.metering import Resume, Row, RowKey
-from agent.timeline import SlotInfo
+from agent.accounting.timeline import SlotInfo
 from collectors.atomicfile import write_bytes
 from collectors.errors import InputError
 from collectors.faults import FAULTS, FaultCounter

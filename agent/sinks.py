@@ -1,6 +1,6 @@
 """Where finished ledger rows go: one interface, a Parquet file or a table in memory.
 
-A sink takes :class:`~agent.ledger.Rows` (ids) with the :class:`~agent.engine.Names` they
+A sink takes :class:`~agent.accounting.ledger.Rows` (ids) with the :class:`~agent.accounting.engine.Names` they
 refer to. Replay writes completed minutes to :class:`ParquetSink` (row groups as the trace
 advances, so the ledger never sits whole in memory); the agent's
 :class:`~agent.rollups.RollupBook` takes the same calls and writes hourly JSON Lines.
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from agent.engine import Names
-from agent.ledger import POD_ATTR, SLOT_ATTR, Rows, concat
+from agent.accounting.engine import Names
+from agent.accounting.ledger import POD_ATTR, SLOT_ATTR, Rows, concat
 from recommenders.ledger_schema import COLUMNS, DEVICE, POD, arrow_schema
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Every writer (replay's Parquet sink, the agent's hourly rollups) and every reader (the
 weekly report's history, the rollup restore) takes the ledger's shape from here, so adding
-a column is a change to this file, the row arithmetic in :mod:`agent.ledger` and
+a column is a change to this file, the row arithmetic in :mod:`agent.accounting.ledger` and
 ``docs/ledger.md`` (whose table a test checks against :data:`COLUMNS`).
 
 It lives in ``recommenders`` because the dependency rule lets both sides import it there

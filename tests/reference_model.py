@@ -1,7 +1,7 @@
 """A second, deliberately simple implementation of the cost model, for tests.
 
 It walks the records one at a time with dicts and loops, sharing no code with
-``agent.attribution`` except the record parser, so agreement between the two is
+``agent.accounting.attribution`` except the record parser, so agreement between the two is
 evidence that the vectorised path computes what ``docs/cost-model.md`` says.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.classify import Workload, team_of, workload_class_of, workload_of
+from agent.accounting.classify import Workload, team_of, workload_class_of, workload_of
 from agent.config import Config, LabelRule
 from collectors.records import Owner, Pod
 

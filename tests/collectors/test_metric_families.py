@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import Config
 from agent.exporter import AgentMetrics
-from agent.ledger import COUNTED
+from agent.accounting.ledger import COUNTED
 from agent.metering import Meter
 from recommenders.ledger_schema import SUMS
 from collectors.faults import FaultCounter

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.classify import team_of, workload_class_of
+from agent.accounting.classify import team_of, workload_class_of
 from agent.config import Config
 from agent.replay import replay
 from collectors.errors import InputError

@@ -1,9 +1,9 @@
 """The accounting engine: state records and column batches in, ledger row parts out.
 
 Replay and the live agent both account through one :class:`Engine`. It keeps the node,
-devices and pods records that can still matter and the :class:`~agent.timeline.Timeline`
-they make, attributes batches of samples (:func:`~agent.attribution.attribute`) and places
-serving counts on it, and returns ledger row parts (:class:`~agent.ledger.Rows`).
+devices and pods records that can still matter and the :class:`~agent.accounting.timeline.Timeline`
+they make, attributes batches of samples (:func:`~agent.accounting.attribution.attribute`) and places
+serving counts on it, and returns ledger row parts (:class:`~agent.accounting.ledger.Rows`).
 
 The timeline is rebuilt whenever a state record arrives, and old records are forgotten,
 so its slot and pod indices change; row parts therefore name devices, device attributes
@@ -25,10 +25,10 @@ from typing import Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 
-from agent.attribution import Locate, attribute, locate_slots, place_serving
+from agent.accounting.attribution import Locate, attribute, locate_slots, place_serving
 from agent.config import Config
-from agent.ledger import Rows, SlotIds, allocation_rows, serving_rows
-from agent.timeline import PodInfo, SlotInfo, StateRecord, Timeline, Where, build_timeline, device_weights
+from agent.accounting.ledger import Rows, SlotIds, allocation_rows, serving_rows
+from agent.accounting.timeline import PodInfo, SlotInfo, StateRecord, Timeline, Where, build_timeline, device_weights
 from collectors.pricing.ratecard import Pricer
 from collectors.records import DevicesRecord
 from collectors.samples import Interners, SampleColumns, ServingColumns
@@ -56,7 +56,7 @@ class Registry(Generic[K]):
 
 @dataclass
 class Names:
-    """What the ids of :class:`~agent.ledger.Rows` stand for."""
+    """What the ids of :class:`~agent.accounting.ledger.Rows` stand for."""
 
     devices: Registry[tuple[str, str]] = field(default_factory=Registry)  # (node, uuid)
     slots: Registry[SlotInfo] = field(default_factory=Registry)

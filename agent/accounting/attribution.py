@@ -10,7 +10,7 @@ For each sample of device ``d`` covering ``dt`` seconds (``docs/cost-model.md``)
 * cost is those seconds times the physical GPU's price per second.
 
 The function is pure and vectorised: it takes samples in columns and a
-:class:`~agent.timeline.Timeline`, and returns allocations in columns. Replay calls it
+:class:`~agent.accounting.timeline.Timeline`, and returns allocations in columns. Replay calls it
 once on millions of samples; the agent calls it on each cycle's handful.
 """
 
@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from agent.timeline import POD_KEY, Timeline
+from agent.accounting.timeline import POD_KEY, Timeline
 from collectors.errors import InputError
 from collectors.samples import SampleColumns, ServingColumns
 

@@ -3,7 +3,7 @@
 A ledger row is one minute of one device for one pod version, or for nobody
 (``docs/ledger.md``; the columns are declared in :mod:`recommenders.ledger_schema`). Here
 rows are NumPy columns that name their device, pod version and device attributes by the
-ids the engine gives them (:class:`agent.engine.Names`), so a row's parts from different
+ids the engine gives them (:class:`agent.accounting.engine.Names`), so a row's parts from different
 batches, or from timelines rebuilt in between, still add up to one row. The sinks turn
 ids into names when they write.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from agent.attribution import Allocations, ServingCounts
+from agent.accounting.attribution import Allocations, ServingCounts
 from recommenders.ledger_schema import COUNTED, MAXED, SUMS
 
 SUMMED = (*SUMS, "samples")

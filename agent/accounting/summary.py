@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.engine import Names
-from agent.ledger import COUNTED, Rows
+from agent.accounting.engine import Names
+from agent.accounting.ledger import COUNTED, Rows
 
 SUMMARY_VERSION = 1
 FIGURES = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost")

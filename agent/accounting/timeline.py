@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from agent.classify import team_of, workload_class_of, workload_of
+from agent.accounting.classify import team_of, workload_class_of, workload_of
 from agent.config import Config
 from collectors.errors import InputError
 from collectors.mig import model_compute_slices, profile_compute_slices
