@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from agent.durations import parse_duration
 from collectors.errors import InputError, describe
 from collectors.kubelet.resources import DEFAULT_SOCKET
+from collectors.pricing.sources import SOURCES as PRICE_SOURCES
 from collectors.yamlfile import LocatedYaml
 
 ENV_PREFIX = "GPULEDGER_"
@@ -183,10 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
             "trace's, say) before starting.", _bool),
     Setting("rates", None, "Your rate card (docs/rate-card.md); before the cloud APIs and the bundled snapshot.",
             _optional_path, "FILE"),
-    Setting("aws", False, "Ask the AWS price APIs (standard credential chain; needs gpuledger[cloud]).", _bool),
-    Setting("gcp", False, "Ask the GCP Cloud Billing Catalog (Application Default Credentials; needs "
-            "gpuledger[cloud]).", _bool),
-    Setting("azure", False, "Ask the Azure Retail Prices API (no credentials; no extra package).", _bool),
+    *(Setting(source.name, False, source.setting_help, _bool) for source in PRICE_SOURCES),
     Setting("price_cache", None, "Keep price API answers in DIR/prices.json across restarts.", _optional_path, "DIR"),
     Setting("price_refresh", "1h", "How often prices are fetched again.", _duration(60.0), "DURATION"),
     Setting("kubernetes", "auto", "Learn pods and node labels from the kubelet and the API server: auto does when "
@@ -223,7 +221,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", "Logging: debug, info, warning or error.",
             _choice("debug", "info", "warning", "error"), choices=("debug", "info", "warning", "error")),
 )
-BOOLEAN = {"aws", "gcp", "azure", "dry_run", "exit_at_end", "fresh_ledger"}
+BOOLEAN = {*(source.name for source in PRICE_SOURCES), "dry_run", "exit_at_end", "fresh_ledger"}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -69,17 +69,11 @@ def build(settings: dict, config):
     """The agent with its sources and prices; InputError for anything the user must fix."""
     from agent.cli import version
     from agent.daemon import Agent
+    from agent.live import agent_price_chain, sample_source
     from collectors.faults import FAULTS
-    from collectors.pricing.cache import PriceCache
-    from collectors.pricing.chain import PriceChain
-    from collectors.pricing.ratecard import load_rate_card
 
-    card = load_rate_card(settings["rates"]) if settings["rates"] else None
-    aws = gcp = azure = None
-    if settings["aws"] or settings["gcp"] or settings["azure"]:
-        aws, gcp, azure = _cloud_sources(settings)
-    chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]), azure=azure)
-    refresh = chain.cache.refresh_expired if (aws or gcp or azure) else None
+    chain = agent_price_chain(settings)
+    refresh = chain.cache.refresh_expired if chain.apis else None
     mode = "dry-run" if settings["dry_run"] else "live"
     common = dict(refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
     if settings["dry_run"]:
@@ -97,7 +91,7 @@ def build(settings: dict, config):
                      **common)
     book = _ledger_book(settings, chain.currency, None)
     resume = book.restore()
-    source, placement = _live_source(settings)
+    source, placement = sample_source(settings)
     return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, version(), book, resume,
                  needs_placement=placement, **common)
 
@@ -130,60 +124,6 @@ def _forget_own_ledger_dir(book) -> None:
             book.directory.rmdir()  # only when empty
         except OSError:
             pass
-
-
-def _live_source(settings: dict):
-    from pathlib import Path
-
-    from agent.cmd_record import WithPlacement, placement_source
-    from collectors.nvml import NvmlCollector
-    from collectors.procfs import PodResolver
-
-    node = settings["node"]
-    resolver = PodResolver(settings["proc_root"]) if settings["processes"] == "on" else None
-    collector = NvmlCollector(node, resolver=resolver)
-    wanted = settings["kubernetes"]
-    if wanted == "on" or (wanted == "auto" and Path(settings["kubelet_socket"]).exists()):
-        source = WithPlacement(collector, placement_source(node, settings["kubelet_socket"], settings["kubeconfig"]))
-        if settings["serving"] != "off":
-            source = _with_serving(source, settings)
-        return source, True
-    if settings["serving"] == "on":
-        log.warning("serving counters need Kubernetes placement (the pods and their IPs): not reading them")
-    if wanted == "auto":
-        log.warning("no kubelet pod-resources socket at %s: attributing GPUs without pods (all unallocated)",
-                    settings["kubelet_socket"])
-    return collector, False
-
-
-def _with_serving(source, settings: dict):
-    """The placement source with the node's GPU pods' model server counters added (docs/unit-economics.md)."""
-    from collectors.faults import FAULTS
-    from collectors.serving import SERVERS, ServingScraper, ServingSource, endpoints_of
-
-    node = settings["node"]
-    placement = source.placement
-    # the config's servers are tried first, and one named like a known server replaces it
-    servers = dict(settings["serving_mappings"])
-    servers.update({name: metrics for name, metrics in SERVERS.items() if name not in servers})
-
-    def targets():
-        return [e for _, obj in placement.gpu_pods() for e in endpoints_of(obj, node, settings["serving_ports"])]
-
-    scraper = ServingScraper(targets, interval_s=settings["serving_interval"], timeout_s=settings["serving_timeout"],
-                             faults=FAULTS, servers=servers)
-    return ServingSource(source, scraper.start())
-
-
-def _cloud_sources(settings: dict):
-    from agent.cmd_prices import require_cloud_packages
-    from collectors.pricing.aws import AwsPrices
-    from collectors.pricing.azure import AzurePrices
-    from collectors.pricing.gcp import GcpPrices
-
-    require_cloud_packages(aws=settings["aws"], gcp=settings["gcp"])  # Azure needs no extra package
-    return ((AwsPrices() if settings["aws"] else None), (GcpPrices() if settings["gcp"] else None),
-            (AzurePrices() if settings["azure"] else None))
 
 
 def _resume_point(resume) -> float | None:

@@ -11,13 +11,13 @@ Wired into ``agent/cli.py`` by ``cmd_prices.register(sub)``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from functools import lru_cache
 from importlib import resources
 from typing import Mapping, TextIO
 
 from collectors.errors import InputError
+from collectors.pricing.sources import SOURCES
 
 LABELS_FLAG = "--node-labels"
 
@@ -27,7 +27,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "prices", help="show what a node's GPUs cost and where the price comes from",
         description="Price sources, in order: your rate card's nodes and gpus entries, the cloud "
-        "price APIs (with --aws / --gcp / --azure), the bundled snapshot, the default. See docs/pricing.md.",
+        f"price APIs (with {' / '.join(s.flag for s in SOURCES)}), the bundled snapshot, the default. "
+        "See docs/pricing.md.",
     )
     actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     show = actions.add_parser(
@@ -44,11 +45,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     show.add_argument("--gpus", type=int, metavar="N",
                       help="physical GPUs on the node (default: known from the instance type, else 1)")
     show.add_argument("--rates", metavar="FILE", help="your rate card (YAML, docs/rate-card.md)")
-    show.add_argument("--aws", action="store_true", help="ask the AWS price APIs (standard credential chain)")
-    show.add_argument("--gcp", action="store_true",
-                      help="ask the GCP Cloud Billing Catalog (Application Default Credentials)")
-    show.add_argument("--azure", action="store_true",
-                      help="ask the Azure Retail Prices API (no credentials, no extra package)")
+    for source in SOURCES:
+        show.add_argument(source.flag, dest=source.name, action="store_true", help=source.flag_help)
     show.add_argument("--cache", metavar="DIR", help="keep API answers in DIR/prices.json between runs")
     show.set_defaults(handler=run_show)
     return p
@@ -70,25 +68,22 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def run_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from agent.live import price_chain, requested_sources
     from collectors.nodelabels import pricing_labels
-    from collectors.pricing.aws import AwsPrices
-    from collectors.pricing.azure import AzurePrices
-    from collectors.pricing.cache import PriceCache
-    from collectors.pricing.chain import PriceChain
-    from collectors.pricing.gcp import GcpPrices
     from collectors.pricing.ratecard import load_rate_card
+    from collectors.pricing.sources import require_packages
 
     out = out or sys.stdout
     labels = parse_labels(args.node_labels)
     if args.gpus is not None and args.gpus < 1:
         raise InputError(f"expected a number of GPUs of at least 1, got {args.gpus}", field="--gpus")
-    require_cloud_packages(aws=args.aws, gcp=args.gcp)
+    names = requested_sources(vars(args))
+    require_packages(names)
     card = load_rate_card(args.rates) if args.rates else None
     hint_model, hint_gpus = machine_hint(pricing_labels(labels).instance_type)
     model = args.gpu_model or hint_model or ""
     gpus = args.gpus or hint_gpus or 1
-    chain = PriceChain(card=card, aws=AwsPrices() if args.aws else None, gcp=GcpPrices() if args.gcp else None,
-                       cache=PriceCache(args.cache), azure=AzurePrices() if args.azure else None)
+    chain = price_chain(card, names, args.cache)
     explained = chain.explain(labels, model, gpus)
     write_explanation(out, labels, model, gpus, chain.currency, explained, chain.commitments(labels, model),
                       guessed=(args.gpus is None, args.gpu_model is None))
@@ -145,21 +140,3 @@ def machine_hint(instance_type: str | None) -> tuple[str | None, int | None]:
     if shape is not None:
         return SKU_TO_NVML.get(shape.gpu), shape.gpus
     return _snapshot_machines().get(instance_type, (None, None))
-
-
-def require_cloud_packages(aws: bool, gcp: bool) -> None:
-    """InputError naming the flag when a cloud price source's package is not installed.
-
-    Azure has no such package: its client is urllib3, one of gpuledger's own dependencies."""
-    for flag, wanted, module, package in (("aws", aws, "boto3", "boto3"),
-                                          ("gcp", gcp, "google.cloud.billing_v1", "google-cloud-billing")):
-        if wanted and not _importable(module):
-            raise InputError(f"--{flag} needs the {package} package (pip install 'gpuledger[cloud]'); "
-                             f"install it or leave --{flag} out", field=f"--{flag}")
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False

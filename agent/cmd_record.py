@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 from agent.durations import parse_duration
-from collectors.errors import InputError, Unavailable
+from collectors.errors import Unavailable
 from collectors.kubelet.resources import DEFAULT_SOCKET
-from collectors.records import DevicesRecord, Record
 
 def _duration(text: str) -> float:
     try:
@@ -67,10 +66,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Record until the duration ends or a signal arrives; print one closing line."""
+    from agent.live import nvml_collector, wants_kubernetes, with_placement
     from agent.recorder import record
     from collectors.atomicfile import check_file_target
-    from collectors.nvml import NvmlCollector
-    from collectors.procfs import PodResolver
 
     out = Path(args.out)
     check_file_target(out)
@@ -79,68 +77,15 @@ def run(args: argparse.Namespace) -> int:
 
         logs.setup("warning")  # ISO 8601 times, as the agent's
     node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
-    collector = NvmlCollector(node, resolver=PodResolver(args.proc_root))
+    collector = nvml_collector(node, args.proc_root)
     problem = collector.unavailable(time.time())
     if problem is not None:
         collector.close()
         raise Unavailable(f"cannot record: {problem}")
     source = collector
-    if args.kubernetes == "on" or (args.kubernetes == "auto" and Path(args.kubelet_socket).exists()):
-        try:
-            source = WithPlacement(collector, placement_source(node, args.kubelet_socket, args.kubeconfig))
-        except InputError:
-            collector.close()
-            raise
+    if wants_kubernetes(args.kubernetes, args.kubelet_socket):
+        source = with_placement(collector, node, args.kubelet_socket, args.kubeconfig)
     stats = record(out, [source], args.interval, args.duration)
     print(f"wrote {stats.path}: {stats.samples:,} samples in {stats.polls} polls over "
           f"{stats.seconds:.1f} s (stopped by {stats.stopped_by})")
     return 0
-
-
-class WithPlacement:
-    """NVML plus the Kubernetes placement collectors, as one RecordSource.
-
-    The placement source needs the node's devices to read device ids that are not UUIDs
-    (GKE's ``nvidia0/gi0``), so every ``devices`` record NVML emits is handed to it before
-    it is polled.
-    """
-
-    def __init__(self, nvml, placement) -> None:
-        self.nvml = nvml
-        self.placement = placement
-
-    def poll(self, now: float) -> list[Record]:
-        gpus = self.nvml.poll(now)
-        for record in gpus:
-            if isinstance(record, DevicesRecord):
-                self.placement.set_devices(record)
-        return self.placement.poll(now) + gpus
-
-    @property
-    def problem(self) -> str | None:
-        """Why no GPU can be sampled (see NvmlCollector.problem), or None."""
-        return self.nvml.problem
-
-    def close(self) -> None:
-        try:
-            self.placement.close()
-        finally:
-            self.nvml.close()
-
-
-def placement_source(node: str, socket_path: str, kubeconfig: str | None):
-    """The kubelet pod-resources client and the API-server informers for ``node``."""
-    from collectors.kubeapi import api_client_from_environment, node_informer, pod_informer
-    from collectors.kubehttp import ConfigError
-    from collectors.kubelet.client import PodResourcesClient
-    from collectors.owners import OwnerCache
-    from collectors.placement import PlacementSource
-
-    try:
-        api = api_client_from_environment(kubeconfig)
-    except ConfigError as err:
-        raise InputError(f"cannot configure the Kubernetes API client: {err}", file=kubeconfig) from None
-    return PlacementSource(
-        node, PodResourcesClient(socket_path), pod_informer(api, node).start(),
-        node_informer(api, node).start(), owners=OwnerCache.from_api_client(api),
-    )

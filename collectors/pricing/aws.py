@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels
 from collectors.pricing.cache import PriceApiError
-from collectors.pricing.ratecard import CommitmentOption, options_from_json, options_to_json
+from collectors.pricing.ratecard import Commitment, CommitmentOption, GpuPrice, options_from_json, options_to_json
 from collectors.pricing.regions import aws_location, location_filter
+from collectors.pricing.steps import Step, node_step, offer_json
 
 SOURCE = "aws-api"
 PRICING_REGION = "us-east-1"  # the Pricing and Savings Plans APIs live here
@@ -311,3 +313,53 @@ def describe_location(region: str) -> str:
     """``us-east-1 (US East (N. Virginia))`` for explanations."""
     name = aws_location(region)
     return f"{region} ({name})" if name else region
+
+
+# --------------------------------------------------------------------------- in the chain
+# How the price chain (collectors/pricing/chain.py) asks this source about an AWS node;
+# declared in collectors/pricing/sources.py. The chain has checked that the node is AWS.
+
+
+def price(chain, api: AwsPrices, labels: Mapping[str, str], model: str, physical: int,
+          steps: list[Step]) -> tuple[GpuPrice, str, float] | None:
+    """The node's on-demand (or spot) instance price split over its GPUs; None and a step otherwise."""
+    where = pricing_labels(labels)
+    missing = [f"{what} label ({labels_[0]})" for what, value, labels_ in (
+        ("instance type", where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
+        if not value]
+    if missing or physical <= 0:
+        why = ("the node has no " + " and no ".join(missing) if missing
+               else "the node's GPU count is not known")
+        steps.append(Step(SOURCE, "skipped", why + "; the AWS price APIs price an instance type in a region"))
+        return None
+    it, region = where.instance_type, where.region
+    if where.capacity_type == "spot":
+        zones = [where.zone] if where.zone else None
+        lookup = chain.cache.lookup((SOURCE, "spot", it, region, where.zone or "*"),
+                                    lambda: api.spot_hourly(it, region, zones))
+        hourly, what = lookup.value, f"spot price of {it} in {where.zone or 'every zone of ' + region}"
+    else:
+        lookup = chain.cache.lookup((SOURCE, "offer", it, region),
+                                    lambda: offer_json(api.instance_offer(it, region)))
+        offer = InstanceOffer.from_json(lookup.value) if lookup.found else None
+        hourly = offer.on_demand_hourly if offer else None
+        what = f"on-demand price of {it} in {describe_location(region)}" + (f", SKU {offer.sku}" if offer else "")
+    return node_step(SOURCE, lookup, hourly, what, physical, chain.gpu_share, steps)
+
+
+def commitments(chain, api: AwsPrices, labels: Mapping[str, str], model: str) -> list[Commitment]:
+    """Reserved Instances and EC2 Instance Savings Plans of the node's instance type."""
+    where = pricing_labels(labels)
+    if not where.instance_type or not where.region:
+        return []
+    it, region = where.instance_type, where.region
+    offer = chain.cache.get((SOURCE, "offer", it, region), lambda: offer_json(api.instance_offer(it, region)))
+    plans = chain.cache.get((SOURCE, "savings-plans", it, region),
+                            lambda: options_to_json(api.savings_plans(it, region)))
+    options: tuple[CommitmentOption, ...] = ()
+    if offer is not None:
+        options += InstanceOffer.from_json(offer).reserved
+    if plans is not None:
+        options += options_from_json(plans)
+    return [Commitment(options=options, match={INSTANCE_TYPE_LABELS[0]: it, REGION_LABELS[0]: region})] \
+        if options else []

@@ -38,8 +38,10 @@ from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote, urlparse
 
 from collectors.errors import InputError
-from collectors.pricing.cache import PriceApiError
-from collectors.pricing.ratecard import CommitmentOption, options_from_json, options_to_json
+from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels
+from collectors.pricing.cache import Lookup, PriceApiError
+from collectors.pricing.ratecard import Commitment, CommitmentOption, GpuPrice, options_from_json, options_to_json
+from collectors.pricing.steps import Step, node_step, offer_json
 
 SOURCE = "azure-api"
 API_URL = "https://prices.azure.com/api/retail/prices"
@@ -326,3 +328,53 @@ class AzurePrices:
                                     throttled=True)
             waited[0] += wait
             self.sleep(wait)
+
+
+# --------------------------------------------------------------------------- in the chain
+# How the price chain (collectors/pricing/chain.py) asks this source about an AKS node;
+# declared in collectors/pricing/sources.py. The chain has checked that the node is Azure.
+
+
+def _offer(chain, api: AzurePrices, sku: str, region: str) -> Lookup:
+    return chain.cache.lookup((SOURCE, "consumption", sku, region), lambda: offer_json(api.offer(sku, region)))
+
+
+def price(chain, api: AzurePrices, labels: Mapping[str, str], model: str, physical: int,
+          steps: list[Step]) -> tuple[GpuPrice, str, float] | None:
+    """The VM size's pay-as-you-go (or spot) price split over its GPUs; None and a step otherwise."""
+    where = pricing_labels(labels)
+    missing = [f"{what} label ({labels_[0]})" for what, value, labels_ in (
+        ("VM size", where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
+        if not value]
+    if missing or physical <= 0:
+        why = ("the node has no " + " and no ".join(missing) if missing
+               else "the node's GPU count is not known")
+        steps.append(Step(SOURCE, "skipped", why + "; the Azure Retail Prices API prices a VM size in a region"))
+        return None
+    sku, region = where.instance_type, where.region
+    lookup = _offer(chain, api, sku, region)
+    offer = AzureOffer.from_json(lookup.value) if lookup.found else None
+    if where.capacity_type == "spot":
+        hourly, what = (offer.spot_hourly if offer else None), f"spot price of {sku} in {region}"
+    else:
+        hourly = offer.on_demand_hourly if offer else None
+        what = f"on-demand price of {sku} in {region}" + (f" ({offer.product}, meter {offer.meter!r})" if offer else "")
+    return node_step(SOURCE, lookup, hourly, what, physical, chain.gpu_share, steps)
+
+
+def commitments(chain, api: AzurePrices, labels: Mapping[str, str], model: str) -> list[Commitment]:
+    """Reservations (whole-term prices made hourly) and savings plans of the node's VM size."""
+    where = pricing_labels(labels)
+    if not where.instance_type or not where.region:
+        return []
+    sku, region = where.instance_type, where.region
+    offer = _offer(chain, api, sku, region).value
+    reserved = chain.cache.get((SOURCE, "reservation", sku, region),
+                               lambda: options_to_json(api.reservations(sku, region)))
+    options: tuple[CommitmentOption, ...] = ()
+    if reserved is not None:
+        options += options_from_json(reserved)
+    if offer is not None:
+        options += AzureOffer.from_json(offer).savings_plans
+    return [Commitment(options=options, match={INSTANCE_TYPE_LABELS[0]: sku, REGION_LABELS[0]: region})] \
+        if options else []

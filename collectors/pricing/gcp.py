@@ -22,8 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from collectors.pricing.cache import PriceApiError
-from collectors.pricing.ratecard import CommitmentOption
+from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels
+from collectors.pricing.cache import Lookup, PriceApiError
+from collectors.pricing.ratecard import Commitment, CommitmentOption, GpuPrice
+from collectors.pricing.steps import Step, node_step, stale_note
 
 SOURCE = "gcp-api"
 COMPUTE_ENGINE = "services/6F81-5844-456A"  # the Compute Engine service in the catalog
@@ -245,3 +247,50 @@ class GcpPrices:
         except (OSError, ValueError) as err:  # transport errors outside api_core's mapping
             raise PriceApiError(SOURCE, f"list_skus failed: {type(err).__name__}") from None
         return catalog_from_skus(wanted)
+
+
+# --------------------------------------------------------------------------- in the chain
+# How the price chain (collectors/pricing/chain.py) asks this source about a GKE node;
+# declared in collectors/pricing/sources.py. The chain has checked that the node is GCP.
+
+
+def _catalog(chain, api: GcpPrices) -> Lookup:
+    return chain.cache.lookup((SOURCE, "catalog"), lambda: api.catalog().to_json())
+
+
+def price(chain, api: GcpPrices, labels: Mapping[str, str], model: str, physical: int,
+          steps: list[Step]) -> tuple[GpuPrice, str, float | None] | None:
+    """A2/A3/G2 machines priced whole and split over their GPUs; other GPUs by their GPU SKU."""
+    where = pricing_labels(labels)
+    if not where.region or physical <= 0:
+        steps.append(Step(SOURCE, "skipped", "the node has no region label"))
+        return None
+    lookup = _catalog(chain, api)
+    catalog = GcpCatalog.from_json(lookup.value) if lookup.found else None
+    usage = "spot" if where.capacity_type == "spot" else "on-demand"
+    priced = catalog.price(where.instance_type, model, where.region, usage) if catalog else None
+    share = chain.gpu_share
+    if priced is None:
+        return node_step(SOURCE, lookup, None, f"{usage} price of {where.instance_type or model}", physical,
+                         share, steps)
+    what = f"{usage} SKUs {', '.join(priced.skus)} in {where.region}"
+    if priced.whole_machine:
+        return node_step(SOURCE, lookup, priced.hourly, f"{where.instance_type} {what}", physical, share, steps)
+    return GpuPrice(priced.hourly, SOURCE), f"GPU {what} (GPU only){stale_note(lookup)}", None
+
+
+def commitments(chain, api: GcpPrices, labels: Mapping[str, str], model: str) -> list[Commitment]:
+    """Committed-use discounts: per machine for A2/A3/G2, per GPU otherwise."""
+    where = pricing_labels(labels)
+    if not where.region:
+        return []
+    lookup = _catalog(chain, api)
+    if not lookup.found:
+        return []
+    options = GcpCatalog.from_json(lookup.value).commitments(where.instance_type, model, where.region)
+    if not options:
+        return []
+    if where.instance_type in MACHINES:
+        return [Commitment(options=options, match={INSTANCE_TYPE_LABELS[0]: where.instance_type,
+                                                   REGION_LABELS[0]: where.region})]
+    return [Commitment(options=options, gpu_model=model)]

@@ -267,7 +267,7 @@ def test_an_unreachable_price_api_is_counted_and_the_snapshot_prices(small_trace
     down = boto3.client("pricing", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
                         aws_access_key_id="x", aws_secret_access_key="x",
                         config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=1))
-    chain = PriceChain(aws=AwsPrices(pricing=down))
+    chain = PriceChain(apis={"aws": AwsPrices(pricing=down)})
     settings = agent_settings.resolve(argparse.Namespace(**{s.name: None for s in agent_settings.SETTINGS}),
                                       {"GPULEDGER_LEDGER_DIR": str(tmp_path / "ledger")})
     source = TraceSource(small_trace, speed=1e6)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LIVE_AGENT = (
     "import sys\n"
     "import agent.cmd_agent, agent.daemon, agent.metering, agent.rollups, agent.exporter\n"
-    "import agent.cmd_record, collectors.nvml, collectors.placement, collectors.kubehttp\n"
+    "import agent.cmd_record, agent.live, collectors.nvml, collectors.placement, collectors.kubehttp\n"
     "from agent.daemon import http_server\n"
     "import apscheduler.schedulers.background, prometheus_client.exposition\n"
     "print(' '.join(sorted(m for m in ('pyarrow', 'pandas', 'kubernetes') if m in sys.modules)))\n"

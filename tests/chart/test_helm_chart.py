@@ -32,6 +32,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from collectors.pricing.sources import SOURCES as PRICE_SOURCES
 from tests import helmtool
 from tests.helmtool import (
     CHART, HELM_VERSION, REPO, documented_values, leaf_keys, pinned_helm, render, run_helm, values_args,
@@ -74,7 +75,7 @@ CASES: dict[str, dict[str, Any]] = {
     "priority-class": {"agent": {"priorityClassName": "gpu-agents", "runtimeClassName": "nvidia"}},
     "no-priority-class": {"agent": {"priorityClassName": ""}},
     "kubernetes-on": {"agent": {"kubernetes": "on"}},
-    "cloud-pricing": {"pricing": {"aws": True, "gcp": True, "azure": True, "refresh": "30m"},
+    "cloud-pricing": {"pricing": {**{s.name: True for s in PRICE_SOURCES}, "refresh": "30m"},
                       "serviceAccount": {"annotations": {
                           "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/gpuledger-pricing",
                           "iam.gke.io/gcp-service-account": "gpuledger@proj.iam.gserviceaccount.com"}}},
@@ -358,11 +359,31 @@ def test_kubernetes_on_insists_on_the_kubelet_directory(rendered):
 def test_cloud_pricing_flags_and_service_account(rendered):
     objs = rendered["cloud-pricing"]
     f = flags(agent_container(objs)["args"])
-    assert f["--aws"] is True and f["--gcp"] is True and f["--azure"] is True and f["--price-refresh"] == "30m"
+    assert all(f[s.flag] is True for s in PRICE_SOURCES) and f["--price-refresh"] == "30m"
     sa = one(objs, "ServiceAccount")
     assert sa["metadata"]["annotations"] == CASES["cloud-pricing"]["serviceAccount"]["annotations"]
     assert pod_spec(objs)["serviceAccountName"] == sa["metadata"]["name"]
-    assert {"--aws", "--gcp", "--azure"}.isdisjoint(flags(agent_container(rendered["defaults"])["args"]))
+    assert {s.flag for s in PRICE_SOURCES}.isdisjoint(flags(agent_container(rendered["defaults"])["args"]))
+    # the agent's args name the sources in the registry's order, as `gpuledger agent --help` does
+    args = agent_container(objs)["args"]
+    assert [a for a in args if a in {s.flag for s in PRICE_SOURCES}] == [s.flag for s in PRICE_SOURCES]
+
+
+def test_the_charts_price_sources_are_the_registrys():
+    """pricing.<name> in values.yaml, the schema and the template for exactly the sources
+    of collectors/pricing/sources.py: a source added there and not here fails."""
+    names = [s.name for s in PRICE_SOURCES]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["pricing"]
+    assert [k for k in values if k != "refresh"] == names
+    assert all(values[n] is False for n in names), "every cloud price source is off by default"
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["pricing"]["properties"]
+    assert [k for k in schema if k != "refresh"] == names
+    assert all(schema[n] == {"type": "boolean"} for n in names)
+    template = (CHART / "templates" / "_helpers.tpl").read_text()
+    switched = re.findall(r"\{\{-? if \.Values\.pricing\.(\w+) \}\}\s*- --(\w+)", template)
+    assert switched == [(n, n) for n in names]
+    documented = {key for key, _ in documented_values()}
+    assert {f"pricing.{n}" for n in names} <= documented
 
 
 def test_kubernetes_off_mounts_no_kubelet_dir(rendered):

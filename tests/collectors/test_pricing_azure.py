@@ -144,8 +144,8 @@ def test_linux_on_demand_spot_and_savings_plans_from_the_consumption_meters():
     assert offer.savings_plans == (CommitmentOption("savings-plan", 1, "no-upfront", 74.7232, SOURCE),
                                    CommitmentOption("savings-plan", 3, "no-upfront", 53.0928, SOURCE))
     # per GPU, by hand: 98.32 / 8 = 12.29 on demand, 18.169536 / 8 = 2.271192 spot
-    assert PriceChain(azure=_Fixed(offer))(AKS, H100, 8) == GpuPrice(pytest.approx(12.29), SOURCE)
-    assert PriceChain(azure=_Fixed(offer))(AKS_SPOT, H100, 8) == GpuPrice(pytest.approx(2.271192), SOURCE)
+    assert PriceChain(apis={"azure": _Fixed(offer)})(AKS, H100, 8) == GpuPrice(pytest.approx(12.29), SOURCE)
+    assert PriceChain(apis={"azure": _Fixed(offer)})(AKS_SPOT, H100, 8) == GpuPrice(pytest.approx(2.271192), SOURCE)
 
 
 def test_a_dev_test_meter_is_not_a_pay_as_you_go_price():
@@ -298,7 +298,7 @@ def test_the_endpoint_comes_from_the_environment(monkeypatch, api, capsys):
 
 
 def test_the_chain_prices_aks_nodes_from_the_api_and_names_the_meter(api):
-    chain = PriceChain(azure=AzurePrices(api.url))
+    chain = PriceChain(apis={"azure": AzurePrices(api.url)})
     got = chain.explain(AKS, H100, 8)
     assert got.price == GpuPrice(pytest.approx(98.32 / 8), SOURCE) and got.node_hourly == 98.32
     assert "ND96isr H100 v5" in got.entry and "Virtual Machines NDsr H100 v5 Series" in got.entry and not got.steps
@@ -308,7 +308,7 @@ def test_the_chain_prices_aks_nodes_from_the_api_and_names_the_meter(api):
 
 
 def test_commitments_of_an_aks_pool_are_reservations_and_savings_plans(api):
-    chain = PriceChain(azure=AzurePrices(api.url))
+    chain = PriceChain(apis={"azure": AzurePrices(api.url)})
     (pool,) = chain.commitments(AKS, H100)
     assert pool == Commitment(options=(
         CommitmentOption("reserved-instance", 1, "no-upfront", 60.0, SOURCE),
@@ -318,7 +318,7 @@ def test_commitments_of_an_aks_pool_are_reservations_and_savings_plans(api):
 
 
 def test_an_unreachable_api_falls_back_to_the_snapshot_counted_and_logged_once(caplog):
-    chain = PriceChain(azure=AzurePrices(dead_url(), timeout_s=2.0), cache=PriceCache())
+    chain = PriceChain(cache=PriceCache(), apis={"azure": AzurePrices(dead_url(), timeout_s=2.0)})
     with caplog.at_level(logging.WARNING, logger="gpuledger.pricing"):
         got = chain.explain(AKS, H100, 8)
         other = chain.explain({**AKS, IT: A100_VM}, A100, 1)
@@ -332,7 +332,7 @@ def test_an_unreachable_api_falls_back_to_the_snapshot_counted_and_logged_once(c
 
 
 def test_an_aks_node_without_a_region_label_says_so():
-    chain = PriceChain(azure=AzurePrices(dead_url()))
+    chain = PriceChain(apis={"azure": AzurePrices(dead_url())})
     got = chain.explain({k: v for k, v in AKS.items() if k != RG}, H100, 8)
     assert got.price == GpuPrice(pytest.approx(98.32 / 8), SNAP)  # the region-less snapshot entry (eastus)
     assert got.steps[0].outcome == "skipped" and "region label (topology.kubernetes.io/region)" in got.steps[0].detail
@@ -456,7 +456,7 @@ def test_the_agent_setting_asks_azure_for_aks_nodes(monkeypatch, api, tmp_path):
             "GPULEDGER_LEDGER_DIR": str(tmp_path / f"ledger-{source}"), "GPULEDGER_SPEED": "1000000000"})
         agent = build(settings, Config())
         try:
-            assert isinstance(agent.meter.pricer.azure, AzurePrices) and agent.meter.pricer.aws is None
+            assert list(agent.meter.pricer.apis) == ["azure"] and isinstance(agent.meter.pricer.apis["azure"], AzurePrices)
             agent.sample()
             agent.sample()
         finally:

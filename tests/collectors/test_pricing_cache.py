@@ -131,7 +131,7 @@ class FlakyAws:
 def test_chain_keeps_pricing_with_last_good_api_prices_and_expires_them(tmp_path):
     clock = Clock()
     aws = FlakyAws()
-    chain = PriceChain(aws=aws, cache=PriceCache(tmp_path, max_age_s=3600, clock=clock))
+    chain = PriceChain(cache=PriceCache(tmp_path, max_age_s=3600, clock=clock), apis={"aws": aws})
     labels = {"node.kubernetes.io/instance-type": "p5.48xlarge", "topology.kubernetes.io/region": "us-east-1",
               "eks.amazonaws.com/nodegroup": "gpu"}
     assert chain(labels, "NVIDIA H100 80GB HBM3", 8) == GpuPrice(5.0, "aws-api")
@@ -141,7 +141,7 @@ def test_chain_keeps_pricing_with_last_good_api_prices_and_expires_them(tmp_path
     assert explained.price == GpuPrice(5.0, "aws-api") and "last good answer kept" in explained.entry
     assert chain.cache.faults == {"aws-api": 1}
     # without any good answer the chain falls through to the snapshot
-    cold = PriceChain(aws=aws, cache=PriceCache(clock=clock))
+    cold = PriceChain(cache=PriceCache(clock=clock), apis={"aws": aws})
     assert cold(labels, "NVIDIA H100 80GB HBM3", 8).source.startswith("snapshot:")
 
 

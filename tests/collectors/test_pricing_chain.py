@@ -106,7 +106,7 @@ def test_fallback_order_card_then_api_then_snapshot_then_default(rates):
     with Stubber(pricing) as stub:
         stub_p5(stub)
         stub.add_client_error("get_products", service_error_code="ThrottlingException", http_status_code=400)
-        chain = PriceChain(card=card, aws=AwsPrices(pricing=pricing))
+        chain = PriceChain(card=card, apis={"aws": AwsPrices(pricing=pricing)})
         # 1. the card's nodes entry, split over the GPUs after gpu_share
         assert chain(DGX, A100, 8) == GpuPrice(16.0 * 0.5 / 8, "rate-card")
         # 1. the card's gpus entry beats every later source
@@ -122,19 +122,19 @@ def test_fallback_order_card_then_api_then_snapshot_then_default(rates):
 
 
 def test_explain_names_the_entry_and_why_earlier_sources_passed(rates):
-    chain = PriceChain(card=load_rate_card(rates(CARD)), gcp=DeadGcp())
+    chain = PriceChain(card=load_rate_card(rates(CARD)), apis={"gcp": DeadGcp()})
     got = chain.explain(G2, "NVIDIA L4", 1)
     assert got.price == GpuPrice(pytest.approx(0.70683 * 0.5), SNAP)
     assert "snapshot nodes[" in got.entry and "g2-standard-4" in got.entry
     assert [s.source for s in got.steps][:2] == ["rate-card", "gcp-api"]
     assert got.steps[1].outcome == "unavailable" and "ServiceUnavailable" in got.steps[1].detail
-    ok = PriceChain(gcp=FakeGcp()).explain(G2, "NVIDIA L4", 1)
+    ok = PriceChain(apis={"gcp": FakeGcp()}).explain(G2, "NVIDIA L4", 1)
     assert ok.price == GpuPrice(pytest.approx(0.56004 + 4 * 0.0249868 + 16 * 0.0029278), "gcp-api")
     assert "g2-standard-4" in ok.entry and "0C9F-C2F5-2AE6" in ok.entry and ok.steps == ()
 
 
 def test_gcp_spot_and_gpu_only_prices():
-    chain = PriceChain(gcp=FakeGcp())
+    chain = PriceChain(apis={"gcp": FakeGcp()})
     spot = {**G2, "cloud.google.com/gke-spot": "true"}
     assert chain(spot, "NVIDIA L4", 1).hourly == pytest.approx(0.224 + 4 * 0.0099947 + 16 * 0.0011711)
     n1 = {IT: "n1-standard-8", RG: "us-east1", "cloud.google.com/gke-nodepool": "t4"}
@@ -144,7 +144,7 @@ def test_gcp_spot_and_gpu_only_prices():
 def test_no_card_uses_the_snapshot_default_and_non_usd_cards_skip_usd_sources(rates):
     assert PriceChain()({}, "Mystery GPU", 1) == GpuPrice(load_snapshot().default_gpu_hourly, "default")
     eur = load_rate_card(rates(CARD.replace("USD", "EUR")))
-    chain = PriceChain(card=eur, gcp=FakeGcp())
+    chain = PriceChain(card=eur, apis={"gcp": FakeGcp()})
     assert chain(G2, "NVIDIA L4", 1) == GpuPrice(0.75, "default")
     assert {s.outcome for s in chain.explain(G2, "NVIDIA L4", 1).steps} == {"no match", "skipped"}
 
@@ -155,7 +155,7 @@ def test_commitments_from_the_apis():
         stub_p5(s1)
         s2.add_response("describe_savings_plans_offering_rates", aws_body("savings_plans_p5.48xlarge_page1.json"))
         s2.add_response("describe_savings_plans_offering_rates", aws_body("savings_plans_p5.48xlarge_page2.json"))
-        chain = PriceChain(aws=AwsPrices(pricing=pricing, savingsplans=plans), gcp=FakeGcp())
+        chain = PriceChain(apis={"aws": AwsPrices(pricing=pricing, savingsplans=plans), "gcp": FakeGcp()})
         (aws,) = chain.commitments(P5_OD, H100)
     assert aws.match == {IT: "p5.48xlarge", RG: "us-east-1"} and aws.gpu_model is None
     kinds = {(o.kind, o.term_years, o.payment) for o in aws.options}
@@ -179,7 +179,7 @@ def test_rate_card_commitments_come_first(rates):
     options:
       - {kind: reserved-instance, term_years: 3, payment: all-upfront, hourly: 9.0}
 """
-    chain = PriceChain(card=load_rate_card(rates(text)), gcp=FakeGcp())
+    chain = PriceChain(card=load_rate_card(rates(text)), apis={"gcp": FakeGcp()})
     found = chain.commitments(G2, "NVIDIA L4")
     assert found[0].gpu_model == "NVIDIA L4" and found[0].options[0].hourly == 0.30
     assert found[0].options[0].source == "rate-card"
@@ -235,7 +235,7 @@ def test_every_ledger_row_carries_its_price_source(tmp_path, rates):
         stub_spot(se)  # aws-spot (us-east-1b)
         sp.add_response("get_products", aws_body("get_products_unknown.json"), products("g5.xlarge"))  # aws-g5
         chain = PriceChain(card=load_rate_card(rates(CARD.replace("gpu_share: 0.5", "gpu_share: 1.0"))),
-                           aws=AwsPrices(pricing=pricing, ec2={"us-east-1": ec2}, clock=lambda: NOW))
+                           apis={"aws": AwsPrices(pricing=pricing, ec2={"us-east-1": ec2}, clock=lambda: NOW)})
         result = replay([trace], chain, Config())
         sp.assert_no_pending_responses()
         se.assert_no_pending_responses()
