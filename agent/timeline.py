@@ -21,7 +21,7 @@ from collectors.errors import InputError
 from collectors.mig import model_compute_slices, profile_compute_slices
 from collectors.nodelabels import pricing_labels
 from collectors.pricing.energy import NO_ENERGY_SECTION, EnergyRates, energy_terms
-from collectors.pricing.ratecard import RATE_CARD_SOURCE, Pricer
+from collectors.pricing.ratecard import DEFAULT_SOURCE, RATE_CARD_SOURCE, Pricer
 from collectors.records import DevicesRecord, NodeRecord, Pod, PodsRecord
 from collectors.samples import Interners
 
@@ -216,7 +216,7 @@ class _Builder:
             self.pue.append(terms.pue)
             self.tariff.append(tariff)
             self.g_per_kwh.append(terms.g_per_kwh)
-            self.energy_to_cost.append(self.energy.add_to_cost and source == RATE_CARD_SOURCE)
+            self.energy_to_cost.append(self.energy.add_to_cost and source in (RATE_CARD_SOURCE, DEFAULT_SOURCE))
             self.keys.append((epoch, self.interners.uuids.code(device.uuid)))
             self.weight.append(weights[device.uuid])
             self.price.append(hourly / 3600.0)
