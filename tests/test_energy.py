@@ -257,3 +257,29 @@ def test_joules_and_grams_are_conserved_over_a_simulated_fleet(tmp_path):
     ledger = pq.read_table(tmp_path / "ledger.parquet")
     assert math.isclose(sum(ledger.column("energy_joules").to_pylist()), joules, rel_tol=1e-9)
     assert math.isclose(sum(ledger.column("carbon_grams").to_pylist()), grams, rel_tol=1e-9)
+
+
+def test_the_report_shows_energy_and_carbon_by_team(tmp_path):
+    """The markdown report's energy table: kWh and kg CO2e by team, from the ledger; a team
+    whose GPU reported no power reads "unknown", not 0."""
+    import subprocess
+    import sys
+
+    hours = 3
+    records = [node(), devices(gpu("GPU-a"), gpu("GPU-b", index=1)),
+               pods(pod("p1", "GPU-a", labels={"team": "a"}), pod("p2", "GPU-b", labels={"team": "b"}))]
+    for i in range(1, hours * 60 + 1):  # one sample a minute: GPU-a at 600 W, GPU-b without power
+        records += [powered(sample("GPU-a", 1764547200 + 60 * i, 90, interval=60), 600.0),
+                    sample("GPU-b", 1764547200 + 60 * i, 50, interval=60)]
+    run(tmp_path, records, ledger=True)
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "agent.cmd_report", "--ledger", str(tmp_path / "ledger.parquet"),
+                           "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    text = (out / "report.md").read_text()
+    section = text.split("## Energy and carbon by team", 1)[1].split("\n## ", 1)[0]
+    kwh = 600.0 * 60 * hours * 60 / KWH  # 1.8 kWh
+    grams = kwh * 1.5 * 323.05
+    energy_cost = kwh * 1.5 * 0.12
+    assert f"| a | {kwh:,.1f} | {energy_cost:,.2f} | {grams / 1e3:,.2f} |" in section
+    assert "| b | unknown | unknown | unknown |" in section
