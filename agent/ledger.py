@@ -121,6 +121,21 @@ def concat(parts: list[Rows]) -> Rows:
 def reduce(rows: Rows) -> Rows:
     """One row per (minute, device, holder), in order of minute, device id and holder id.
 
+    The parts of samples add up among themselves, and the parts that bring no sample
+    (serving counts, a MIG parent's energy for its slices) among themselves, before the
+    two are added: NumPy adds more than eight numbers pairwise, so zeros among a row's
+    sample parts would change the last bit of its seconds and cost, and the agent (which
+    adds a cycle at a time) and replay would disagree.
+    """
+    extra = rows.values["samples"] == 0
+    if extra.any() and not extra.all():
+        return _reduce(concat([_reduce(rows.take(~extra)), _reduce(rows.take(extra))]))
+    return _reduce(rows)
+
+
+def _reduce(rows: Rows) -> Rows:
+    """:func:`reduce` of parts all of one kind.
+
     Sums add up in the order the parts come (a stable sort), so the same parts in the same
     order give the same bits however they were batched (energy and carbon are NaN when any
     part's is); memory and utilisation take the
