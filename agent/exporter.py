@@ -116,9 +116,11 @@ class AgentMetrics(Collector):
         with self._lock:
             out = {}
             for j, m in enumerate(WORKLOAD_COUNTERS):
-                out[m.name] = sum(v[j] for d in (self._workloads, self._pending_workloads) for v in d.values())
+                out[m.name] = sum(v[j] for d in (self._workloads, self._pending_workloads) for v in d.values()
+                                  if not math.isnan(v[j]))
             for j, m in enumerate(UNALLOCATED_COUNTERS):
-                out[m.name] = sum(v[j] for d in (self._unallocated, self._pending_unallocated) for v in d.values())
+                out[m.name] = sum(v[j] for d in (self._unallocated, self._pending_unallocated) for v in d.values()
+                                  if not math.isnan(v[j]))
             for j, m in enumerate(SERVING_COUNTERS):
                 out[m.name] = sum(v[j] for d in (self._serving, self._pending_serving) for v in d.values())
             return out
@@ -138,7 +140,8 @@ class AgentMetrics(Collector):
             for j, m in enumerate(declared_counters):
                 family = _build(m)
                 for key, values in values_by_key.items():
-                    family.add_metric(key, values[j])
+                    if not math.isnan(values[j]):  # energy never measured for the label set
+                        family.add_metric(key, values[j])
                 yield family
         info = _build(POD_INFO)
         for labels in pods:
@@ -192,23 +195,31 @@ def _device_families(readings: list[Reading], currency: str) -> Iterator:
 
 
 def _add(values: dict, pending: dict, key: tuple, amounts: list[float]) -> None:
+    """Add a row's amounts to a label set's counters. NaN (energy not measured) adds
+    nothing, and a counter nothing measured was ever added to stays NaN: not shown."""
     found = values.get(key)
     if found is not None and key not in pending:
         for j, a in enumerate(amounts):
-            found[j] += a
+            found[j] = _plus(found[j], a)
         return
-    if found is None:
-        values[key] = [0.0] * len(amounts)  # seen at 0 first; the increment waits one cycle
-    held = pending.setdefault(key, [0.0] * len(amounts))
+    if found is None:  # seen at 0 first; the increment waits one cycle
+        values[key] = [math.nan if math.isnan(a) else 0.0 for a in amounts]
+    held = pending.setdefault(key, [math.nan] * len(amounts))
     for j, a in enumerate(amounts):
-        held[j] += a
+        held[j] = _plus(held[j], a)
+
+
+def _plus(total: float, amount: float) -> float:
+    if math.isnan(amount):
+        return total
+    return amount if math.isnan(total) else total + amount
 
 
 def _apply(values: dict, pending: dict) -> None:
     for key, amounts in pending.items():
         found = values[key]
         for j, a in enumerate(amounts):
-            found[j] += a
+            found[j] = _plus(found[j], a)
     pending.clear()
 
 

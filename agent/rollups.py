@@ -34,7 +34,7 @@ from collectors.errors import InputError
 from collectors.faults import FAULTS, FaultCounter
 from collectors.records import TS_MAX
 from recommenders.ledger_schema import (COUNTED, DEVICE, HOUR, NAMES, POD, ROW_KEY, ROLLUP_HEADER, ROLLUP_SUFFIX,
-                                        SUMS, VERSION, node_dirname, rollup_path)
+                                        MEASURED, SUMS, VERSION, node_dirname, rollup_path)
 
 SUFFIX = ROLLUP_SUFFIX
 HEADER_KEY = ROLLUP_HEADER
@@ -314,7 +314,7 @@ def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[s
                 raise ValueError(f"line {i}: expected a string or null for {key}")
         for key in SUMS + ("samples",):
             value = row.get(key)
-            if not _finite(value):
+            if not _finite(value) and not (key in MEASURED and value is None):
                 raise ValueError(f"line {i}: expected a number for {key}, got {str(value)[:40]!r}")
         for key in ("memory_used_max_bytes", "util_peak", *COUNTED):
             value = row.get(key)
@@ -351,7 +351,7 @@ def _merged(restored: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[d
             out.append(old)
             continue
         for k in SUMS + ("samples",):
-            row[k] += old[k]
+            row[k] = None if row[k] is None or old.get(k, 0) is None else row[k] + old.get(k, 0)
         for k in ("memory_used_max_bytes", "util_peak"):
             highest = [m for m in (row[k], old.get(k)) if m is not None]
             row[k] = max(highest) if highest else None

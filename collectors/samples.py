@@ -70,6 +70,7 @@ class SampleColumns:
     uuid: np.ndarray  # int32 device code
     util: np.ndarray  # float64 percent, NaN = not reported
     mem: np.ndarray  # float64 bytes, NaN = not reported
+    power: np.ndarray  # float64 watts of board power, NaN = not reported (MIG slices never are)
     proc_offsets: np.ndarray  # int64, len(ts) + 1
     proc_pod: np.ndarray  # int32 pod-uid code, -1 = unknown
     proc_util: np.ndarray  # float64, NaN = not reported
@@ -83,7 +84,7 @@ class SampleColumns:
     @staticmethod
     def empty() -> "SampleColumns":
         f, i = np.empty(0, np.float64), np.empty(0, CODE)
-        return SampleColumns(f, f, i, i, f, f, np.zeros(1, np.int64), i, f, f, i, i)
+        return SampleColumns(f, f, i, i, f, f, f, np.zeros(1, np.int64), i, f, f, i, i)
 
     @staticmethod
     def from_samples(
@@ -112,6 +113,7 @@ class SampleColumns:
             mem=np.array(
                 [nan if s.mem_used_bytes is None else s.mem_used_bytes for s in samples], np.float64
             ),
+            power=np.array([nan if s.power_w is None else s.power_w for s in samples], np.float64),
             proc_offsets=offsets,
             proc_pod=interners.pods.codes_of(p.pod_uid for p in procs),
             proc_util=np.array([nan if p.util is None else p.util for p in procs], np.float64),
@@ -128,6 +130,7 @@ class SampleColumns:
         return SampleColumns(
             ts=self.ts[start:stop], interval=self.interval[start:stop], node=self.node[start:stop],
             uuid=self.uuid[start:stop], util=self.util[start:stop], mem=self.mem[start:stop],
+            power=self.power[start:stop],
             proc_offsets=self.proc_offsets[start:stop + 1] - lo, proc_pod=self.proc_pod[lo:hi],
             proc_util=self.proc_util[lo:hi], proc_mem=self.proc_mem[lo:hi],
             file=self.file[start:stop], line=self.line[start:stop],
@@ -143,7 +146,7 @@ class SampleColumns:
         procs = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1] - lo, counts)
         return SampleColumns(
             ts=self.ts[rows], interval=self.interval[rows], node=self.node[rows], uuid=self.uuid[rows],
-            util=self.util[rows], mem=self.mem[rows], proc_offsets=offsets, proc_pod=self.proc_pod[procs],
+            util=self.util[rows], mem=self.mem[rows], power=self.power[rows], proc_offsets=offsets, proc_pod=self.proc_pod[procs],
             proc_util=self.proc_util[procs], proc_mem=self.proc_mem[procs], file=self.file[rows],
             line=self.line[rows],
         )

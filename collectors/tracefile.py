@@ -449,6 +449,7 @@ class _FileReader:
             uuid=_encode(table.column("uuid"), self.interners.uuids),
             util=_floats(table.column("util")),
             mem=_floats(table.column("mem_used_bytes")),
+            power=_floats(table.column("power_w")),
             proc_offsets=offsets,
             proc_pod=_encode(flat.field("pod_uid"), self.interners.pods),
             proc_util=_floats(flat.field("util")),
@@ -537,7 +538,7 @@ def _first_bad_sample(table: pa.Table, cols: SampleColumns) -> int | None:
         _missing_string(table.column("uuid")),
         _outside(cols.util, 0, 100),
         _outside(cols.mem, 0, BYTES_MAX),
-        _outside(_floats(table.column("power_w")), 0, np.inf),
+        _outside(cols.power, 0, np.inf),
         _nonpositive(interval) | _outside(interval, 0, INTERVAL_MAX),
     ]
     bad = np.logical_or.reduce(checks)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
-VERSION = "1.2"  # 1.1 added util_peak, 1.2 the serving counts
-VERSIONS = ("1", "1.1", "1.2")  # what readers take: a minor version only adds columns
+VERSION = "1.3"  # 1.1 added util_peak, 1.2 the serving counts, 1.3 energy and carbon
+VERSIONS = ("1", "1.1", "1.2", "1.3")  # what readers take: a minor version only adds columns
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Column:
     ``key`` (the row's identity), ``device`` and ``pod`` (attributes of the device or pod
     version the row is for; a pod attribute is null on unallocated rows), ``sum`` (added),
     ``max`` (the highest, null when no sample had one), ``count`` (added where known, null
-    when nothing was counted). ``since``: the ledger version that added it (older ledgers
+    when nothing was counted); a nullable ``sum`` (energy, carbon) is null when any part of
+    the row is (what was not measured cannot be added). ``since``: the ledger version that added it (older ledgers
     read it as null). ``high``: the largest value a reader accepts (money, seconds, ...).
     """
 
@@ -52,6 +53,8 @@ PRICE_MAX = 1e9  # per GPU-hour, as rate cards
 MONEY_MAX = 1e15  # per row
 BYTES_MAX = 1e18
 COUNT_MAX = 1e15
+JOULES_MAX = 1e18
+GRAMS_MAX = 1e18
 
 COLUMNS: tuple[Column, ...] = (
     Column("minute", "minute", "key"),
@@ -88,6 +91,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("requests", "float", "count", nullable=True, since="1.2", high=COUNT_MAX),
     Column("input_tokens", "float", "count", nullable=True, since="1.2", high=COUNT_MAX),
     Column("output_tokens", "float", "count", nullable=True, since="1.2", high=COUNT_MAX),
+    Column("energy_joules", "float", "sum", nullable=True, since="1.3", high=JOULES_MAX),
+    Column("energy_cost", "float", "sum", nullable=True, since="1.3", high=MONEY_MAX),
+    Column("carbon_grams", "float", "sum", nullable=True, since="1.3", high=GRAMS_MAX),
 )
 BY_NAME = {c.name: c for c in COLUMNS}
 NAMES = tuple(c.name for c in COLUMNS)
@@ -97,7 +103,8 @@ def _named(*roles: str, kind: str | None = None) -> tuple[str, ...]:
     return tuple(c.name for c in COLUMNS if c.role in roles and (kind is None or c.kind == kind))
 
 
-SUMS = tuple(n for n in _named("sum") if n != "samples")  # the money and seconds of a row, added
+SUMS = tuple(n for n in _named("sum") if n != "samples")  # the money, seconds, energy and carbon of a row, added
+MEASURED = tuple(c.name for c in COLUMNS if c.role == "sum" and c.nullable)  # null when any part is
 MAXED = _named("max")
 COUNTED = _named("count")
 DEVICE = _named("device")  # from the device (and its node's labels and price) in effect
@@ -122,7 +129,7 @@ def arrow_schema(currency: str) -> "pa.Schema":
 # --------------------------------------------------------------------------- the agent's rollups
 
 ROLLUP_SUFFIX = ".jsonl.gz"
-ROLLUP_HEADER = "gpuledger_ledger"  # the header line's marker: {"gpuledger_ledger": "1.2", ...}
+ROLLUP_HEADER = "gpuledger_ledger"  # the header line's marker: {"gpuledger_ledger": "1.3", ...}
 HOUR = 3600
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")

@@ -91,7 +91,30 @@ def _figures(rows: pd.DataFrame) -> dict[str, float]:
         "utilization": used / (alloc - unknown) if alloc - unknown > 0 else None,
         "cost": cost, "idle_cost": float(rows["idle_cost"].sum()), "unallocated_cost": unalloc_cost,
         "total_cost": cost + unalloc_cost,
+        **{k: _energy_sum(rows, k) for k in ENERGY},
     }
+
+
+ENERGY = ("energy_joules", "energy_cost", "carbon_grams")  # beside the cost (docs/energy.md)
+
+
+def _energy_sum(rows: pd.DataFrame, column: str) -> float | None:
+    """All rows' energy figure, or None when any is unknown (or the ledger predates them)."""
+    if not len(rows):
+        return 0.0
+    return _known(float(_numbers(rows, column).sum()))
+
+
+def _numbers(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """A column as floats; all NaN (unknown) where the rows lack it (history from
+    Prometheus, which has no energy per row)."""
+    if column in rows:
+        return rows[column].to_numpy(np.float64)
+    return np.full(len(rows), np.nan)
+
+
+def _known(value: float) -> float | None:
+    return None if value != value else value
 
 
 def _by(rows: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -100,13 +123,13 @@ def _by(rows: pd.DataFrame, column: str) -> pd.DataFrame:
     n = len(keys)
 
     def total(name: str) -> np.ndarray:
-        return np.bincount(ids, weights=rows[name].to_numpy(np.float64)[mask], minlength=n)
+        return np.bincount(ids, weights=_numbers(rows, name)[mask], minlength=n)
 
     index = [("(none)" if v is None else v) for v in keys[column]]
     return pd.DataFrame({
         "gpu_hours": total("allocated_gpu_seconds") / 3600, "used_hours": total("used_gpu_seconds") / 3600,
         "unknown_hours": total("util_unknown_gpu_seconds") / 3600, "cost": total("cost"),
-        "idle_cost": total("idle_cost"),
+        "idle_cost": total("idle_cost"), **{k: total(k) for k in ENERGY},
     }, index=pd.Index(index, dtype=object))
 
 
@@ -128,14 +151,17 @@ def team_table(current: pd.DataFrame, previous: pd.DataFrame) -> list[dict[str, 
                     "utilization": float(r["used_hours"] / known) if known > 0 else None,
                     "cost": float(r["cost"]), "idle_cost": _idle_or_unknown(r),
                     "util_unknown_gpu_hours": float(r["unknown_hours"]),
-                    "previous_cost": prev, "change": delta, "change_pct": pct})
+                    "previous_cost": prev, "change": delta, "change_pct": pct,
+                    **{k: _known(float(r[k])) for k in ENERGY}})
+    unallocated_rows = current[current["pod_uid"].isna()] if len(current) else current
     un_now = float(current["unallocated_cost"].sum())
     un_prev = float(previous["unallocated_cost"].sum()) if len(previous) else None
     delta, pct = _change(un_now, un_prev)
     out.append({"team": UNALLOCATED, "gpu_hours": float(current["unallocated_gpu_seconds"].sum() / 3600),
                 "used_gpu_hours": 0.0, "utilization": None, "cost": un_now, "idle_cost": un_now,
                 "util_unknown_gpu_hours": 0.0,
-                "previous_cost": un_prev, "change": delta, "change_pct": pct})
+                "previous_cost": un_prev, "change": delta, "change_pct": pct,
+                **{k: _energy_sum(unallocated_rows, k) for k in ENERGY}})
     return out
 
 
@@ -146,12 +172,14 @@ def class_table(current: pd.DataFrame) -> list[dict[str, Any]]:
     unallocated = float(current["unallocated_cost"].sum())
     total = float(by["cost"].sum()) + unallocated
     out = [{"workload_class": c, "gpu_hours": float(r["gpu_hours"]), "cost": float(r["cost"]),
-            "idle_cost": _idle_or_unknown(r), "share": float(r["cost"]) / total if total > 0 else 0.0}
+            "idle_cost": _idle_or_unknown(r), "share": float(r["cost"]) / total if total > 0 else 0.0,
+            **{k: _known(float(r[k])) for k in ENERGY}}
            for c, r in by.sort_values("cost", ascending=False).iterrows()]
     if unallocated > 0 or float(current["unallocated_gpu_seconds"].sum()) > 0:
         out.append({"workload_class": UNALLOCATED, "gpu_hours": float(current["unallocated_gpu_seconds"].sum() / 3600),
                     "cost": unallocated, "idle_cost": unallocated,
-                    "share": unallocated / total if total > 0 else 0.0})
+                    "share": unallocated / total if total > 0 else 0.0,
+                    **{k: _energy_sum(current[current["pod_uid"].isna()], k) for k in ENERGY}})
     return out
 
 

@@ -7,7 +7,11 @@ For each sample of device ``d`` covering ``dt`` seconds (``docs/cost-model.md``)
 * no holder: all of it is unallocated; one holder: all of it is that pod's, and
   ``util/100`` of it is used; several holders (time-slicing, MPS): pod ``i`` gets the
   share ``u_i / sum(u)`` of its processes' utilisation, or ``1/n`` without it;
-* cost is those seconds times the physical GPU's price per second.
+* cost is those seconds times the physical GPU's price per second;
+* energy is the sample's board power times its interval, split like its seconds (a MIG
+  parent's board energy by the slices' compute slices, its remainder unallocated), and
+  energy cost and carbon are that energy times the node's PUE and its price or grams per
+  kWh (``docs/energy.md``); unknown power makes them NaN, never 0.
 
 The function is pure and vectorised: it takes samples in columns and a
 :class:`~agent.accounting.timeline.Timeline`, and returns allocations in columns. Replay calls it
@@ -23,6 +27,7 @@ import numpy as np
 
 from agent.accounting.timeline import POD_KEY, Timeline
 from collectors.errors import InputError
+from collectors.pricing.energy import JOULES_PER_KWH
 from collectors.samples import SampleColumns, ServingColumns
 
 MINUTE = 60.0
@@ -42,6 +47,10 @@ class Allocations:
     cost: np.ndarray
     mem: np.ndarray  # bytes used (NaN where unknown)
     util: np.ndarray  # the sample's utilisation, percent (NaN where unknown or unallocated)
+    energy: np.ndarray  # joules of board energy (NaN where the power was not reported)
+    energy_cost: np.ndarray  # energy x PUE x price per kWh (NaN: no power or no price)
+    carbon: np.ndarray  # grams CO2e: energy x PUE x grams per kWh (NaN: no power or no intensity)
+    samples: np.ndarray  # int64: 1 for a sample's part, 0 for a MIG parent's energy given to a slice
 
     def __len__(self) -> int:
         return len(self.minute)
@@ -58,6 +67,10 @@ def attribute(samples: SampleColumns, timeline: Timeline, where: Locate | None =
     util = samples.util
     known = ~np.isnan(util)
     minute = (np.floor((samples.ts - samples.interval / 2) / MINUTE) * MINUTE).astype(np.int64)
+    joules, cost_per_j, carbon_per_j = _energy(samples, timeline, slot)
+    own = timeline.energy_weight[slot]
+    energy = np.where(own > 0, joules * own, 0.0)  # a slice's energy comes from its parent's sample
+    to_cost = timeline.energy_to_cost[slot]
 
     is_shared = timeline.n_holders[slot] > 1
     single = np.flatnonzero(~is_shared)
@@ -65,21 +78,102 @@ def attribute(samples: SampleColumns, timeline: Timeline, where: Locate | None =
     allocated = holder >= 0
     s_dt, s_util, s_known = dt[single], util[single], known[single]
     used = np.where(allocated & s_known, s_dt * np.where(s_known, s_util, 0.0) / 100.0, 0.0)
+    s_energy = energy[single]
+    s_energy_cost = s_energy * cost_per_j[single]
     parts = [Allocations(
         minute=minute[single], slot=slot[single], holder=holder, gpu_seconds=s_dt, used=used,
         util_unknown=np.where(allocated & ~s_known, s_dt, 0.0),
         active=np.where(allocated & s_known & (np.nan_to_num(s_util) > 0), s_dt, 0.0),
-        cost=s_dt * price[single], mem=samples.mem[single],
+        cost=_with_energy(s_dt * price[single], s_energy_cost, to_cost[single]), mem=samples.mem[single],
         util=np.where(allocated & s_known, s_util, np.nan),
+        energy=s_energy, energy_cost=s_energy_cost, carbon=s_energy * carbon_per_j[single],
+        samples=np.ones(len(single), np.int64),
     )]
     shared = np.flatnonzero(is_shared)
-    if not len(shared):
-        return parts[0]
-    parts.append(_split_shared(shared, samples, timeline, slot, dt, price, minute))
-    # in the samples' order, so that a ledger row's parts always add up in the same order
-    order = np.argsort(np.concatenate([single, np.repeat(shared, timeline.n_holders[slot[shared]])]), kind="stable")
-    joined = _concat(parts)
-    return Allocations(**{k: getattr(joined, k)[order] for k in Allocations.__dataclass_fields__})
+    origin = single  # the sample of each part
+    if len(shared):
+        parts.append(_split_shared(shared, samples, timeline, slot, dt, price, minute, energy, cost_per_j,
+                                   carbon_per_j, to_cost))
+        # in the samples' order, so that a ledger row's parts always add up in the same order
+        origin = np.concatenate([single, np.repeat(shared, timeline.n_holders[slot[shared]])])
+        order = np.argsort(origin, kind="stable")
+        origin = origin[order]
+        joined = _concat(parts)
+        parts = [Allocations(**{k: getattr(joined, k)[order] for k in Allocations.__dataclass_fields__})]
+    if len(timeline.child_slots):
+        parents = np.flatnonzero(timeline.child_offsets[slot + 1] > timeline.child_offsets[slot])
+        if len(parents):
+            energy_parts, parent_of = _slices_energy(parents, timeline, slot, minute, joules, cost_per_j,
+                                                     carbon_per_j)
+            return _after_their_samples(parts[0], origin, energy_parts, parent_of)
+    return parts[0]
+
+
+def _after_their_samples(base: Allocations, origin: np.ndarray, extra: Allocations,
+                         extra_origin: np.ndarray) -> Allocations:
+    """``base`` (parts in the order of their samples, ``origin``) with ``extra`` parts each
+    placed after the parts of its own sample: the order depends on the samples alone, not
+    on how they were batched, so a row's parts add up to the same bits either way (NumPy
+    adds more than eight numbers pairwise, so the order of even zeros matters)."""
+    at_base = np.arange(len(origin)) + np.searchsorted(extra_origin, origin, side="left")
+    at_extra = np.arange(len(extra_origin)) + np.searchsorted(origin, extra_origin, side="right")
+    out = {}
+    for k in Allocations.__dataclass_fields__:
+        a, b = getattr(base, k), getattr(extra, k)
+        joined = np.empty(len(a) + len(b), a.dtype)
+        joined[at_base] = a
+        joined[at_extra] = b
+        out[k] = joined
+    return Allocations(**out)
+
+
+def _energy(samples: SampleColumns, timeline: Timeline, slot: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per sample: its board energy in joules (NaN: power not reported), and what a joule
+    of it costs and emits on its node (PUE x price, or grams, per kWh; NaN: unknown).
+    The kWh price is the one of the UTC hour holding the sample's midpoint."""
+    joules = samples.power * samples.interval
+    hour = (np.floor((samples.ts - samples.interval / 2) / 3600.0) % 24).astype(np.int64)
+    facility = timeline.pue[slot] / JOULES_PER_KWH
+    return joules, timeline.tariffs[timeline.tariff[slot], hour] * facility, timeline.g_per_kwh[slot] * facility
+
+
+def _with_energy(cost: np.ndarray, energy_cost: np.ndarray, to_cost: np.ndarray) -> np.ndarray:
+    """Cost, plus the energy cost where the rate card adds it (``add_to_cost``) and it is known."""
+    if not to_cost.any():
+        return cost
+    return cost + np.where(to_cost, np.nan_to_num(energy_cost), 0.0)
+
+
+def _slices_energy(parents, timeline: Timeline, slot, minute, joules, cost_per_j,
+                   carbon_per_j) -> tuple[Allocations, np.ndarray]:
+    """(energy-only parts, the sample of each): each MIG parent sample's board energy for
+    its slices, ``g/G`` to each slice, on the slice's holder (split evenly among several;
+    unallocated when none). No seconds, no capacity cost, no sample: the slice's own
+    samples bring those."""
+    p_slots = slot[parents]
+    n_children = timeline.child_offsets[p_slots + 1] - timeline.child_offsets[p_slots]
+    pair_sample = np.repeat(parents, n_children)
+    child = timeline.child_slots[_ranges(timeline.child_offsets[p_slots], n_children)]
+    holders = timeline.n_holders[child]
+    n_parts = np.maximum(holders, 1)
+    part_sample = np.repeat(pair_sample, n_parts)
+    part_child = np.repeat(child, n_parts)
+    held = np.repeat(holders, n_parts) > 0
+    starts = np.repeat(timeline.holder_offsets[child], n_parts)
+    within = np.arange(len(part_child)) - np.repeat(np.cumsum(n_parts) - n_parts, n_parts)
+    pod = np.where(held, timeline.holder_pods[np.minimum(starts + within, max(len(timeline.holder_pods) - 1, 0))]
+                   if len(timeline.holder_pods) else -1, -1)
+    energy = joules[part_sample] * timeline.weight[part_child] / np.repeat(n_parts, n_parts)
+    energy_cost = energy * cost_per_j[part_sample]
+    n = len(part_sample)
+    zeros = np.zeros(n)
+    return Allocations(
+        minute=minute[part_sample], slot=part_child, holder=pod, gpu_seconds=zeros, used=zeros,
+        util_unknown=zeros, active=zeros,
+        cost=_with_energy(zeros, energy_cost, timeline.energy_to_cost[part_child]), mem=np.full(n, np.nan),
+        util=np.full(n, np.nan), energy=energy, energy_cost=energy_cost, carbon=energy * carbon_per_j[part_sample],
+        samples=np.zeros(n, np.int64),
+    ), part_sample
 
 
 def _slots(samples: SampleColumns, timeline: Timeline, where: Locate) -> np.ndarray:
@@ -130,7 +224,8 @@ def _find_slots(samples: SampleColumns, timeline: Timeline) -> tuple[np.ndarray,
     return slot, described, found
 
 
-def _split_shared(rows, samples, timeline, slot, dt, price, minute) -> Allocations:
+def _split_shared(rows, samples, timeline, slot, dt, price, minute, energy, cost_per_j, carbon_per_j,
+                  to_cost) -> Allocations:
     """Rows for samples of devices held by several pods, split by process utilisation.
 
     Each (sample, holder) pair gets the share ``u_i / sum(u)``, where ``u_i`` sums the
@@ -169,12 +264,16 @@ def _split_shared(rows, samples, timeline, slot, dt, price, minute) -> Allocatio
     util = samples.util[pair_sample]
     known = ~np.isnan(util)
     pod_mem = np.where(hit & (mem_seen[pos] > 0), mem_sum[pos], samples.mem[pair_sample]) if len(keys) else samples.mem[pair_sample]
+    pair_energy = energy[pair_sample] * share
+    energy_cost = pair_energy * cost_per_j[pair_sample]
     return Allocations(
         minute=minute[pair_sample], slot=slots[pair_row], holder=pair_pod, gpu_seconds=seconds,
         used=np.where(known, seconds * np.nan_to_num(util) / 100.0, 0.0),
         util_unknown=np.where(known, 0.0, seconds),
         active=np.where(known & (np.nan_to_num(util) > 0), seconds, 0.0),
-        cost=seconds * price[pair_sample], mem=pod_mem, util=np.where(known, util, np.nan),
+        cost=_with_energy(seconds * price[pair_sample], energy_cost, to_cost[pair_sample]), mem=pod_mem,
+        util=np.where(known, util, np.nan), energy=pair_energy, energy_cost=energy_cost,
+        carbon=pair_energy * carbon_per_j[pair_sample], samples=np.ones(len(pair_sample), np.int64),
     )
 
 

@@ -67,7 +67,8 @@ class SlotIds:
 
 def allocation_rows(allocs: Allocations, ids: SlotIds) -> Rows:
     """One row part per allocation: its seconds split into allocated or unallocated, its
-    cost into used, idle and unallocated money (``docs/cost-model.md``)."""
+    cost into used, idle and unallocated money (``docs/cost-model.md``); its energy, energy
+    cost and carbon stay whole on the row, allocated or not (``docs/energy.md``)."""
     allocated = allocs.holder >= 0
     seconds = allocs.gpu_seconds
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -81,8 +82,9 @@ def allocation_rows(allocs: Allocations, ids: SlotIds) -> Rows:
         "cost": np.where(allocated, allocs.cost, 0.0),
         "idle_cost": np.where(allocated, allocs.cost * idle_share, 0.0),
         "unallocated_cost": np.where(allocated, 0.0, allocs.cost),
-        "samples": np.ones(n, np.int64),
+        "samples": allocs.samples,
         "memory_used_max_bytes": allocs.mem, "util_peak": allocs.util / 100.0,
+        "energy_joules": allocs.energy, "energy_cost": allocs.energy_cost, "carbon_grams": allocs.carbon,
         **{k: np.full(n, np.nan) for k in COUNTED},
     }
     return Rows(allocs.minute, ids.device[allocs.slot], ids.holders(allocs.holder), ids.slot[allocs.slot],
@@ -119,8 +121,24 @@ def concat(parts: list[Rows]) -> Rows:
 def reduce(rows: Rows) -> Rows:
     """One row per (minute, device, holder), in order of minute, device id and holder id.
 
+    The parts of samples add up among themselves, and the parts that bring no sample
+    (serving counts, a MIG parent's energy for its slices) among themselves, before the
+    two are added: NumPy adds more than eight numbers pairwise, so zeros among a row's
+    sample parts would change the last bit of its seconds and cost, and the agent (which
+    adds a cycle at a time) and replay would disagree.
+    """
+    extra = rows.values["samples"] == 0
+    if extra.any() and not extra.all():
+        return _reduce(concat([_reduce(rows.take(~extra)), _reduce(rows.take(extra))]))
+    return _reduce(rows)
+
+
+def _reduce(rows: Rows) -> Rows:
+    """:func:`reduce` of parts all of one kind.
+
     Sums add up in the order the parts come (a stable sort), so the same parts in the same
-    order give the same bits however they were batched; memory and utilisation take the
+    order give the same bits however they were batched (energy and carbon are NaN when any
+    part's is); memory and utilisation take the
     highest known value, serving counts add where known; the device attributes are those
     of the part whose ``since`` is latest (the last such part on a tie).
     """

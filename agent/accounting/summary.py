@@ -15,7 +15,9 @@ from agent.accounting.engine import Names
 from agent.accounting.ledger import COUNTED, Rows
 
 SUMMARY_VERSION = 1
-FIGURES = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost")
+FIGURES = ("allocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds", "cost", "idle_cost",
+           "energy_joules", "energy_cost", "carbon_grams")
+ENERGY = ("energy_joules", "energy_cost", "carbon_grams")  # null when any part was not measured (docs/energy.md)
 
 
 def iso(ts: float) -> str:
@@ -48,8 +50,12 @@ class SummaryBook:
 
     def add(self, rows: Rows, names: Names) -> None:
         v = rows.values
-        for name in _TOTALS:
+        for name in _SUMMED:
             self._totals[name] += float(v[name].sum())
+        held = rows.holder >= 0
+        for name in ENERGY:
+            self._totals[name] += float(v[name][held].sum())
+            self._totals["unallocated_" + name] += float(v[name][~held].sum())
         pod_rows = np.flatnonzero(rows.holder >= 0)
         if not len(pod_rows):
             return
@@ -98,8 +104,14 @@ class SummaryBook:
                     work[k] = (work[k] or 0.0) + float(sums[n + 1 + 2 * i])
         for work in workloads.values():
             work.update(unit_figures(work["cost"], work["requests"], work["input_tokens"], work["output_tokens"]))
-        t = self._totals
+        t = {k: _known(v) for k, v in self._totals.items()}
         totals = {"gpu_seconds": t["allocated_gpu_seconds"] + t["unallocated_gpu_seconds"], **t}
+        for team in teams.values():
+            _null_unknown(team)
+            for figures in team["by_class"].values():
+                _null_unknown(figures)
+        for work in workloads.values():
+            _null_unknown(work)
         return {
             "version": SUMMARY_VERSION,
             "currency": currency,
@@ -114,9 +126,21 @@ class SummaryBook:
         }
 
 
-# summary.json's totals besides gpu_seconds: sums of the ledger columns of these names (docs/summary.md)
-_TOTALS = ("allocated_gpu_seconds", "used_gpu_seconds", "unallocated_gpu_seconds", "util_unknown_gpu_seconds",
+# summary.json's totals besides gpu_seconds: sums of the ledger columns of these names (docs/summary.md);
+# the energy figures of pods' rows, and of the unallocated rows under unallocated_*
+_SUMMED = ("allocated_gpu_seconds", "used_gpu_seconds", "unallocated_gpu_seconds", "util_unknown_gpu_seconds",
            "cost", "idle_cost", "unallocated_cost")
+_TOTALS = (*_SUMMED, *ENERGY, *(f"unallocated_{k}" for k in ENERGY))
+
+
+def _known(value: float) -> float | None:
+    """A figure, or None (JSON null) where it is unknown (NaN)."""
+    return None if value != value else value
+
+
+def _null_unknown(figures: dict[str, Any]) -> None:
+    for k in ENERGY:
+        figures[k] = _known(figures[k])
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -20,7 +20,8 @@ from agent.config import Config
 from collectors.errors import InputError
 from collectors.mig import model_compute_slices, profile_compute_slices
 from collectors.nodelabels import pricing_labels
-from collectors.pricing.ratecard import Pricer
+from collectors.pricing.energy import NO_ENERGY_SECTION, EnergyRates, energy_terms
+from collectors.pricing.ratecard import DEFAULT_SOURCE, RATE_CARD_SOURCE, Pricer
 from collectors.records import DevicesRecord, NodeRecord, Pod, PodsRecord
 from collectors.samples import Interners
 
@@ -90,6 +91,20 @@ class Timeline:
     pod_slot_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pod_slot_holder: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pod_slot_slot: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # energy (docs/energy.md): the share of a sample's board energy that stays on its own
+    # slot (1; a MIG parent's uninstantiated remainder; 0 for a slice, whose energy comes
+    # from its parent's sample), the slices of a MIG parent's slot
+    # (child_slots[child_offsets[s]:child_offsets[s+1]]), and per slot the PUE, the row of
+    # ``tariffs`` (a kWh price per UTC hour, NaN: none), grams CO2e per kWh (NaN: unknown),
+    # and whether energy cost is added to cost
+    energy_weight: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    child_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    child_slots: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    pue: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    tariff: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    tariffs: np.ndarray = field(default_factory=lambda: np.full((1, 24), np.nan))
+    g_per_kwh: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    energy_to_cost: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
 
     def epoch_of(self, node_code: int, ts: float) -> int:
         """The node's epoch in effect at ``ts`` (-1: none yet)."""
@@ -138,6 +153,14 @@ class _Builder:
         self.device_ids: dict[tuple[str, str], int] = {}
         self.pod_slots: dict[int, tuple[int, int]] = {}
         self._prices: dict[tuple, tuple[float, str]] = {}
+        self.energy: EnergyRates = energy_rates_of(pricer)
+        self.energy_weight: list[float] = []
+        self.children: list[list[int]] = []
+        self.pue: list[float] = []
+        self.tariff: list[int] = []
+        self.tariff_rows: dict[tuple[float, ...], int] = {}
+        self.g_per_kwh: list[float] = []
+        self.energy_to_cost: list[bool] = []
 
     def add_node(self, node_code: int, events: list[tuple[float, Where, StateRecord]]) -> None:
         labels: Mapping[str, str] = {}
@@ -181,10 +204,19 @@ class _Builder:
         physical = sum(1 for d in record.devices if d.parent_uuid is None)
         parents = {d.parent_uuid for d in record.devices if d.parent_uuid}
         price_labels = pricing_labels(labels)
+        terms = energy_terms(self.energy, labels, price_labels.region)
+        tariff = self.tariff_rows.setdefault(terms.kwh_by_hour, len(self.tariff_rows))
+        first_slot = len(self.slots)
         for device in record.devices:
             gpu = by_uuid[device.parent_uuid] if device.parent_uuid else device
             hourly, source = self._price(labels, gpu.model, physical)
             slot_of[device.uuid] = len(self.slots)
+            self.energy_weight.append(0.0 if device.parent_uuid else weights[device.uuid])
+            self.children.append([])
+            self.pue.append(terms.pue)
+            self.tariff.append(tariff)
+            self.g_per_kwh.append(terms.g_per_kwh)
+            self.energy_to_cost.append(self.energy.add_to_cost and source in (RATE_CARD_SOURCE, DEFAULT_SOURCE))
             self.keys.append((epoch, self.interners.uuids.code(device.uuid)))
             self.weight.append(weights[device.uuid])
             self.price.append(hourly / 3600.0)
@@ -197,6 +229,10 @@ class _Builder:
                 instance_type=price_labels.instance_type, region=price_labels.region,
                 zone=price_labels.zone, capacity_type=price_labels.capacity_type,
             ))
+        for device in record.devices:
+            if device.parent_uuid:
+                self.children[slot_of[device.parent_uuid]].append(slot_of[device.uuid])
+        assert len(self.children) == first_slot + len(record.devices)
         for uid, (index, uuid) in first_device.items():
             self.pod_slots[epoch * POD_KEY + self.interners.pods.code(uid)] = (index, slot_of[uuid])
 
@@ -248,7 +284,22 @@ class _Builder:
             pod_slot_keys=np.array(sorted(self.pod_slots), np.int64),
             pod_slot_holder=np.array([self.pod_slots[k][0] for k in sorted(self.pod_slots)], np.int64),
             pod_slot_slot=np.array([self.pod_slots[k][1] for k in sorted(self.pod_slots)], np.int64),
+            energy_weight=np.array(self.energy_weight, np.float64),
+            child_offsets=np.concatenate(([0], np.cumsum([len(c) for c in self.children]))).astype(np.int64),
+            child_slots=np.array([c for cs in self.children for c in cs], np.int64),
+            pue=np.array(self.pue, np.float64),
+            tariff=np.array(self.tariff, np.int64),
+            tariffs=np.array(list(self.tariff_rows) or [(np.nan,) * 24], np.float64).reshape(-1, 24),
+            g_per_kwh=np.array(self.g_per_kwh, np.float64),
+            energy_to_cost=np.array(self.energy_to_cost, bool),
         )
+
+
+def energy_rates_of(pricer: Pricer) -> EnergyRates:
+    """The energy section of the rate card a pricer prices by (a rate card alone or the
+    agent's chain); the defaults (no kWh price, PUE 1, the bundled carbon table) without one."""
+    card = getattr(pricer, "card", None)
+    return getattr(card, "energy", None) or NO_ENERGY_SECTION
 
 
 def device_weights(record: DevicesRecord, where: tuple[str, int]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 from collectors.errors import describe
+from collectors.pricing.energy import NO_ENERGY_SECTION, EnergyRates, parse_energy
 from collectors.yamlfile import Key, LocatedYaml
 
 MAX_HOURLY = 1e9  # any price above a billion an hour is a mistake, and keeps every sum of money finite
@@ -98,6 +99,7 @@ class RateCard:
     gpus: Mapping[str, GpuRate] = field(default_factory=dict)
     name: str = RATE_CARD_SOURCE
     commitments: tuple[Commitment, ...] = ()
+    energy: EnergyRates = NO_ENERGY_SECTION  # docs/energy.md
 
 
 class Pricer(Protocol):
@@ -139,7 +141,7 @@ def gpu_price(card: RateCard, labels: Mapping[str, str], model: str, physical_gp
 
 # --------------------------------------------------------------------------- loading
 
-_CARD_KEYS = {"currency", "gpu_share", "nodes", "gpus", "default_gpu_hourly", "commitments"}
+_CARD_KEYS = {"currency", "gpu_share", "nodes", "gpus", "default_gpu_hourly", "commitments", "energy"}
 _SNAPSHOT_KEYS = _CARD_KEYS | {"format", "date", "sources"}
 
 
@@ -162,7 +164,7 @@ def load_snapshot() -> RateCard:
     return RateCard(
         currency=card.currency, default_gpu_hourly=card.default_gpu_hourly,
         gpu_share=card.gpu_share, nodes=card.nodes, gpus=card.gpus, name=f"snapshot:{date}",
-        commitments=card.commitments,
+        commitments=card.commitments, energy=card.energy,
     )
 
 
@@ -210,7 +212,8 @@ def _parse(doc: LocatedYaml, snapshot: bool, source: str) -> RateCard:
         hourly_value = value.get("hourly") if isinstance(value, dict) else value
         gpus[str(model)] = GpuRate(_number(doc, key, hourly_value, low=0.0), source)
     commitments = _commitments(doc, data.get("commitments"), source, entry_extras)
-    return RateCard(currency, default, gpu_share, tuple(nodes), gpus, commitments=commitments)
+    energy = parse_energy(doc, data.get("energy"))
+    return RateCard(currency, default, gpu_share, tuple(nodes), gpus, commitments=commitments, energy=energy)
 
 
 COMMITMENT_KINDS = ("reserved-instance", "savings-plan", "committed-use")

@@ -68,6 +68,14 @@ def render(r: Report) -> str:
                     money(t["previous_cost"]), f"{signed_money(t['change'])} ({signed_pct(t['change_pct'])})"
                     if t["change"] is not None else ("new" if r.has_previous else "–")] for t in r.teams])
 
+    out += ["## Energy and carbon by team", "",
+            "GPU board energy, its cost (× PUE × the kWh price, beside the cost above, not in it) and "
+            "carbon (docs/energy.md); unknown where a sample had no power reading, no kWh price was given or "
+            "the region's carbon intensity is not known.", ""]
+    out += _table(["team", "kWh", "energy cost", "kg CO2e"],
+                  [[t["team"], _unknown(t.get("energy_joules"), 3.6e6, "{:,.1f}"), "unknown" if t.get("energy_cost") is None else money(t["energy_cost"]),
+                    _unknown(t.get("carbon_grams"), 1e3, "{:,.2f}")] for t in r.teams])
+
     out += ["## Training, inference, interactive", ""]
     out += _table(["class", "GPU-h", "cost", "idle cost", "share of spend", ""],
                   [[c["workload_class"], hours(c["gpu_hours"]), money(c["cost"]), idle_money(c["idle_cost"]),
@@ -154,3 +162,8 @@ def render(r: Report) -> str:
     out += ["", "---", f"gpuledger report v2 · settings: headroom {r.settings.headroom:.0%}, target utilisation "
             f"{r.settings.target_utilization:.0%}, idle ≥ {r.settings.idle_share:.0%} of the time", ""]
     return "\n".join(out)
+
+
+def _unknown(value: float | None, per: float, form: str) -> str:
+    """A figure in larger units, or "unknown" where it is not known (never 0)."""
+    return "unknown" if value is None else form.format(value / per)

@@ -5,6 +5,8 @@ The chart's rules and dashboard are checked against it in tests/chart/test_alert
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import subprocess
 import urllib.request
@@ -26,6 +28,7 @@ from collectors.metricfamilies import (
     COUNTER, FAMILIES, SECTIONS, SERVING_COUNTERS, TYPES, UNALLOCATED_COUNTERS, WORKLOAD_COUNTERS, metrics_markdown,
     sample_names,
 )
+from collectors.pricing.energy import EnergyRates
 from collectors.pricing.ratecard import RateCardPricer, load_snapshot
 from collectors.tracefile import iter_records
 from tests.agentrun import ROOT, get, reference, small_trace, start_agent, stop, wait_for
@@ -121,7 +124,8 @@ def test_the_exporter_serves_every_declared_family(small_trace):
     faults.record("nvml", "device_lost", "a test fault")
     metrics = AgentMetrics("USD", "dry-run", "test", faults, price_age=lambda: 12.5,
                            price_faults=lambda: {"aws-api": 2}, serving_status=lambda: (3, 5))
-    meter = Meter(RateCardPricer(load_snapshot()), Config())
+    card = dataclasses.replace(load_snapshot(), energy=EnergyRates(kwh_price=0.1, pue=1.2))  # energy priced too
+    meter = Meter(RateCardPricer(card), Config())
     for i in range(0, len(records), 1000):
         metrics.add_cycle(meter.process(records[i:i + 1000], meta.interval_s))
     metrics.ledger_writes, metrics.ledger_through = 4, records[-1].ts

@@ -66,7 +66,8 @@ def test_rollup_rows_have_the_declared_columns_in_order(small_trace):
 
 def test_the_report_reads_the_declared_columns():
     assert set(history.COLUMNS) == set(schema.NAMES) - {"zone", "samples"}
-    assert history.OPTIONAL == {"util_peak", "requests", "input_tokens", "output_tokens"}
+    assert history.OPTIONAL == {"util_peak", "requests", "input_tokens", "output_tokens", "energy_joules",
+                                "energy_cost", "carbon_grams"}
     assert history._BOUNDS["cost"] == schema.MONEY_MAX and history._BOUNDS["gpu_hourly_price"] == schema.PRICE_MAX
 
 
