@@ -1,6 +1,6 @@
 """The cloud price sources are declared once (collectors/pricing/sources.py), and everything
 that names them follows: the chain's order, the agent's settings, the flags of
-`prices show`, the package checks and the docs. (The chart: tests/test_helm_chart.py.)"""
+`prices show`, the package checks and the docs. (The chart: tests/chart/test_helm_chart.py.)"""
 
 from __future__ import annotations
 

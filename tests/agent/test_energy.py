@@ -22,8 +22,8 @@ from collectors.pricing.energy import carbon_table
 from collectors.pricing.ratecard import load_rate_card
 from collectors.simulator import simulate
 from tests.conftest import write_jsonl
-from tests.test_cli import gpuledger, small_trace
-from tests.test_cost_model import check_conservation, devices, gpu, mig, pod, pods, sample, team
+from tests.agent.test_cli import gpuledger, small_trace
+from tests.agent.test_cost_model import check_conservation, devices, gpu, mig, pod, pods, sample, team
 
 REGION_LABEL = "topology.kubernetes.io/region"
 ENERGY = """
@@ -274,7 +274,7 @@ def test_the_report_shows_energy_and_carbon_by_team(tmp_path):
     run(tmp_path, records, ledger=True)
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "agent.cmd_report", "--ledger", str(tmp_path / "ledger.parquet"),
-                           "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                           "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr
     text = (out / "report.md").read_text()
     section = text.split("## Energy and carbon by team", 1)[1].split("\n## ", 1)[0]
