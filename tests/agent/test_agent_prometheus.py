@@ -42,18 +42,24 @@ def test_prometheus_holds_replays_costs(prometheus, small_trace, reference, tmp_
         def by(expr: str, label: str) -> dict[str, float]:
             return {r["metric"].get(label, ""): float(r["value"][1]) for r in server.query(expr, at)}
 
-        teams = by("sum by (team) (increase(gpuledger_gpu_cost_total[10m]))", "team")
         want = {t["team"]: t["cost"] for t in summary["teams"]}
+        # the stored counters are replay's figures to float precision, team by team
+        teams = by("sum by (team) (gpuledger_gpu_cost_total)", "team")
         assert teams.keys() == want.keys()
         for team, cost in want.items():
-            assert math.isclose(teams[team], cost, rel_tol=0.01), (team, teams[team], cost)
+            assert math.isclose(teams[team], cost, rel_tol=1e-9), (team, teams[team], cost)
+        # increase() starts a series at the first value Prometheus scraped, so a team whose
+        # first cycle came between two scrapes loses that cycle's cost (1.25% seen on CI)
+        increases = by("sum by (team) (increase(gpuledger_gpu_cost_total[10m]))", "team")
+        for team, cost in want.items():
+            assert math.isclose(increases[team], cost, rel_tol=0.05), (team, increases[team], cost)
         for metric, column in (("gpuledger_gpu_cost_total", "cost"),
                                ("gpuledger_gpu_allocated_seconds_total", "allocated_gpu_seconds"),
                                ("gpuledger_gpu_used_seconds_total", "used_gpu_seconds"),
                                ("gpuledger_gpu_idle_cost_total", "idle_cost"),
                                ("gpuledger_gpu_unallocated_cost_total", "unallocated_cost")):
             held = server.value(f"sum(increase({metric}[10m]))", at)
-            assert math.isclose(held, summary["totals"][column], rel_tol=0.01), (metric, held)
+            assert math.isclose(held, summary["totals"][column], rel_tol=0.05), (metric, held)  # see above
             # the counters' last values, as stored, are replay's figures to float precision
             assert math.isclose(server.value(f"sum({metric})", at), summary["totals"][column], rel_tol=1e-9), metric
         classes = by("sum by (workload_class) (increase(gpuledger_gpu_cost_total[10m]))", "workload_class")
