@@ -9,8 +9,10 @@ import argparse
 import logging
 import signal
 import threading
+from dataclasses import replace
 
 from agent import agent_settings, logs
+from agent.agent_settings import AgentSettings
 from collectors.errors import InputError
 
 log = logging.getLogger("gpuledger.agent")
@@ -44,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     config_path = args.config or os.environ.get("GPULEDGER_CONFIG") or None
     settings = agent_settings.resolve(args, config_path=config_path)
-    logs.setup(settings["log_level"])
+    logs.setup(settings.log_level)
     config = load_config(config_path)
     agent = build(settings, config)
-    host, port = settings["listen"]
+    host, port = settings.listen
     from agent.daemon import http_server
 
     try:
@@ -57,15 +59,15 @@ def run(args: argparse.Namespace) -> int:
         _forget_own_ledger_dir(agent.book)
         raise InputError(f"cannot listen on {host}:{port}: {err.strerror}", field="--listen") from None
     _on_signals(agent.stop)
-    log.info("%s agent for %s: /metrics on %s:%d, ledger in %s", agent.mode, settings["node"], host,
-             server.server_address[1], settings["ledger_dir"])
+    log.info("%s agent for %s: /metrics on %s:%d, ledger in %s", agent.mode, settings.node, host,
+             server.server_address[1], agent.settings.ledger_dir)
     agent.run(server)
     log.info("stopped: %d samples attributed, %d ledger minutes written", agent.metrics.samples,
              agent.book.minutes_written)
     return 0
 
 
-def build(settings: dict, config):
+def build(settings: AgentSettings, config):
     """The agent with its sources and prices; InputError for anything the user must fix."""
     from agent.cli import version
     from agent.daemon import Agent
@@ -74,20 +76,20 @@ def build(settings: dict, config):
     from collectors.pricing.chain import PriceChain
     from collectors.pricing.ratecard import load_rate_card
 
-    card = load_rate_card(settings["rates"]) if settings["rates"] else None
+    card = load_rate_card(settings.rates) if settings.rates else None
     aws = gcp = azure = None
-    if settings["aws"] or settings["gcp"] or settings["azure"]:
+    if settings.aws or settings.gcp or settings.azure:
         aws, gcp, azure = _cloud_sources(settings)
-    chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings["price_cache"]), azure=azure)
+    chain = PriceChain(card=card, aws=aws, gcp=gcp, cache=PriceCache(settings.price_cache), azure=azure)
     refresh = chain.cache.refresh_expired if (aws or gcp or azure) else None
-    mode = "dry-run" if settings["dry_run"] else "live"
+    mode = "dry-run" if settings.dry_run else "live"
     common = dict(refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
-    if settings["dry_run"]:
+    if settings.dry_run:
         from agent.tracesource import TraceSource, trace_identity
 
-        source = TraceSource(settings["trace"], speed=settings["speed"])
+        source = TraceSource(settings.trace, speed=settings.speed)
         try:
-            book = _ledger_book(settings, chain.currency, trace_identity(settings["trace"]))
+            settings, book = _ledger_book(settings, chain.currency, trace_identity(settings.trace))
             resume = book.restore()
         except BaseException:
             source.close()
@@ -95,32 +97,32 @@ def build(settings: dict, config):
         source.skip_to(_resume_point(resume))
         return Agent(settings, config, chain, source, source.interval, FAULTS, mode, version(), book, resume,
                      **common)
-    book = _ledger_book(settings, chain.currency, None)
+    settings, book = _ledger_book(settings, chain.currency, None)
     resume = book.restore()
     source, placement = _live_source(settings)
-    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, version(), book, resume,
+    return Agent(settings, config, chain, source, settings.interval, FAULTS, mode, version(), book, resume,
                  needs_placement=placement, **common)
 
 
-def _ledger_book(settings: dict, currency: str, trace: dict | None):
-    """The rollup book in ``--ledger-dir``; a dry-run without one gets a new directory of
-    its own (a ledger left by another run must not be taken for this one's)."""
+def _ledger_book(settings: AgentSettings, currency: str, trace: dict | None):
+    """The settings and the rollup book in ``--ledger-dir``; a dry-run without one gets a
+    new directory of its own (a ledger left by another run must not be taken for this one's)."""
     import tempfile
 
     from agent.rollups import RollupBook
 
-    own = settings["ledger_dir"] is None
+    own = settings.ledger_dir is None
     if own:
-        settings["ledger_dir"] = tempfile.mkdtemp(prefix="gpuledger-dry-run-")
+        settings = replace(settings, ledger_dir=tempfile.mkdtemp(prefix="gpuledger-dry-run-"))
         log.info("the ledger of this dry-run goes to %s (give --ledger-dir to keep one you can resume)",
-                 settings["ledger_dir"])
-    book = RollupBook(settings["ledger_dir"], currency, trace=trace)
+                 settings.ledger_dir)
+    book = RollupBook(settings.ledger_dir, currency, trace=trace)
     book.made_for_this_run = own
-    if settings["fresh_ledger"]:
+    if settings.fresh_ledger:
         deleted = book.clear()
         if deleted:
-            log.info("--fresh-ledger: deleted the %d rollup files in %s", deleted, settings["ledger_dir"])
-    return book
+            log.info("--fresh-ledger: deleted the %d rollup files in %s", deleted, settings.ledger_dir)
+    return settings, book
 
 
 def _forget_own_ledger_dir(book) -> None:
@@ -132,58 +134,58 @@ def _forget_own_ledger_dir(book) -> None:
             pass
 
 
-def _live_source(settings: dict):
+def _live_source(settings: AgentSettings):
     from pathlib import Path
 
     from agent.cmd_record import WithPlacement, placement_source
     from collectors.nvml import NvmlCollector
     from collectors.procfs import PodResolver
 
-    node = settings["node"]
-    resolver = PodResolver(settings["proc_root"]) if settings["processes"] == "on" else None
+    node = settings.node
+    resolver = PodResolver(settings.proc_root) if settings.processes == "on" else None
     collector = NvmlCollector(node, resolver=resolver)
-    wanted = settings["kubernetes"]
-    if wanted == "on" or (wanted == "auto" and Path(settings["kubelet_socket"]).exists()):
-        source = WithPlacement(collector, placement_source(node, settings["kubelet_socket"], settings["kubeconfig"]))
-        if settings["serving"] != "off":
+    wanted = settings.kubernetes
+    if wanted == "on" or (wanted == "auto" and Path(settings.kubelet_socket).exists()):
+        source = WithPlacement(collector, placement_source(node, settings.kubelet_socket, settings.kubeconfig))
+        if settings.serving != "off":
             source = _with_serving(source, settings)
         return source, True
-    if settings["serving"] == "on":
+    if settings.serving == "on":
         log.warning("serving counters need Kubernetes placement (the pods and their IPs): not reading them")
     if wanted == "auto":
         log.warning("no kubelet pod-resources socket at %s: attributing GPUs without pods (all unallocated)",
-                    settings["kubelet_socket"])
+                    settings.kubelet_socket)
     return collector, False
 
 
-def _with_serving(source, settings: dict):
+def _with_serving(source, settings: AgentSettings):
     """The placement source with the node's GPU pods' model server counters added (docs/unit-economics.md)."""
     from collectors.faults import FAULTS
     from collectors.serving import SERVERS, ServingScraper, ServingSource, endpoints_of
 
-    node = settings["node"]
+    node = settings.node
     placement = source.placement
     # the config's servers are tried first, and one named like a known server replaces it
-    servers = dict(settings["serving_mappings"])
+    servers = dict(settings.serving_mappings)
     servers.update({name: metrics for name, metrics in SERVERS.items() if name not in servers})
 
     def targets():
-        return [e for _, obj in placement.gpu_pods() for e in endpoints_of(obj, node, settings["serving_ports"])]
+        return [e for _, obj in placement.gpu_pods() for e in endpoints_of(obj, node, settings.serving_ports)]
 
-    scraper = ServingScraper(targets, interval_s=settings["serving_interval"], timeout_s=settings["serving_timeout"],
+    scraper = ServingScraper(targets, interval_s=settings.serving_interval, timeout_s=settings.serving_timeout,
                              faults=FAULTS, servers=servers)
     return ServingSource(source, scraper.start())
 
 
-def _cloud_sources(settings: dict):
+def _cloud_sources(settings: AgentSettings):
     from agent.cmd_prices import require_cloud_packages
     from collectors.pricing.aws import AwsPrices
     from collectors.pricing.azure import AzurePrices
     from collectors.pricing.gcp import GcpPrices
 
-    require_cloud_packages(aws=settings["aws"], gcp=settings["gcp"])  # Azure needs no extra package
-    return ((AwsPrices() if settings["aws"] else None), (GcpPrices() if settings["gcp"] else None),
-            (AzurePrices() if settings["azure"] else None))
+    require_cloud_packages(aws=settings.aws, gcp=settings.gcp)  # Azure needs no extra package
+    return ((AwsPrices() if settings.aws else None), (GcpPrices() if settings.gcp else None),
+            (AzurePrices() if settings.azure else None))
 
 
 def _resume_point(resume) -> float | None:
