@@ -231,13 +231,11 @@ class Layer:
     error: Callable[[Field, str], Exception]
 
 
-def resolve(cls: type, layers: Sequence[Layer], **fixed: Any) -> Any:
+def resolve(cls: type, layers: Sequence[Layer]) -> Any:
     """An instance of ``cls``: each setting from the first layer that gives it, else its
-    default; ``fixed`` values are taken as they are."""
+    default."""
     values: dict[str, Any] = {}
     for f in declared(cls):
-        if f.name in fixed:
-            continue
         for layer in layers:
             if f.name in layer.values:
                 try:
@@ -245,7 +243,7 @@ def resolve(cls: type, layers: Sequence[Layer], **fixed: Any) -> Any:
                 except ValueError as err:
                     raise layer.error(f, str(err)) from None
                 break
-    return cls(**values, **fixed)
+    return cls(**values)
 
 
 def check_values(cls: type, layer: Layer) -> None:
