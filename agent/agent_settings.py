@@ -1,10 +1,11 @@
 """The agent's settings, declared once: flags, environment, config file and docs.
 
-Each setting can come from a flag (``--ledger-dir``), the environment
-(``GPULEDGER_LEDGER_DIR``) or the ``agent:`` section of the ``--config`` file
-(``ledger_dir:``), in that order of precedence. All three go through the same parser, so
-a bad value is reported the same way wherever it came from: the flag, the variable, or
-the file and line. ``docs/agent.md``'s table is generated from these declarations.
+Each setting is a field of :class:`AgentSettings` (:mod:`recommenders.settingfields`) and
+can come from a flag (``--ledger-dir``), the environment (``GPULEDGER_LEDGER_DIR``) or the
+``agent:`` section of the ``--config`` file (``ledger_dir:``), in that order of precedence.
+All three go through the field's parser, so a bad value is reported the same way wherever
+it came from: the flag, the variable, or the file and line. ``docs/agent.md``'s table is
+generated from these declarations.
 """
 
 from __future__ import annotations
@@ -12,41 +13,25 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from agent.durations import parse_duration
 from collectors.errors import InputError, describe
 from collectors.kubelet.resources import DEFAULT_SOCKET
-from collectors.pricing.sources import SOURCES as PRICE_SOURCES
+from collectors.pricing.sources import SOURCES
 from collectors.yamlfile import LocatedYaml
+from recommenders.settingfields import (Layer, add_flags as _add_flags, check_values, declared, env_name,
+                                        env_values, flag_name, flag_values, markdown_table, resolve as _resolve,
+                                        setting, yaml_values)
 
 ENV_PREFIX = "GPULEDGER_"
+PRICE_SOURCES = {source.name: source for source in SOURCES}
 LIVE_LEDGER_DIR = "/var/lib/gpuledger/ledger"  # the live agent's default (a host path in the chart)
 FILE_SECTION = "agent"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting. ``parse`` turns a string (or a YAML scalar) into the value, raising
-    ValueError with what was expected."""
-
-    name: str
-    default: Any
-    help: str
-    parse: Callable[[Any], Any]
-    metavar: str | None = None
-    choices: tuple[str, ...] | None = None
-    shown_default: str | None = None  # the default as the docs and --help say it, when not ``default``
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
+_ON_OFF = ("on", "off")
+_AUTO_ON_OFF = ("auto", "on", "off")
 
 
 def _listen(value: Any) -> tuple[str, int]:
@@ -73,26 +58,6 @@ def _text(value: Any) -> str:
 
 def _optional_path(value: Any) -> str | None:
     return None if value in (None, "") else _text(value)
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower() if not isinstance(value, bool) else ("on" if value else "off")
-        if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
-        return text
-    return parse
 
 
 def _speed(value: Any) -> float:
@@ -169,158 +134,149 @@ def _mappings(value: Any) -> dict[str, dict[str, tuple[str, ...]]]:
     return out
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("listen", "0.0.0.0:9400", "Address of /metrics, /healthz and /readyz.", _listen, "HOST:PORT"),
-    Setting("node", None, "Node name for the records and the metrics (default: $NODE_NAME, else the host name).",
-            _optional_path, "NAME"),
-    Setting("interval", "1s", "Time between samples. In dry-run: how often the agent takes the trace's next "
-            "records (wall time).", _duration(0.05), "DURATION"),
-    Setting("ledger_dir", None, "Where the minute ledger rollups go (DIR/<node>/<date>/<hour>.jsonl.gz); "
-            "keep it on the host so a restart loses nothing. A restart continues the ledger there if it came "
-            "from the same source (this live agent, or the same trace), and refuses another's "
-            "(see --fresh-ledger).", _text, "DIR",
-            shown_default=f"`{LIVE_LEDGER_DIR}`; in dry-run a new directory for each run"),
-    Setting("fresh_ledger", False, "Start afresh: delete the rollup files already in --ledger-dir (another "
-            "trace's, say) before starting.", _bool),
-    Setting("rates", None, "Your rate card (docs/rate-card.md); before the cloud APIs and the bundled snapshot.",
-            _optional_path, "FILE"),
-    *(Setting(source.name, False, source.setting_help, _bool) for source in PRICE_SOURCES),
-    Setting("price_cache", None, "Keep price API answers in DIR/prices.json across restarts.", _optional_path, "DIR"),
-    Setting("price_refresh", "1h", "How often prices are fetched again.", _duration(60.0), "DURATION"),
-    Setting("kubernetes", "auto", "Learn pods and node labels from the kubelet and the API server: auto does when "
-            "the pod-resources socket exists.", _choice("auto", "on", "off"), choices=("auto", "on", "off")),
-    Setting("kubelet_socket", DEFAULT_SOCKET, "The kubelet pod-resources socket.", _text, "PATH"),
-    Setting("kubeconfig", None, "Kubeconfig for the API server (default: the in-cluster service account).",
-            _optional_path, "FILE"),
-    Setting("serving", "auto", "Read the request and token counters of the node's GPU pods' model servers "
-            "(vLLM, SGLang, TGI, Triton; docs/unit-economics.md): auto does when Kubernetes placement is on.",
-            _choice("auto", "on", "off"), choices=("auto", "on", "off")),
-    Setting("serving_interval", "15s", "How often the model servers' counters are read.", _duration(1.0),
-            "DURATION"),
-    Setting("serving_timeout", "2s", "How long one model server may take to answer; a slower one is counted "
-            "and skipped, never holding up GPU sampling.", _duration(0.1), "DURATION"),
-    Setting("serving_ports", (), "Container ports (names or numbers, comma-separated) to read /metrics from "
-            "when a pod has no prometheus.io/scrape annotation.", _names, "PORTS", shown_default="none"),
-    Setting("serving_mappings", {}, "Counters of other model servers: {server: {requests: [names], "
-            "input_tokens: [...], output_tokens: [...], errors: [...]}} (YAML in the config file, JSON in a "
-            "flag or variable).", _mappings, "JSON", shown_default="none"),
-    Setting("processes", "on", "Per-process GPU use, to split time-shared GPUs (reads /proc/<pid>/cgroup: "
-            "the pod needs hostPID).", _choice("on", "off"), choices=("on", "off")),
-    Setting("proc_root", "/proc", "Where /proc/<pid>/cgroup is read.", _text, "DIR"),
-    Setting("report_out", None, "Write the weekly report from this node's ledger into DIR/<date>/ (off when "
-            "not set; a cluster-wide report comes from Prometheus, see docs/helm.md).", _optional_path, "DIR"),
-    Setting("report_schedule", "0 6 * * 1", "When the weekly report runs (cron: minute hour day month weekday).",
-            _cron, "CRON"),
-    Setting("report_timezone", "UTC", "Time zone of the report schedule.", _timezone, "TZ"),
-    Setting("dry_run", False, "Run on a recorded trace (--trace) instead of NVML and Kubernetes.", _bool),
-    Setting("trace", None, "The trace a dry-run replays (docs/trace-format.md).", _optional_path, "FILE"),
-    Setting("speed", 1.0, "Dry-run: trace seconds played per wall second (60 plays an hour a minute).",
-            _speed, "N"),
-    Setting("exit_at_end", False, "Dry-run: stop when the trace ends (default: keep serving the final figures).",
-            _bool),
-    Setting("log_level", "info", "Logging: debug, info, warning or error.",
-            _choice("debug", "info", "warning", "error"), choices=("debug", "info", "warning", "error")),
-)
-BOOLEAN = {*(source.name for source in PRICE_SOURCES), "dry_run", "exit_at_end", "fresh_ledger"}
+@dataclass(frozen=True)
+class AgentSettings:
+    """Every setting of ``gpuledger agent``. Frozen: one process, one set of values."""
+
+    listen: tuple[str, int] = setting(
+        ("0.0.0.0", 9400), "Address of /metrics, /healthz and /readyz.", parse=_listen, metavar="HOST:PORT",
+        shown_default="`0.0.0.0:9400`")
+    node: str | None = setting(
+        None, "Node name for the records and the metrics (default: $NODE_NAME, else the host name).",
+        parse=_optional_path, metavar="NAME")
+    interval: float = setting(
+        1.0, "Time between samples. In dry-run: how often the agent takes the trace's next records (wall time).",
+        parse=_duration(0.05), metavar="DURATION", shown_default="`1s`")
+    ledger_dir: str | None = setting(
+        None, "Where the minute ledger rollups go (DIR/<node>/<date>/<hour>.jsonl.gz); keep it on the host so a "
+        "restart loses nothing. A restart continues the ledger there if it came from the same source (this live "
+        "agent, or the same trace), and refuses another's (see --fresh-ledger).", parse=_text, metavar="DIR",
+        shown_default=f"`{LIVE_LEDGER_DIR}`; in dry-run a new directory for each run")
+    fresh_ledger: bool = setting(
+        False, "Start afresh: delete the rollup files already in --ledger-dir (another trace's, say) before "
+        "starting.")
+    rates: str | None = setting(
+        None, "Your rate card (docs/rate-card.md); before the cloud APIs and the bundled snapshot.",
+        parse=_optional_path, metavar="FILE")
+    # one switch per cloud price source, in the registry's order (collectors/pricing/sources.py;
+    # tests/collectors/test_price_sources.py checks the two agree)
+    aws: bool = setting(False, PRICE_SOURCES["aws"].setting_help)
+    gcp: bool = setting(False, PRICE_SOURCES["gcp"].setting_help)
+    azure: bool = setting(False, PRICE_SOURCES["azure"].setting_help)
+    price_cache: str | None = setting(
+        None, "Keep price API answers in DIR/prices.json across restarts.", parse=_optional_path, metavar="DIR")
+    price_refresh: float = setting(
+        3600.0, "How often prices are fetched again.", parse=_duration(60.0), metavar="DURATION",
+        shown_default="`1h`")
+    kubernetes: str = setting(
+        "auto", "Learn pods and node labels from the kubelet and the API server: auto does when the "
+        "pod-resources socket exists.", choices=_AUTO_ON_OFF)
+    kubelet_socket: str = setting(DEFAULT_SOCKET, "The kubelet pod-resources socket.", parse=_text, metavar="PATH")
+    kubeconfig: str | None = setting(
+        None, "Kubeconfig for the API server (default: the in-cluster service account).", parse=_optional_path,
+        metavar="FILE")
+    serving: str = setting(
+        "auto", "Read the request and token counters of the node's GPU pods' model servers (vLLM, SGLang, TGI, "
+        "Triton; docs/unit-economics.md): auto does when Kubernetes placement is on.", choices=_AUTO_ON_OFF)
+    serving_interval: float = setting(
+        15.0, "How often the model servers' counters are read.", parse=_duration(1.0), metavar="DURATION",
+        shown_default="`15s`")
+    serving_timeout: float = setting(
+        2.0, "How long one model server may take to answer; a slower one is counted and skipped, never holding "
+        "up GPU sampling.", parse=_duration(0.1), metavar="DURATION", shown_default="`2s`")
+    serving_ports: tuple[str, ...] = setting(
+        (), "Container ports (names or numbers, comma-separated) to read /metrics from when a pod has no "
+        "prometheus.io/scrape annotation.", parse=_names, metavar="PORTS", shown_default="none")
+    serving_mappings: Mapping[str, Mapping[str, tuple[str, ...]]] = setting(
+        {}, "Counters of other model servers: {server: {requests: [names], input_tokens: [...], output_tokens: "
+        "[...], errors: [...]}} (YAML in the config file, JSON in a flag or variable).", parse=_mappings,
+        metavar="JSON", shown_default="none")
+    processes: str = setting(
+        "on", "Per-process GPU use, to split time-shared GPUs (reads /proc/<pid>/cgroup: the pod needs hostPID).",
+        choices=_ON_OFF)
+    proc_root: str = setting("/proc", "Where /proc/<pid>/cgroup is read.", parse=_text, metavar="DIR")
+    report_out: str | None = setting(
+        None, "Write the weekly report from this node's ledger into DIR/<date>/ (off when not set; a "
+        "cluster-wide report comes from Prometheus, see docs/helm.md).", parse=_optional_path, metavar="DIR")
+    report_schedule: str = setting(
+        "0 6 * * 1", "When the weekly report runs (cron: minute hour day month weekday).", parse=_cron,
+        metavar="CRON")
+    report_timezone: str = setting("UTC", "Time zone of the report schedule.", parse=_timezone, metavar="TZ")
+    dry_run: bool = setting(False, "Run on a recorded trace (--trace) instead of NVML and Kubernetes.")
+    trace: str | None = setting(
+        None, "The trace a dry-run replays (docs/trace-format.md).", parse=_optional_path, metavar="FILE")
+    speed: float = setting(
+        1.0, "Dry-run: trace seconds played per wall second (60 plays an hour a minute).", parse=_speed,
+        metavar="N")
+    exit_at_end: bool = setting(
+        False, "Dry-run: stop when the trace ends (default: keep serving the final figures).")
+    log_level: str = setting("info", "Logging: debug, info, warning or error.",
+                             choices=("debug", "info", "warning", "error"))
+
+
+SETTINGS = declared(AgentSettings)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; a flag left out means 'from the environment, file or default'."""
-    for s in SETTINGS:
-        parser.add_argument(s.flag, dest=s.name, default=None, help=flag_help(s),
-                            **({"action": "store_const", "const": "true"} if s.name in BOOLEAN
-                               else {"metavar": s.metavar, "choices": s.choices}))
-
-
-def flag_help(s: Setting) -> str:
-    """``--help`` text of a setting: its help, its default, its variable; one period each."""
-    text = s.help.rstrip(".")
-    default = (s.shown_default or "").replace("`", "") or (None if s.default is None or s.name in BOOLEAN
-                                                          else str(s.default))
-    if default:
-        text += f" (default {default})"
-    return f"{text}. Env {s.env}."
+    """One flag per setting (a bool one a switch); a flag left out means 'from the
+    environment, file or default'."""
+    _add_flags(parser, AgentSettings, ENV_PREFIX)
 
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
-            config_path: str | None = None) -> dict[str, Any]:
+            config_path: str | None = None) -> AgentSettings:
     """Every setting's value: flag, else environment, else config file, else default.
 
     Raises InputError naming the flag, the variable, or the file, line and key.
     """
     environ = os.environ if environ is None else environ
-    doc, section = _file_section(config_path)
-    values: dict[str, Any] = {}
-    for s in SETTINGS:
-        raw, where = getattr(args, s.name, None), (lambda err, s=s: InputError(err, field=s.flag))
-        if raw is None and s.env in environ:
-            raw, where = environ[s.env], (lambda err, s=s: InputError(err, field=s.env))
-        if raw is None and section.get(s.name) is not None:
-            raw, where = section[s.name], (lambda err, s=s: doc.error((FILE_SECTION, s.name), err))  # type: ignore[union-attr]
-        if raw is None:
-            values[s.name] = None if s.default is None else s.parse(s.default)
-            continue
-        try:
-            values[s.name] = s.parse(raw)
-        except ValueError as err:
-            raise where(str(err)) from None
-    if values["node"] is None:
-        values["node"] = environ.get("NODE_NAME") or socket.gethostname()
-    if values["ledger_dir"] is None and not values["dry_run"]:
-        values["ledger_dir"] = LIVE_LEDGER_DIR  # a dry-run without one gets its own (agent/cmd_agent.py)
-    _check_together(values, environ)
-    return values
+    settings = _resolve(AgentSettings, [
+        Layer(flag_values(AgentSettings, args), lambda f, err: InputError(err, field=flag_name(f))),
+        Layer(env_values(AgentSettings, environ, ENV_PREFIX),
+              lambda f, err: InputError(err, field=env_name(f, ENV_PREFIX))),
+        _file_layer(config_path),
+    ])
+    if settings.node is None:
+        settings = replace(settings, node=environ.get("NODE_NAME") or socket.gethostname())
+    if settings.ledger_dir is None and not settings.dry_run:
+        # a dry-run without one gets its own (agent/cmd_agent.py)
+        settings = replace(settings, ledger_dir=LIVE_LEDGER_DIR)
+    _check_together(settings)
+    return settings
 
 
 def check_file(path: str) -> None:
     """Check the ``agent:`` section of a config file alone (``gpuledger config FILE``);
     InputError naming the line of the first bad value."""
-    doc, section = _file_section(path)
-    for s in SETTINGS:
-        if section.get(s.name) is not None:
-            try:
-                s.parse(section[s.name])
-            except ValueError as err:
-                raise doc.error((FILE_SECTION, s.name), str(err)) from None  # type: ignore[union-attr]
+    check_values(AgentSettings, _file_layer(path))
 
 
-def _file_section(path: str | None) -> tuple[LocatedYaml | None, dict[str, Any]]:
+def _file_layer(path: str | None) -> Layer:
     if path is None:
-        return None, {}
+        return Layer({}, lambda f, err: InputError(err))
     doc = LocatedYaml(path)
-    data = doc.data if isinstance(doc.data, dict) else {}
-    section = data.get(FILE_SECTION)
-    if section is None:
-        return doc, {}
-    if not isinstance(section, dict):
-        raise doc.error((FILE_SECTION,), "expected a mapping of agent settings")
-    known = {s.name for s in SETTINGS}
-    for key in section:
-        if key not in known:
-            raise doc.error((FILE_SECTION, key), f"unknown agent setting; expected one of {', '.join(sorted(known))}")
-    return doc, section
+    values = yaml_values(AgentSettings, doc, (FILE_SECTION,), "agent setting") if isinstance(doc.data, dict) else {}
+    return Layer(values, lambda f, err: doc.error((FILE_SECTION, f.name), err))
 
 
-def _check_together(values: dict[str, Any], environ: Mapping[str, str]) -> None:
-    if values["dry_run"]:
-        if not values["trace"]:
+def _check_together(s: AgentSettings) -> None:
+    if s.dry_run:
+        if not s.trace:
             raise InputError("--dry-run needs --trace FILE (make one with `gpuledger simulate --out FILE`)",
                              field="--trace")
-        trace = Path(values["trace"])
+        trace = Path(s.trace)
         if trace.is_dir():
             raise InputError("expected a trace file (.jsonl or .jsonl.gz, from `gpuledger simulate`, `record` or "
-                             "`import`), found a directory", file=values["trace"], field="--trace")
+                             "`import`), found a directory", file=s.trace, field="--trace")
         if not trace.is_file():
             raise InputError("no such trace file (make one with `gpuledger simulate --out FILE`)",
-                             file=values["trace"], field="--trace")
-    elif values["trace"]:
+                             file=s.trace, field="--trace")
+    elif s.trace:
         raise InputError("--trace is for --dry-run; add --dry-run to replay it", field="--trace")
+
 
 
 def settings_markdown() -> str:
     """The table of ``docs/agent.md``, made from the declarations."""
-    rows = ["| flag | environment | `agent:` key | default | what it does |", "|---|---|---|---|---|"]
-    for s in SETTINGS:
-        default = s.shown_default or ("—" if s.default is None else f"`{s.default}`")
-        rows.append(f"| `{s.flag}` | `{s.env}` | `{s.name}` | {default} | {s.help} |")
-    return "\n".join(rows) + "\n"
+    return markdown_table(AgentSettings, ("flag", "environment", "setting", "default", "what it does"), ENV_PREFIX,
+                          headers={"setting": "`agent:` key"})

@@ -9,8 +9,10 @@ import argparse
 import logging
 import signal
 import threading
+from dataclasses import replace
 
 from agent import agent_settings, logs
+from agent.agent_settings import AgentSettings
 from collectors.errors import InputError
 
 log = logging.getLogger("gpuledger.agent")
@@ -44,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     config_path = args.config or os.environ.get("GPULEDGER_CONFIG") or None
     settings = agent_settings.resolve(args, config_path=config_path)
-    logs.setup(settings["log_level"])
+    logs.setup(settings.log_level)
     config = load_config(config_path)
     agent = build(settings, config)
-    host, port = settings["listen"]
+    host, port = settings.listen
     from agent.daemon import http_server
 
     try:
@@ -57,15 +59,15 @@ def run(args: argparse.Namespace) -> int:
         _forget_own_ledger_dir(agent.book)
         raise InputError(f"cannot listen on {host}:{port}: {err.strerror}", field="--listen") from None
     _on_signals(agent.stop)
-    log.info("%s agent for %s: /metrics on %s:%d, ledger in %s", agent.mode, settings["node"], host,
-             server.server_address[1], settings["ledger_dir"])
+    log.info("%s agent for %s: /metrics on %s:%d, ledger in %s", agent.mode, settings.node, host,
+             server.server_address[1], agent.settings.ledger_dir)
     agent.run(server)
     log.info("stopped: %d samples attributed, %d ledger minutes written", agent.metrics.samples,
              agent.book.minutes_written)
     return 0
 
 
-def build(settings: dict, config):
+def build(settings: AgentSettings, config):
     """The agent with its sources and prices; InputError for anything the user must fix."""
     from agent.cli import version
     from agent.daemon import Agent
@@ -74,14 +76,14 @@ def build(settings: dict, config):
 
     chain = agent_price_chain(settings)
     refresh = chain.cache.refresh_expired if chain.apis else None
-    mode = "dry-run" if settings["dry_run"] else "live"
+    mode = "dry-run" if settings.dry_run else "live"
     common = dict(refresh_prices=refresh, price_faults=lambda: chain.cache.faults)
-    if settings["dry_run"]:
+    if settings.dry_run:
         from agent.tracesource import TraceSource, trace_identity
 
-        source = TraceSource(settings["trace"], speed=settings["speed"])
+        source = TraceSource(settings.trace, speed=settings.speed)
         try:
-            book = _ledger_book(settings, chain.currency, trace_identity(settings["trace"]))
+            settings, book = _ledger_book(settings, chain.currency, trace_identity(settings.trace))
             resume = book.restore()
         except BaseException:
             source.close()
@@ -89,32 +91,32 @@ def build(settings: dict, config):
         source.skip_to(_resume_point(resume))
         return Agent(settings, config, chain, source, source.interval, FAULTS, mode, version(), book, resume,
                      **common)
-    book = _ledger_book(settings, chain.currency, None)
+    settings, book = _ledger_book(settings, chain.currency, None)
     resume = book.restore()
     source, placement = sample_source(settings)
-    return Agent(settings, config, chain, source, settings["interval"], FAULTS, mode, version(), book, resume,
+    return Agent(settings, config, chain, source, settings.interval, FAULTS, mode, version(), book, resume,
                  needs_placement=placement, **common)
 
 
-def _ledger_book(settings: dict, currency: str, trace: dict | None):
-    """The rollup book in ``--ledger-dir``; a dry-run without one gets a new directory of
-    its own (a ledger left by another run must not be taken for this one's)."""
+def _ledger_book(settings: AgentSettings, currency: str, trace: dict | None):
+    """The settings and the rollup book in ``--ledger-dir``; a dry-run without one gets a
+    new directory of its own (a ledger left by another run must not be taken for this one's)."""
     import tempfile
 
     from agent.rollups import RollupBook
 
-    own = settings["ledger_dir"] is None
+    own = settings.ledger_dir is None
     if own:
-        settings["ledger_dir"] = tempfile.mkdtemp(prefix="gpuledger-dry-run-")
+        settings = replace(settings, ledger_dir=tempfile.mkdtemp(prefix="gpuledger-dry-run-"))
         log.info("the ledger of this dry-run goes to %s (give --ledger-dir to keep one you can resume)",
-                 settings["ledger_dir"])
-    book = RollupBook(settings["ledger_dir"], currency, trace=trace)
+                 settings.ledger_dir)
+    book = RollupBook(settings.ledger_dir, currency, trace=trace)
     book.made_for_this_run = own
-    if settings["fresh_ledger"]:
+    if settings.fresh_ledger:
         deleted = book.clear()
         if deleted:
-            log.info("--fresh-ledger: deleted the %d rollup files in %s", deleted, settings["ledger_dir"])
-    return book
+            log.info("--fresh-ledger: deleted the %d rollup files in %s", deleted, settings.ledger_dir)
+    return settings, book
 
 
 def _forget_own_ledger_dir(book) -> None:

@@ -77,7 +77,7 @@ def run_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     labels = parse_labels(args.node_labels)
     if args.gpus is not None and args.gpus < 1:
         raise InputError(f"expected a number of GPUs of at least 1, got {args.gpus}", field="--gpus")
-    names = requested_sources(vars(args))
+    names = requested_sources(args)
     require_packages(names)
     card = load_rate_card(args.rates) if args.rates else None
     hint_model, hint_gpus = machine_hint(pricing_labels(labels).instance_type)

@@ -50,7 +50,8 @@ def parse_time(text: str, flag: str = "--until") -> float:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to the CLI's subparsers."""
-    from recommenders.settings import setting_fields  # no pandas: building the CLI stays light
+    from recommenders.settingfields import add_flags
+    from recommenders.settings import Settings  # no pandas: building the CLI stays light
 
     files = "report.md, report.html, recommendations.json, recommendations.csv and focus.csv"
     p = subparsers.add_parser(
@@ -80,20 +81,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "(default: the bundled snapshot)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the report files into")
     group = p.add_argument_group("recommendation settings (docs/recommendations.md)")
-    for f in setting_fields():
-        group.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, dest=f.name,
-                           metavar=_metavar(f.metadata["unit"]),
-                           help=f"{f.metadata['help'].replace('%', '%%')} (default {f.default})")
+    add_flags(group, Settings)
     p.set_defaults(handler=run)
     return p
-
-
-def _metavar(unit: str) -> str:
-    """A flag's metavar from a setting's unit: 'GPU-HOURS', 'DAYS'; 'FACTOR' for '×', 'N' for none."""
-    if unit == "×":
-        return "FACTOR"
-    text = unit.upper().replace(" ", "_")
-    return text if text and all(c.isascii() and (c.isalnum() or c in "_-") for c in text) else "N"
 
 
 def commitment_prices(card) -> tuple[list, dict]:
@@ -138,15 +128,12 @@ def build(args: argparse.Namespace):
     from collectors.pricing.ratecard import load_rate_card, load_snapshot
     from recommenders.history import LedgerError, ledger_end, load_history
     from recommenders.report import build_report
-    from recommenders.settings import Settings, check, setting_fields
+    from recommenders.settingfields import Layer, flag_name, flag_values, resolve
+    from recommenders.settings import Settings
 
     since = parse_duration(args.since)
-    overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}
-    for name, value in overrides.items():
-        problem = None if value is None else check(name, value)
-        if problem:
-            raise InputError(problem, field="--" + name.replace("_", "-"))
-    settings = Settings().with_overrides(**overrides)
+    flags = Layer(flag_values(Settings, args), lambda f, err: InputError(err, field=flag_name(f)))
+    settings = resolve(Settings, [flags])
     card = load_rate_card(args.rates) if args.rates else load_snapshot()
     pools, spot = commitment_prices(card)
     until = parse_time(args.until) if getattr(args, "until", None) else None

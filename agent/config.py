@@ -1,18 +1,21 @@
 """Settings, declared once with their descriptions.
 
-Each setting is a dataclass field whose metadata holds its help text; the config file
-loader, ``gpuledger config --docs`` and ``docs/configuration.md`` are all made from
-these declarations, so a setting cannot be documented in one place and read in another.
+Each setting is a field of :class:`Config` declared with :mod:`recommenders.settingfields`
+(its default and help text); the config file loader, ``gpuledger config --docs`` and
+``docs/configuration.md`` are all made from these declarations, so a setting cannot be
+documented in one place and read in another. Their values are structured (lists of rules,
+mappings), so each has its own loader here that names the file, line and key of a mistake.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from collectors.errors import describe
 from collectors.yamlfile import LocatedYaml
+from recommenders.settingfields import declared, default_of, markdown_table, setting
 
 CLASSES = ("training", "inference", "interactive", "other")
 AGENT_SECTION = "agent"
@@ -49,36 +52,30 @@ DEFAULT_OWNER_CLASSES: Mapping[str, str] = {
 }
 
 
-def _setting(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: default, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class Config:
     """How pods map to teams and workload classes. Loaded from ``--config FILE`` (YAML)."""
 
-    team_labels: tuple[str, ...] = _setting(
+    team_labels: tuple[str, ...] = setting(
         ("gpuledger.io/team", "team"),
         "Pod labels that name a pod's team, tried in order; the first present wins.",
     )
-    namespace_teams: Mapping[str, str] = _setting(
+    namespace_teams: Mapping[str, str] = setting(
         {}, "Namespace -> team, for pods that carry none of the team labels. "
         "A namespace in neither is its own team.",
     )
-    workload_class_label: str = _setting(
+    workload_class_label: str = setting(
         "gpuledger.io/workload-class",
         "A pod label that sets the workload class outright (training, inference, "
         "interactive or other); checked before every other rule.",
     )
-    label_rules: tuple[LabelRule, ...] = _setting(
+    label_rules: tuple[LabelRule, ...] = setting(
         DEFAULT_LABEL_RULES,
         "Label rules for the workload class, tried in order: a list of "
         "{label, class, value?}; a rule matches when the label is present and, if value "
         "is given, equal to it.",
     )
-    owner_kind_classes: Mapping[str, str] = _setting(
+    owner_kind_classes: Mapping[str, str] = setting(
         DEFAULT_OWNER_CLASSES,
         "Owner kind -> workload class, used when no label rule matched. Replaces the "
         "default table when given.",
@@ -93,7 +90,7 @@ def load_config(path: str | Path | None) -> Config:
     data = doc.data if doc.data is not None else {}
     if not isinstance(data, dict):
         raise doc.error((), "expected a mapping of settings")
-    known = {f.name for f in fields(Config)}
+    known = {f.name for f in declared(Config)}
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key == AGENT_SECTION:
@@ -157,11 +154,8 @@ _CHECKS = {
 
 def settings_markdown() -> str:
     """The settings table for ``docs/configuration.md``, made from the declarations."""
-    rows = ["| setting | default | what it does |", "|---|---|---|"]
-    for f in fields(Config):
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        rows.append(f"| `{f.name}` | {_render_default(default)} | {f.metadata['help']} |")
-    return "\n".join(rows) + "\n"
+    return markdown_table(Config, ("setting", "default", "what it does"),
+                          cells={"default": lambda f: _render_default(default_of(f))})
 
 
 def _render_default(value: Any) -> str:

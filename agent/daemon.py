@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from agent import logs
+from agent.agent_settings import AgentSettings
 from agent.config import Config
 from agent.exporter import AgentMetrics
 from agent.httpserver import READ_TIMEOUT_S, BoundedHTTPServer
@@ -69,7 +70,7 @@ class Health:
 class Agent:
     """The agent's state and jobs; :meth:`run` wires them to a scheduler and a server."""
 
-    def __init__(self, settings: dict[str, Any], config: Config, pricer: Any, source: RecordSource,
+    def __init__(self, settings: AgentSettings, config: Config, pricer: Any, source: RecordSource,
                  default_interval: float, faults: FaultCounter, mode: str, version: str,
                  book: RollupBook, resume: Mapping[str, Resume], needs_placement: bool = False,
                  refresh_prices: Callable[[], int] | None = None,
@@ -83,7 +84,7 @@ class Agent:
         self.book = book  # already read back: ``resume`` is what it holds
         if resume:
             log.info("continuing the ledger in %s, which holds %s; samples up to there are not counted again",
-                     settings["ledger_dir"], _held(resume))
+                     settings.ledger_dir, _held(resume))
         self.meter = Meter(pricer, config, resume=resume)
         self._refresh = refresh_prices
         self.prices_at = time.time()
@@ -92,7 +93,7 @@ class Agent:
                                     serving_status=(lambda: (scraper.endpoints, scraper.rounds)) if scraper else
                                     (lambda: None))
         self.health = Health(time.time(), needs_placement=needs_placement,
-                             ready_within_s=max(10.0, 5 * settings["interval"]),
+                             ready_within_s=max(10.0, 5 * settings.interval),
                              cause=lambda: getattr(source, "problem", None))
         self._lock = threading.Lock()
         self._finished = False
@@ -161,8 +162,8 @@ class Agent:
         if self.metrics.last_sample_ts is not None:
             self._write(lambda: self.book.flush_all(self.metrics.last_sample_ts))  # type: ignore[arg-type]
         log.info("the trace has ended: %d samples attributed; %s", self.metrics.samples,
-                 "stopping" if self.settings["exit_at_end"] else "serving the final figures until stopped")
-        if self.settings["exit_at_end"]:
+                 "stopping" if self.settings.exit_at_end else "serving the final figures until stopped")
+        if self.settings.exit_at_end:
             self.stop.set()
 
     def refresh_prices(self) -> None:
@@ -177,11 +178,11 @@ class Agent:
 
     def report(self) -> None:
         """Write the weekly report from this node's ledger, in a child process."""
-        out = Path(self.settings["report_out"]) / datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        command = [sys.executable, "-m", "agent.cli", "report", "--ledger", self.settings["ledger_dir"],
+        out = Path(self.settings.report_out) / datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        command = [sys.executable, "-m", "agent.cli", "report", "--ledger", self.settings.ledger_dir,
                    "--since", "7d", "--out", str(out)]
-        if self.settings["rates"]:
-            command += ["--rates", self.settings["rates"]]
+        if self.settings.rates:
+            command += ["--rates", self.settings.rates]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             said = (done.stderr or done.stdout).strip().splitlines()
@@ -221,12 +222,12 @@ class Agent:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
-        flush_every = 60.0 / s["speed"] if self.mode == "dry-run" else 60.0
-        scheduler.add_job(self.sample, "interval", seconds=s["interval"], id="sample", next_run_time=datetime.now(timezone.utc))
+        flush_every = 60.0 / s.speed if self.mode == "dry-run" else 60.0
+        scheduler.add_job(self.sample, "interval", seconds=s.interval, id="sample", next_run_time=datetime.now(timezone.utc))
         scheduler.add_job(self.flush, "interval", seconds=max(0.2, min(60.0, flush_every)), id="flush")
-        scheduler.add_job(self.refresh_prices, "interval", seconds=s["price_refresh"], id="prices")
-        if s["report_out"]:
-            scheduler.add_job(self.report, CronTrigger.from_crontab(s["report_schedule"], timezone=s["report_timezone"]),
+        scheduler.add_job(self.refresh_prices, "interval", seconds=s.price_refresh, id="prices")
+        if s.report_out:
+            scheduler.add_job(self.report, CronTrigger.from_crontab(s.report_schedule, timezone=s.report_timezone),
                               id="report", executor="report")
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 
@@ -258,7 +259,7 @@ class Lag:
     WINDOW_S = 60.0
     MIN_SKIPPED = 10
 
-    def __init__(self, mode: str, settings: Mapping[str, Any], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, mode: str, settings: AgentSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.mode = mode
         self.settings = settings
         self.clock = clock
@@ -300,13 +301,13 @@ class Lag:
             self._new_window()
 
     def message(self) -> str:
-        interval = self.settings["interval"]
+        interval = self.settings.interval
         since = logs.iso(self.since) if self.since is not None else "start"
         what = (f"the agent is behind: {self.skipped_runs} scheduled runs skipped and {self.window_cycles} taken "
                 f"since {since}, as a sample cycle takes up to {self.slowest:.2f} s and the interval is "
                 f"{interval:g} s; ")
         if self.mode == "dry-run":
-            return what + (f"the trace plays slower than --speed {self.settings['speed']:g}: lower --speed or "
+            return what + (f"the trace plays slower than --speed {self.settings.speed:g}: lower --speed or "
                            "raise --interval")
         return what + "samples are taken less often than asked: raise --interval"
 

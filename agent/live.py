@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from collectors.errors import InputError
 from collectors.pricing.sources import SOURCES
 from collectors.records import DevicesRecord, Record
+
+if TYPE_CHECKING:
+    from agent.agent_settings import AgentSettings
 
 log = logging.getLogger("gpuledger.agent")
 
@@ -23,10 +26,10 @@ log = logging.getLogger("gpuledger.agent")
 # --------------------------------------------------------------------------- prices
 
 
-def requested_sources(values: Mapping[str, Any]) -> tuple[str, ...]:
-    """The names of the cloud price sources switched on in ``values`` (settings or parsed
-    flags, keyed by each source's name), in the chain's order."""
-    return tuple(s.name for s in SOURCES if values.get(s.name))
+def requested_sources(values: Any) -> tuple[str, ...]:
+    """The names of the cloud price sources switched on in ``values`` (the agent's settings
+    or ``prices show``'s parsed flags: an attribute per source's name), in the chain's order."""
+    return tuple(s.name for s in SOURCES if getattr(values, s.name, False))
 
 
 def price_chain(card, names, cache_dir: str | None):
@@ -39,12 +42,12 @@ def price_chain(card, names, cache_dir: str | None):
     return PriceChain(card=card, apis=sources.build(names), cache=PriceCache(cache_dir))
 
 
-def agent_price_chain(settings: Mapping[str, Any]):
+def agent_price_chain(settings: AgentSettings):
     """The agent's chain: ``--rates``, the enabled sources, ``--price-cache``."""
     from collectors.pricing.ratecard import load_rate_card
 
-    card = load_rate_card(settings["rates"]) if settings["rates"] else None
-    return price_chain(card, requested_sources(settings), settings["price_cache"])
+    card = load_rate_card(settings.rates) if settings.rates else None
+    return price_chain(card, requested_sources(settings), settings.price_cache)
 
 
 # --------------------------------------------------------------------------- samples
@@ -72,39 +75,39 @@ def with_placement(collector, node: str, socket_path: str, kubeconfig: str | Non
         raise
 
 
-def sample_source(settings: Mapping[str, Any]) -> tuple[Any, bool]:
+def sample_source(settings: AgentSettings) -> tuple[Any, bool]:
     """The live agent's record source, and whether it has Kubernetes placement."""
-    node = settings["node"]
-    collector = nvml_collector(node, settings["proc_root"] if settings["processes"] == "on" else None)
-    wanted = settings["kubernetes"]
-    if wants_kubernetes(wanted, settings["kubelet_socket"]):
-        source = with_placement(collector, node, settings["kubelet_socket"], settings["kubeconfig"])
-        if settings["serving"] != "off":
+    node = settings.node
+    collector = nvml_collector(node, settings.proc_root if settings.processes == "on" else None)
+    wanted = settings.kubernetes
+    if wants_kubernetes(wanted, settings.kubelet_socket):
+        source = with_placement(collector, node, settings.kubelet_socket, settings.kubeconfig)
+        if settings.serving != "off":
             source = with_serving(source, settings)
         return source, True
-    if settings["serving"] == "on":
+    if settings.serving == "on":
         log.warning("serving counters need Kubernetes placement (the pods and their IPs): not reading them")
     if wanted == "auto":
         log.warning("no kubelet pod-resources socket at %s: attributing GPUs without pods (all unallocated)",
-                    settings["kubelet_socket"])
+                    settings.kubelet_socket)
     return collector, False
 
 
-def with_serving(source: "WithPlacement", settings: Mapping[str, Any]):
+def with_serving(source: "WithPlacement", settings: AgentSettings):
     """The placement source with the node's GPU pods' model server counters added (docs/unit-economics.md)."""
     from collectors.faults import FAULTS
     from collectors.serving import SERVERS, ServingScraper, ServingSource, endpoints_of
 
-    node = settings["node"]
+    node = settings.node
     placement = source.placement
     # the config's servers are tried first, and one named like a known server replaces it
-    servers = dict(settings["serving_mappings"])
+    servers = dict(settings.serving_mappings)
     servers.update({name: metrics for name, metrics in SERVERS.items() if name not in servers})
 
     def targets():
-        return [e for _, obj in placement.gpu_pods() for e in endpoints_of(obj, node, settings["serving_ports"])]
+        return [e for _, obj in placement.gpu_pods() for e in endpoints_of(obj, node, settings.serving_ports)]
 
-    scraper = ServingScraper(targets, interval_s=settings["serving_interval"], timeout_s=settings["serving_timeout"],
+    scraper = ServingScraper(targets, interval_s=settings.serving_interval, timeout_s=settings.serving_timeout,
                              faults=FAULTS, servers=servers)
     return ServingSource(source, scraper.start())
 

@@ -271,7 +271,7 @@ def test_an_unreachable_price_api_is_counted_and_the_snapshot_prices(small_trace
     settings = agent_settings.resolve(argparse.Namespace(**{s.name: None for s in agent_settings.SETTINGS}),
                                       {"GPULEDGER_LEDGER_DIR": str(tmp_path / "ledger")})
     source = TraceSource(small_trace, speed=1e6)
-    book = RollupBook(settings["ledger_dir"], chain.currency)
+    book = RollupBook(settings.ledger_dir, chain.currency)
     agent = Agent(settings, Config(), chain, source, source.interval, FaultCounter(), "dry-run", "test",
                   book, book.restore(), refresh_prices=chain.cache.refresh_expired, price_faults=lambda: chain.cache.faults)
     agent.sample()

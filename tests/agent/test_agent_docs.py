@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from agent.agent_settings import SETTINGS, settings_markdown
+from agent.agent_settings import ENV_PREFIX, SETTINGS, settings_markdown
+from recommenders.settingfields import about, env_name, flag_name
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "agent.md"
 
@@ -15,4 +16,5 @@ def test_every_setting_has_flag_env_and_help():
     names = [s.name for s in SETTINGS]
     assert len(names) == len(set(names))
     for s in SETTINGS:
-        assert s.help.endswith(".") and s.flag.startswith("--") and s.env.startswith("GPULEDGER_")
+        assert about(s).help.endswith(".") and flag_name(s).startswith("--")
+        assert env_name(s, ENV_PREFIX).startswith("GPULEDGER_")

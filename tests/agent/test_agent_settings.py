@@ -20,17 +20,17 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path):
     config.write_text("agent:\n  interval: 5s\n  listen: 127.0.0.1:1\n  ledger_dir: /from/file\n  aws: true\n")
     env = {"GPULEDGER_INTERVAL": "3s", "GPULEDGER_LISTEN": "127.0.0.1:2", "NODE_NAME": "node-a"}
     got = agent_settings.resolve(_args("--interval", "2s"), env, str(config))
-    assert got["interval"] == 2.0  # flag
-    assert got["listen"] == ("127.0.0.1", 2)  # environment
-    assert got["ledger_dir"] == "/from/file" and got["aws"] is True  # file
-    assert got["price_refresh"] == 3600.0 and got["report_schedule"] == "0 6 * * 1"  # defaults
-    assert got["node"] == "node-a"  # downward API's NODE_NAME when --node is not given
-    assert agent_settings.resolve(_args("--node", "b"), env)["node"] == "b"
+    assert got.interval == 2.0  # flag
+    assert got.listen == ("127.0.0.1", 2)  # environment
+    assert got.ledger_dir == "/from/file" and got.aws is True  # file
+    assert got.price_refresh == 3600.0 and got.report_schedule == "0 6 * * 1"  # defaults
+    assert got.node == "node-a"  # downward API's NODE_NAME when --node is not given
+    assert agent_settings.resolve(_args("--node", "b"), env).node == "b"
 
 
 def test_booleans_and_choices_from_the_environment():
     got = agent_settings.resolve(_args(), {"GPULEDGER_GCP": "yes", "GPULEDGER_PROCESSES": "OFF"})
-    assert got["gcp"] is True and got["processes"] == "off"
+    assert got.gcp is True and got.processes == "off"
     with pytest.raises(InputError, match="GPULEDGER_KUBERNETES.*expected one of auto, on, off"):
         agent_settings.resolve(_args(), {"GPULEDGER_KUBERNETES": "maybe"})
 
@@ -41,7 +41,7 @@ def test_a_config_without_an_agent_section_is_fine_and_teams_still_load(tmp_path
     config = tmp_path / "c.yaml"
     config.write_text("team_labels: [squad]\nagent:\n  speed: 2\n")
     assert load_config(config).team_labels == ("squad",)
-    assert agent_settings.resolve(_args(), {}, str(config))["speed"] == 2.0
+    assert agent_settings.resolve(_args(), {}, str(config)).speed == 2.0
 
 
 def test_gpuledger_config_checks_the_agent_section_too(tmp_path):

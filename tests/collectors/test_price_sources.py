@@ -14,6 +14,7 @@ import pytest
 from agent import agent_settings
 from agent.cli import build_parser
 from agent.live import requested_sources
+from recommenders.settingfields import about, default_of, flag_name, is_switch
 from collectors.errors import InputError
 from collectors.pricing import sources
 from collectors.pricing.chain import PriceChain
@@ -51,12 +52,12 @@ def test_the_chain_refuses_a_source_it_does_not_know():
 
 
 def test_every_source_is_an_agent_setting():
-    settings = {s.name: s for s in agent_settings.SETTINGS}
+    settings = {f.name: f for f in agent_settings.SETTINGS}
     for source in SOURCES:
         setting = settings[source.name]
-        assert setting.default is False and setting.help == source.setting_help
-        assert source.name in agent_settings.BOOLEAN and setting.flag == source.flag
-    names = [s.name for s in agent_settings.SETTINGS if s.name in NAMES]
+        assert default_of(setting) is False and about(setting).help == source.setting_help
+        assert is_switch(setting) and flag_name(setting) == source.flag
+    names = [f.name for f in agent_settings.SETTINGS if f.name in NAMES]
     assert names == list(NAMES)
 
 
@@ -70,9 +71,9 @@ def test_the_setting_help_says_what_each_source_needs():
 
 def test_every_source_is_a_prices_show_flag():
     args = build_parser().parse_args(["prices", "show", "--node-labels", "a=b", *(s.flag for s in SOURCES)])
-    assert requested_sources(vars(args)) == NAMES
+    assert requested_sources(args) == NAMES
     none = build_parser().parse_args(["prices", "show", "--node-labels", "a=b"])
-    assert requested_sources(vars(none)) == ()
+    assert requested_sources(none) == ()
 
 
 def test_every_source_is_in_the_docs():
