@@ -475,10 +475,12 @@ def http_get(url: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def run_pod_command(objs: list[dict], tmp_path: Path, until: str, timeout_s: float = 60.0) -> tuple[str, int]:
+def run_pod_command(objs: list[dict], tmp_path: Path, until: str, timeout_s: float = 60.0,
+                    metrics_with: str = "") -> tuple[str, int]:
     """Run the agent container's command line of a rendered pod, with its mounts mapped to
-    local directories, until ``until`` (a path) answers 200; return /metrics and the
-    status of /readyz. Then stop it with SIGTERM, as the kubelet does, and expect exit 0."""
+    local directories, until ``until`` (a path) answers 200 and /metrics holds
+    ``metrics_with`` (the agent serves before its first cycle ends); return /metrics and
+    the status of /readyz. Then stop it with SIGTERM, as the kubelet does, and expect exit 0."""
     container = agent_container(objs)
     port = free_port()
     mapping = {"/trace/": str(CHART / "files") + "/", "/var/lib/gpuledger/": f"{tmp_path}/data/",
@@ -511,6 +513,9 @@ def run_pod_command(objs: list[dict], tmp_path: Path, until: str, timeout_s: flo
             time.sleep(0.3)
         assert status == 200, f"{until} never answered 200 (last {status}); agent exited {proc.poll()}"
         status, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        while metrics_with not in metrics and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            status, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
         ready, _ = http_get(f"http://127.0.0.1:{port}/readyz")
         proc.send_signal(signal.SIGTERM)
@@ -541,7 +546,8 @@ def test_live_pod_command_starts_the_agent(helm, tmp_path):
     """The live DaemonSet's command line, every option on, starts the agent (no GPU here:
     alive on /healthz, not ready, NVML's absence counted)."""
     objs = render(helm, CASES["everything"], tmp_path / "values")
-    metrics, ready = run_pod_command(objs, tmp_path, "/healthz")
+    metrics, ready = run_pod_command(objs, tmp_path, "/healthz",
+                                     metrics_with='gpuledger_collector_errors_total{collector="nvml"')
     assert 'gpuledger_build_info{mode="live"' in metrics
     assert ready == 503, "not ready without NVML"
     assert 'gpuledger_collector_errors_total{collector="nvml"' in metrics
