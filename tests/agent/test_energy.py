@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -283,3 +284,11 @@ def test_the_report_shows_energy_and_carbon_by_team(tmp_path):
     energy_cost = kwh * 1.5 * 0.12
     assert f"| a | {kwh:,.1f} | {energy_cost:,.2f} | {grams / 1e3:,.2f} |" in section
     assert "| b | unknown | unknown | unknown |" in section
+    # report.html shows the same table, cell for cell
+    html = (out / "report.html").read_text()
+    section = html.split("<h2>Energy and carbon by team</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td[^>]*>([^<]*)</td>", tr)
+                                               for tr in section.split("<tr")[2:])}
+    assert rows["a"] == [f"{kwh:,.1f}", f"{energy_cost:,.2f}", f"{grams / 1e3:,.2f}"]
+    assert rows["b"] == ["unknown", "unknown", "unknown"]
+    assert rows["(unallocated)"] == ["0.0", "0.00", "0.00"]  # no GPU went unheld: none, and known
