@@ -144,26 +144,37 @@ def _null_unknown(figures: dict[str, Any]) -> None:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The per-team table printed by ``gpuledger replay``."""
+    """The per-team table printed by ``gpuledger replay``; with energy (kWh) and carbon (kg
+    CO2e) columns when any energy was measured ("unknown" where a part was not, never 0)."""
     cur = summary["currency"]
+    t = summary["totals"]
+    energy = _any_energy(summary)
     head = ("team", "class", "GPU-h alloc", "GPU-h used", "util", f"cost {cur}", f"idle {cur}")
+    if energy:
+        head += ("kWh", "kg CO2e")
     rows: list[tuple[str, ...]] = []
+
+    def with_energy(row: tuple[str, ...], joules: float | None, grams: float | None) -> tuple[str, ...]:
+        return row + (_unknown(joules, 3.6e6), _unknown(grams, 1e3)) if energy else row
 
     def line(team: str, cls: str, f: dict[str, float]) -> tuple[str, ...]:
         measured = f["allocated_gpu_seconds"] - f["util_unknown_gpu_seconds"]
         util = f"{100 * f['used_gpu_seconds'] / measured:.1f}%" if measured > 0 else "n/a"
-        return (team, cls, f"{f['allocated_gpu_seconds'] / 3600:,.2f}", f"{f['used_gpu_seconds'] / 3600:,.2f}",
-                util, f"{f['cost']:,.2f}", f"{f['idle_cost']:,.2f}")
+        return with_energy((team, cls, f"{f['allocated_gpu_seconds'] / 3600:,.2f}", f"{f['used_gpu_seconds'] / 3600:,.2f}",
+                            util, f"{f['cost']:,.2f}", f"{f['idle_cost']:,.2f}"),
+                           f.get("energy_joules"), f.get("carbon_grams"))
 
     for team in summary["teams"]:
         for cls, figures in sorted(team["by_class"].items(), key=lambda kv: -kv[1]["cost"]):
             rows.append(line(team["team"], cls, figures))
-    t = summary["totals"]
-    rows.append(("(unallocated)", "", f"{t['unallocated_gpu_seconds'] / 3600:,.2f}", "", "",
-                 f"{t['unallocated_cost']:,.2f}", f"{t['unallocated_cost']:,.2f}"))
+    rows.append(with_energy(("(unallocated)", "", f"{t['unallocated_gpu_seconds'] / 3600:,.2f}", "", "",
+                             f"{t['unallocated_cost']:,.2f}", f"{t['unallocated_cost']:,.2f}"),
+                            t.get("unallocated_energy_joules"), t.get("unallocated_carbon_grams")))
     total = line("TOTAL", "", t)
     total = total[:2] + (f"{t['gpu_seconds'] / 3600:,.2f}",) + total[3:5] + (
         f"{t['cost'] + t['unallocated_cost']:,.2f}", f"{t['idle_cost'] + t['unallocated_cost']:,.2f}")
+    total = with_energy(total, _plus(t.get("energy_joules"), t.get("unallocated_energy_joules")),
+                        _plus(t.get("carbon_grams"), t.get("unallocated_carbon_grams")))
     widths = [max(len(r[i]) for r in [head, *rows, total]) for i in range(len(head))]
 
     def render(r: tuple[str, ...]) -> str:
@@ -173,3 +184,19 @@ def format_table(summary: dict[str, Any]) -> str:
     window = summary["window"]
     return "\n".join([f"GPU cost by team, {window['start']} to {window['end']}", render(head), rule,
                       *map(render, rows), rule, render(total)]) + "\n"
+
+
+def _any_energy(summary: dict[str, Any]) -> bool:
+    """Whether any energy was measured: a trace without power readings prints the table as before."""
+    t = summary["totals"]
+    figures = [c.get("energy_joules") for team in summary["teams"] for c in team["by_class"].values()]
+    figures += [t.get("energy_joules"), t.get("unallocated_energy_joules")]
+    return any(x is not None and x > 0 for x in figures)
+
+
+def _unknown(value: float | None, per: float) -> str:
+    return "unknown" if value is None else f"{value / per:,.2f}"
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b

@@ -11,7 +11,8 @@ from html import escape
 
 from recommenders.formats import register
 from recommenders.formats.text import (
-    NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice, compared_with, day, gib,
+    ENERGY_HEADER, ENERGY_NOTE, NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice,
+    compared_with, day, energy_rows, gib,
     hours, idle_money, money, no_anomaly, no_recommendation, pct, price_sources, signed_money, signed_pct, target,
     unit_cost_rows, when, workload,
 )
@@ -161,6 +162,10 @@ def render(r: Report) -> str:
                           idle_money(t["idle_cost"]), money(t["previous_cost"]),
                           _change_html(t["change"], t["change_pct"]) if r.has_previous else "–"]
                          for t in r.teams], {1, 2, 3, 4, 5, 6},
+                        ["muted" if t["team"] == UNALLOCATED else "" for t in r.teams]))
+
+    parts.append(f"<h2>Energy and carbon by team</h2><p class='ev'>{_e(ENERGY_NOTE)}</p>")
+    parts.append(_table(ENERGY_HEADER, [[_e(c) for c in row] for row in energy_rows(r)], {1, 2, 3},
                         ["muted" if t["team"] == UNALLOCATED else "" for t in r.teams]))
 
     parts.append("<h2>Daily cost by team</h2>" + _daily_chart(r))

@@ -6,7 +6,8 @@ from __future__ import annotations
 from recommenders.formats import register
 from recommenders.formats.escaping import md_text
 from recommenders.formats.text import (
-    NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice, compared_with, day, gib,
+    ENERGY_HEADER, ENERGY_NOTE, NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice,
+    compared_with, day, energy_rows, gib,
     hours, idle_money, money, no_anomaly, no_recommendation, pct, price_sources, signed_money, signed_pct, target,
     unit_cost_rows, when, workload,
 )
@@ -68,13 +69,8 @@ def render(r: Report) -> str:
                     money(t["previous_cost"]), f"{signed_money(t['change'])} ({signed_pct(t['change_pct'])})"
                     if t["change"] is not None else ("new" if r.has_previous else "–")] for t in r.teams])
 
-    out += ["## Energy and carbon by team", "",
-            "GPU board energy, its cost (× PUE × the kWh price, beside the cost above, not in it) and "
-            "carbon (docs/energy.md); unknown where a sample had no power reading, no kWh price was given or "
-            "the region's carbon intensity is not known.", ""]
-    out += _table(["team", "kWh", "energy cost", "kg CO2e"],
-                  [[t["team"], _unknown(t.get("energy_joules"), 3.6e6, "{:,.1f}"), "unknown" if t.get("energy_cost") is None else money(t["energy_cost"]),
-                    _unknown(t.get("carbon_grams"), 1e3, "{:,.2f}")] for t in r.teams])
+    out += ["## Energy and carbon by team", "", ENERGY_NOTE, ""]
+    out += _table(ENERGY_HEADER, energy_rows(r))
 
     out += ["## Training, inference, interactive", ""]
     out += _table(["class", "GPU-h", "cost", "idle cost", "share of spend", ""],
@@ -163,7 +159,3 @@ def render(r: Report) -> str:
             f"{r.settings.target_utilization:.0%}, idle ≥ {r.settings.idle_share:.0%} of the time", ""]
     return "\n".join(out)
 
-
-def _unknown(value: float | None, per: float, form: str) -> str:
-    """A figure in larger units, or "unknown" where it is not known (never 0)."""
-    return "unknown" if value is None else form.format(value / per)

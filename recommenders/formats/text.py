@@ -176,6 +176,25 @@ def unit_cost_rows(r) -> list[list[str]]:
     return rows
 
 
+def unknown(value: float | None, per: float = 1.0, form: str = "{:,.1f}") -> str:
+    """A figure in larger units, or "unknown" where it is not known (never 0)."""
+    return "unknown" if value is None else form.format(value / per)
+
+
+ENERGY_HEADER = ["team", "kWh", "energy cost", "kg CO2e"]
+
+ENERGY_NOTE = ("GPU board energy, its cost (× PUE × the kWh price, beside the cost above, not in it) and "
+               "carbon (docs/energy.md); unknown where a sample had no power reading, no kWh price was given or "
+               "the region's carbon intensity is not known.")
+
+
+def energy_rows(r) -> list[list[str]]:
+    """The energy and carbon table's cells by team, shared by Markdown and HTML (escaping is theirs)."""
+    return [[str(t["team"]), unknown(t.get("energy_joules"), 3.6e6, "{:,.1f}"),
+             "unknown" if t.get("energy_cost") is None else money(t["energy_cost"]),
+             unknown(t.get("carbon_grams"), 1e3, "{:,.2f}")] for t in r.teams]
+
+
 UNIT_COST_HEADER = ["workload", "team", "requests", "input tokens", "output tokens", "cost",
                     "per 1k requests (alloc / used)", "per 1M input tokens", "per 1M output tokens",
                     "per 1k requests, by day", "change"]

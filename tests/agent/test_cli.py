@@ -41,6 +41,7 @@ def test_replay_prints_the_table_and_writes_reconciled_outputs(tmp_path):
     assert re.search(r"^ml\s+training\s+0\.05\s+0\.04\s+90\.0%", done.stdout, re.M), done.stdout
     assert re.search(r"^serve\s+inference\s+0\.05", done.stdout, re.M)
     assert "prices from: rate-card (USD)" in done.stdout
+    assert "kWh" not in done.stdout  # no power readings: no energy columns (docs/energy.md)
     summary = json.loads((out / "summary.json").read_text())
     ledger = pq.read_table(out / "ledger.parquet")
     t = summary["totals"]

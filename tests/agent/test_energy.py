@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -283,3 +284,47 @@ def test_the_report_shows_energy_and_carbon_by_team(tmp_path):
     energy_cost = kwh * 1.5 * 0.12
     assert f"| a | {kwh:,.1f} | {energy_cost:,.2f} | {grams / 1e3:,.2f} |" in section
     assert "| b | unknown | unknown | unknown |" in section
+    # report.html shows the same table, cell for cell
+    html = (out / "report.html").read_text()
+    section = html.split("<h2>Energy and carbon by team</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td[^>]*>([^<]*)</td>", tr)
+                                               for tr in section.split("<tr")[2:])}
+    assert rows["a"] == [f"{kwh:,.1f}", f"{energy_cost:,.2f}", f"{grams / 1e3:,.2f}"]
+    assert rows["b"] == ["unknown", "unknown", "unknown"]
+    assert rows["(unallocated)"] == ["0.0", "0.00", "0.00"]  # no GPU went unheld: none, and known
+
+
+def test_the_replay_table_gains_energy_and_carbon_columns_only_when_energy_was_measured(tmp_path):
+    """`gpuledger replay`'s table: kWh and kg CO2e per team and class, "unknown" where a GPU
+    reported no power; a trace without any power reading prints the table as before."""
+    from agent.accounting.summary import format_table
+
+    hours = 3
+    head = ("team", "class", "GPU-h alloc", "GPU-h used", "util", "cost USD", "idle USD")
+    setup = [node(), devices(gpu("GPU-a"), gpu("GPU-b", index=1), gpu("GPU-c", index=2)),
+             pods(pod("p1", "GPU-a", labels={"team": "a"}), pod("p2", "GPU-b", labels={"team": "b"}))]
+    minutes = range(1, hours * 60 + 1)
+    powered_run = tmp_path / "powered"
+    powered_run.mkdir()
+    # GPU-a at 600 W, GPU-b without power, GPU-c held by no pod at 60 W
+    s = run(powered_run, setup + [x for i in minutes for x in (
+        powered(sample("GPU-a", 1764547200 + 60 * i, 90, interval=60), 600.0),
+        sample("GPU-b", 1764547200 + 60 * i, 50, interval=60),
+        powered(sample("GPU-c", 1764547200 + 60 * i, 0, interval=60), 60.0))]).summary
+    lines = format_table(s).splitlines()
+    assert lines[1].split() == [*" ".join(head).split(), "kWh", "kg", "CO2e"]
+    kwh_a, kwh_c = 600.0 * 60 * hours * 60 / KWH, 60.0 * 60 * hours * 60 / KWH  # 1.8 and 0.18 kWh
+    g = 323.05  # us-east-1, the bundled table (docs/energy.md)
+    row = {ln.split()[0]: ln.split() for ln in lines[3:]}
+    assert row["a"][-2:] == [f"{kwh_a:,.2f}", f"{kwh_a * 1.5 * g / 1e3:,.2f}"]  # 1.80 kWh, 0.87 kg
+    assert row["b"][-2:] == ["unknown", "unknown"]
+    assert row["(unallocated)"][-2:] == [f"{kwh_c:,.2f}", f"{kwh_c * 1.5 * g / 1e3:,.2f}"]
+    assert row["TOTAL"][-2:] == ["unknown", "unknown"]  # b's part is unknown, so the whole is
+
+    dark = tmp_path / "dark"
+    dark.mkdir()
+    s = run(dark, setup + [sample(d, 1764547200 + 60 * i, 50, interval=60)
+                           for i in minutes for d in ("GPU-a", "GPU-b", "GPU-c")]).summary
+    text = format_table(s)
+    assert text.splitlines()[1].split() == " ".join(head).split()
+    assert "kWh" not in text and "unknown" not in text

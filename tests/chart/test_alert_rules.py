@@ -78,9 +78,9 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_check_rules(rules_file):
     proc = run_promtool("check", "rules", str(rules_file))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # 4 recording rules (burn rate, forecast, cost per 1k requests and per 1M output tokens)
-    # + one budget series per team, 2 alerts per team, 3 agent alerts
-    expected = 4 + len(BUDGETS) + len(BUDGETS) * len(THRESHOLDS) + 3
+    # 6 recording rules (burn rate, forecast, cost per 1k requests and per 1M output tokens,
+    # energy and carbon by team) + one budget series per team, 2 alerts per team, 3 agent alerts
+    expected = 6 + len(BUDGETS) + len(BUDGETS) * len(THRESHOLDS) + 3
     assert f"SUCCESS: {expected} rules found" in proc.stdout, proc.stdout
 
 
@@ -279,9 +279,31 @@ def unit_cost_tests() -> dict[str, Any]:
     ]}
 
 
+def energy_tests() -> dict[str, Any]:
+    """Energy and carbon by team, worked out by hand: team a's workload draws 600 W on each
+    of two nodes (36,000 J a minute each) and emits 4 g a minute on one; team b's GPUs
+    report no power, so it has no energy series and no recorded figure (not 0)."""
+    def labels(node: str, team: str, workload: str) -> str:
+        return (f'node="{node}",gpu_model="H100",namespace="ml",team="{team}",workload="{workload}",'
+                'workload_class="training"')
+    series = [
+        {"series": f'gpuledger_gpu_energy_joules_total{{{labels("a", "a", "Job/x")}}}', "values": "0+36000x120"},
+        {"series": f'gpuledger_gpu_energy_joules_total{{{labels("b", "a", "Job/x")}}}', "values": "0+36000x120"},
+        {"series": f'gpuledger_gpu_carbon_grams_total{{{labels("a", "a", "Job/x")}}}', "values": "0+4x120"},
+        {"series": f'gpuledger_gpu_cost_total{{{labels("a", "b", "Job/y")}}}', "values": "0+1x120"},
+    ]
+    return {"interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": "team:gpuledger_gpu_energy_joules:rate1h", "eval_time": "90m",  # 2 × 36,000 J / 60 s
+         "exp_samples": [{"labels": 'team:gpuledger_gpu_energy_joules:rate1h{team="a"}', "value": 1200.0}]},
+        {"expr": "team:gpuledger_gpu_carbon_grams:rate1h", "eval_time": "90m",  # 4 g / 60 s
+         "exp_samples": [{"labels": 'team:gpuledger_gpu_carbon_grams:rate1h{team="a"}', "value": 4 / 60}]},
+    ]}
+
+
 @pytest.mark.slow
 def test_promtool_test_rules(rules_file, tmp_path):
-    tests = [budget_tests(WINDOW_H * 60 + 2 * BUDGET_FOR_MIN + 10)] + agent_tests() + [unit_cost_tests()]
+    tests = ([budget_tests(WINDOW_H * 60 + 2 * BUDGET_FOR_MIN + 10)] + agent_tests() + [unit_cost_tests()]
+             + [energy_tests()])
     proc = run_promtool("test", "rules", str(write_tests(rules_file, tests, tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout

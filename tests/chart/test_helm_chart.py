@@ -740,7 +740,7 @@ def test_dashboard_configmap(rendered):
     dashboard = json.loads(cm["data"]["gpuledger.json"])
     assert dashboard == json.loads((CHART / "dashboards" / "gpuledger.json").read_text())
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
-    for topic in ("by team", "idle cost", "unallocated cost", "utilisation"):
+    for topic in ("by team", "idle cost", "unallocated cost", "utilisation", "energy", "carbon"):
         assert topic in titles, topic
 
 
