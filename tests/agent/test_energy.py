@@ -260,6 +260,7 @@ def test_joules_and_grams_are_conserved_over_a_simulated_fleet(tmp_path):
     assert math.isclose(sum(ledger.column("carbon_grams").to_pylist()), grams, rel_tol=1e-9)
 
 
+@pytest.mark.slow
 def test_the_report_shows_energy_and_carbon_by_team(tmp_path):
     """The markdown report's energy table: kWh and kg CO2e by team, from the ledger; a team
     whose GPU reported no power reads "unknown", not 0."""
