@@ -67,6 +67,7 @@ class Report:
     price_sources: list[dict[str, Any]] = field(default_factory=list)
     unit_costs: list[dict[str, Any]] = field(default_factory=list)
     history_days: float = 0.0  # from the ledger's first minute to the window's end
+    energy_by_workload: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def has_previous(self) -> bool:
@@ -131,6 +132,28 @@ def _by(rows: pd.DataFrame, column: str) -> pd.DataFrame:
         "unknown_hours": total("util_unknown_gpu_seconds") / 3600, "cost": total("cost"),
         "idle_cost": total("idle_cost"), **{k: total(k) for k in ENERGY},
     }, index=pd.Index(index, dtype=object))
+
+
+WORKLOAD_ENERGY_KEY = ("team", "workload_class", "namespace", "workload_kind", "workload_name")
+
+
+def workload_energy(rows: pd.DataFrame, top: int) -> list[dict[str, Any]]:
+    """The ``top`` workloads by board energy: kWh, energy cost and carbon, each None where a
+    row of the workload lacked it (unknown, never 0). Workloads with unknown energy come
+    after the measured ones, ordered by name; ties are broken by name too."""
+    if not len(rows) or "energy_joules" not in rows:
+        return []
+    mask = rows["pod_uid"].notna().to_numpy()
+    if not mask.any():
+        return []
+    ids, keys = group_ids(rows, list(WORKLOAD_ENERGY_KEY), mask)
+    n = len(keys)
+    sums = {k: np.bincount(ids, weights=_numbers(rows, k)[mask], minlength=n) for k in ENERGY}
+    out = [{**{c: keys[c].iloc[i] for c in WORKLOAD_ENERGY_KEY},
+            **{k: _known(float(sums[k][i])) for k in ENERGY}} for i in range(n)]
+    out.sort(key=lambda w: (w["energy_joules"] is None, -(w["energy_joules"] or 0.0),
+                            *(str(w[c]) for c in WORKLOAD_ENERGY_KEY)))
+    return out[:top]
 
 
 def _change(now: float, before: float | None) -> tuple[float | None, float | None]:
@@ -417,6 +440,7 @@ def build_report(
         settings=settings, notes=notes, not_judged=not_judged(stats, recs, settings, catalog),
         price_sources=sources, history_days=(end - first_minute) / DAY,
         unit_costs=unit_costs(cur_rows, prev_rows, settings.anomaly_factor),
+        energy_by_workload=workload_energy(cur_rows, settings.top),
     )
 
 

@@ -12,9 +12,9 @@ from html import escape
 from recommenders.formats import register
 from recommenders.formats.text import (
     ENERGY_HEADER, ENERGY_NOTE, NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice,
-    compared_with, day, energy_rows, gib,
+    WORKLOAD_ENERGY_HEADER, compared_with, day, energy_rows, gib,
     hours, idle_money, money, no_anomaly, no_recommendation, pct, price_sources, signed_money, signed_pct, target,
-    unit_cost_rows, when, workload,
+    unit_cost_rows, when, workload, workload_energy_rows,
 )
 from recommenders.report import UNALLOCATED, Report
 
@@ -167,6 +167,9 @@ def render(r: Report) -> str:
     parts.append(f"<h2>Energy and carbon by team</h2><p class='ev'>{_e(ENERGY_NOTE)}</p>")
     parts.append(_table(ENERGY_HEADER, [[_e(c) for c in row] for row in energy_rows(r)], {1, 2, 3},
                         ["muted" if t["team"] == UNALLOCATED else "" for t in r.teams]))
+    parts.append("<h3>Top workloads by energy</h3>")
+    parts.append(_table(WORKLOAD_ENERGY_HEADER, [[_e(c) for c in row] for row in workload_energy_rows(r)], {3, 4, 5},
+                        empty="No workload held GPUs in the window."))
 
     parts.append("<h2>Daily cost by team</h2>" + _daily_chart(r))
 

@@ -7,9 +7,9 @@ from recommenders.formats import register
 from recommenders.formats.escaping import md_text
 from recommenders.formats.text import (
     ENERGY_HEADER, ENERGY_NOTE, NO_UNIT_COSTS, UNIT_COST_HEADER, UNIT_COST_NOTE, after_rightsizing, commitment_choice,
-    compared_with, day, energy_rows, gib,
+    WORKLOAD_ENERGY_HEADER, compared_with, day, energy_rows, gib,
     hours, idle_money, money, no_anomaly, no_recommendation, pct, price_sources, signed_money, signed_pct, target,
-    unit_cost_rows, when, workload,
+    unit_cost_rows, when, workload, workload_energy_rows,
 )
 from recommenders.report import Report
 
@@ -71,6 +71,8 @@ def render(r: Report) -> str:
 
     out += ["## Energy and carbon by team", "", ENERGY_NOTE, ""]
     out += _table(ENERGY_HEADER, energy_rows(r))
+    out += ["### Top workloads by energy", ""]
+    out += _table(WORKLOAD_ENERGY_HEADER, workload_energy_rows(r), "lllrrr", "No workload held GPUs in the window.")
 
     out += ["## Training, inference, interactive", ""]
     out += _table(["class", "GPU-h", "cost", "idle cost", "share of spend", ""],

@@ -195,6 +195,17 @@ def energy_rows(r) -> list[list[str]]:
              unknown(t.get("carbon_grams"), 1e3, "{:,.2f}")] for t in r.teams]
 
 
+WORKLOAD_ENERGY_HEADER = ["workload", "team", "class", "kWh", "energy cost", "kg CO2e"]
+
+
+def workload_energy_rows(r) -> list[list[str]]:
+    """The top workloads by energy: cells shared by Markdown and HTML (escaping is theirs)."""
+    return [[workload(w), str(w["team"]),
+             str(w["workload_class"]), unknown(w.get("energy_joules"), 3.6e6, "{:,.1f}"),
+             "unknown" if w.get("energy_cost") is None else money(w["energy_cost"]),
+             unknown(w.get("carbon_grams"), 1e3, "{:,.2f}")] for w in r.energy_by_workload]
+
+
 UNIT_COST_HEADER = ["workload", "team", "requests", "input tokens", "output tokens", "cost",
                     "per 1k requests (alloc / used)", "per 1M input tokens", "per 1M output tokens",
                     "per 1k requests, by day", "change"]

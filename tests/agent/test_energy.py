@@ -285,14 +285,24 @@ def test_the_report_shows_energy_and_carbon_by_team(tmp_path):
     energy_cost = kwh * 1.5 * 0.12
     assert f"| a | {kwh:,.1f} | {energy_cost:,.2f} | {grams / 1e3:,.2f} |" in section
     assert "| b | unknown | unknown | unknown |" in section
+    # by workload too: the measured one first, the unmeasured one after it as unknown
+    by_workload = text.split("### Top workloads by energy", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in by_workload.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(lines) == 2, by_workload
+    assert lines[0] == (f"| research/ft | a | training | {kwh:,.1f} | {energy_cost:,.2f} | {grams / 1e3:,.2f} |"), lines
+    assert lines[1] == "| research/ft | b | training | unknown | unknown | unknown |", lines
     # report.html shows the same table, cell for cell
     html = (out / "report.html").read_text()
-    section = html.split("<h2>Energy and carbon by team</h2>", 1)[1].split("<h2>", 1)[0]
+    section = html.split("<h2>Energy and carbon by team</h2>", 1)[1].split("<h3>", 1)[0]
     rows = {cells[0]: cells[1:] for cells in (re.findall(r"<td[^>]*>([^<]*)</td>", tr)
                                                for tr in section.split("<tr")[2:])}
     assert rows["a"] == [f"{kwh:,.1f}", f"{energy_cost:,.2f}", f"{grams / 1e3:,.2f}"]
     assert rows["b"] == ["unknown", "unknown", "unknown"]
     assert rows["(unallocated)"] == ["0.0", "0.00", "0.00"]  # no GPU went unheld: none, and known
+    section = html.split("<h3>Top workloads by energy</h3>", 1)[1].split("<h2>", 1)[0]
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", tr) for tr in section.split("<tr")[2:]]
+    assert cells == [["research/ft", "a", "training", f"{kwh:,.1f}", f"{energy_cost:,.2f}", f"{grams / 1e3:,.2f}"],
+                     ["research/ft", "b", "training", "unknown", "unknown", "unknown"]]
 
 
 def test_the_replay_table_gains_energy_and_carbon_columns_only_when_energy_was_measured(tmp_path):
