@@ -30,7 +30,7 @@ from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_l
 from collectors.pricing.cache import PriceApiError
 from collectors.pricing.ratecard import Commitment, CommitmentOption, GpuPrice, options_from_json, options_to_json
 from collectors.pricing.regions import aws_location, location_filter
-from collectors.pricing.steps import Step, node_step, offer_json
+from collectors.pricing.steps import Step, located, node_step, offer_json
 
 SOURCE = "aws-api"
 PRICING_REGION = "us-east-1"  # the Pricing and Savings Plans APIs live here
@@ -324,13 +324,7 @@ def price(chain, api: AwsPrices, labels: Mapping[str, str], model: str, physical
           steps: list[Step]) -> tuple[GpuPrice, str, float] | None:
     """The node's on-demand (or spot) instance price split over its GPUs; None and a step otherwise."""
     where = pricing_labels(labels)
-    missing = [f"{what} label ({labels_[0]})" for what, value, labels_ in (
-        ("instance type", where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
-        if not value]
-    if missing or physical <= 0:
-        why = ("the node has no " + " and no ".join(missing) if missing
-               else "the node's GPU count is not known")
-        steps.append(Step(SOURCE, "skipped", why + "; the AWS price APIs price an instance type in a region"))
+    if not located(SOURCE, where, physical, "instance type", "the AWS price APIs price an instance type in a region", steps):
         return None
     it, region = where.instance_type, where.region
     if where.capacity_type == "spot":

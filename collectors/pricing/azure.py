@@ -41,7 +41,7 @@ from collectors.errors import InputError
 from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, pricing_labels
 from collectors.pricing.cache import Lookup, PriceApiError
 from collectors.pricing.ratecard import Commitment, CommitmentOption, GpuPrice, options_from_json, options_to_json
-from collectors.pricing.steps import Step, node_step, offer_json
+from collectors.pricing.steps import Step, located, node_step, offer_json
 
 SOURCE = "azure-api"
 API_URL = "https://prices.azure.com/api/retail/prices"
@@ -343,13 +343,7 @@ def price(chain, api: AzurePrices, labels: Mapping[str, str], model: str, physic
           steps: list[Step]) -> tuple[GpuPrice, str, float] | None:
     """The VM size's pay-as-you-go (or spot) price split over its GPUs; None and a step otherwise."""
     where = pricing_labels(labels)
-    missing = [f"{what} label ({labels_[0]})" for what, value, labels_ in (
-        ("VM size", where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
-        if not value]
-    if missing or physical <= 0:
-        why = ("the node has no " + " and no ".join(missing) if missing
-               else "the node's GPU count is not known")
-        steps.append(Step(SOURCE, "skipped", why + "; the Azure Retail Prices API prices a VM size in a region"))
+    if not located(SOURCE, where, physical, "VM size", "the Azure Retail Prices API prices a VM size in a region", steps):
         return None
     sku, region = where.instance_type, where.region
     lookup = _offer(chain, api, sku, region)

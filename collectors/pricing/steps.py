@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collectors.nodelabels import INSTANCE_TYPE_LABELS, REGION_LABELS, PricingLabels
 from collectors.pricing.cache import Lookup
 from collectors.pricing.ratecard import GpuPrice
 
@@ -43,3 +44,17 @@ def stale_note(lookup: Lookup) -> str:
 def offer_json(offer):
     """An offer (``to_json()``) as the cache keeps it; None stays None."""
     return offer.to_json() if offer is not None else None
+
+
+def located(source: str, where: PricingLabels, physical: int, type_name: str, asks: str, steps: list[Step]) -> bool:
+    """Whether the node names its machine type (``type_name``: "instance type", "VM size")
+    and region and its GPU count is known; if not, a "skipped" step saying which label is
+    missing and what the source prices (``asks``)."""
+    missing = [f"{what} label ({labels[0]})" for what, value, labels in (
+        (type_name, where.instance_type, INSTANCE_TYPE_LABELS), ("region", where.region, REGION_LABELS))
+        if not value]
+    if not missing and physical > 0:
+        return True
+    why = "the node has no " + " and no ".join(missing) if missing else "the node's GPU count is not known"
+    steps.append(Step(source, "skipped", f"{why}; {asks}"))
+    return False
