@@ -1,0 +1,156 @@
+"""``gpuledger gather``: real dry-run agents serving their rollups to a real gather process.
+
+The reference is replay's ledger of the same trace: the gathered dataset holds every row
+of it once, whatever was down, restarted or pulled twice.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from recommenders.ledger_schema import arrow_schema
+from tests.agentrun import (ROOT, assert_same_ledger, free_port, keyed, reference, small_trace, start_agent, stop,
+                            wait_for)
+
+__all__ = ["reference", "small_trace"]  # fixtures
+FAST = ("--speed", "5000", "--interval", "100ms")
+
+
+def gather(out: str | Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "gather", "--out", str(out), *args], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})), capture_output=True, text=True,
+                          timeout=120)
+
+
+def listing(port: int, token: str | None = None) -> list[dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/ledger", headers={"Authorization": f"Bearer {token}"} if token else {})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.status
+    return json.loads(resp.read())
+
+
+def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.putrequest("GET", path, skip_accept_encoding=True)  # the path as it is: no client normalises it
+    for k, v in (headers or {}).items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def ledger_schema_in_parquet(tmp: Path):
+    """The ledger's schema as a Parquet file holds it (Parquet has no seconds unit: `minute` reads back in ms,
+    as in replay's ledger.parquet)."""
+    pq.write_table(arrow_schema("USD").empty_table(), tmp / "empty.parquet")
+    return pq.read_schema(tmp / "empty.parquet")
+
+
+def dataset_rows(out: Path) -> dict[tuple, dict]:
+    files = sorted(out.glob("date=*/*.parquet"))
+    want = ledger_schema_in_parquet(out.parent)
+    for f in files:
+        assert pq.read_schema(f) == want, f
+    rows = ds.dataset([str(f) for f in files], format="parquet").to_table().to_pylist()
+    for row in rows:
+        row["minute"] = int(row["minute"].timestamp())
+    return keyed(rows)
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*"))
+            if p.is_file()}
+
+
+def finished(port: int, files: int, token: str | None = None) -> bool:
+    return len(listing(port, token)) == files
+
+
+@pytest.mark.slow
+def test_gathered_dataset_is_replays_ledger_and_a_second_run_changes_nothing(small_trace, reference, tmp_path):
+    ledger = tmp_path / "ledger"
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    proc, port = start_agent(small_trace, ledger, *FAST, "--ledger-token-file", str(token))
+    try:
+        wait_for(lambda: finished(port, 8, "t0ken"), 60, "the trace's 8 node-hours to close", proc)
+        out = tmp_path / "dataset"
+        # without the token: refused, counted, nothing written
+        refused = gather(out, "--agents", f"http://127.0.0.1:{port}")
+        assert refused.returncode == 1 and "HTTP 401" in refused.stdout and "0 of 1 agents" in refused.stdout
+        assert not list(out.glob("date=*/*.parquet"))
+        for path in ("/ledger/../../etc/passwd", "/ledger/%2e%2e/%2e%2e/etc/passwd",
+                     "/ledger/..%2F..%2Fetc%2Fpasswd/a/b", "/ledger/%2Fetc%2Fpasswd/1970-01-01/00.jsonl.gz"):
+            code, body = raw_get(port, path, {"Authorization": "Bearer t0ken"})
+            assert code in (400, 404) and b"root:" not in body, (path, code)
+        assert raw_get(port, "/ledger", {"Authorization": "Bearer nope"})[0] == 401
+
+        done = gather(out, "--agents", f"http://127.0.0.1:{port}", "--token-file", str(token))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("gathered 8 node-hours") and "from 1 of 1 agents" in done.stdout
+        assert sorted(p.parent.name for p in out.glob("date=*/*.parquet")) == ["date=2025-11-25"] * 8
+        assert_same_ledger(dataset_rows(out), reference["rows"])
+        checkpoint = json.loads((out / "_gather_checkpoint.json").read_text())
+        assert sorted(checkpoint["nodes"]) == sorted({r["node"] for r in reference["rows"].values()})
+
+        before = snapshot(out)
+        again = gather(out, "--agents", f"http://127.0.0.1:{port}", "--token-file", str(token))
+        assert again.returncode == 0 and again.stdout.startswith("gathered 0 node-hours"), again.stdout
+        assert snapshot(out) == before
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_an_agent_down_or_restarted_is_retried_with_nothing_lost_or_doubled(small_trace, reference, tmp_path):
+    out = tmp_path / "dataset"
+    ledger = tmp_path / "ledger"
+    port = free_port()
+    down = gather(out, "--agents", f"http://127.0.0.1:{port}")
+    assert down.returncode == 1 and "0 of 1 agents" in down.stdout and "1 failed, retried next run" in down.stdout
+    # slow enough that the first hour closes well before the trace ends
+    proc, port = start_agent(small_trace, ledger, "--speed", "400", "--interval", "100ms", port=port)
+    try:
+        wait_for(lambda: len(listing(port)) >= 4, 60, "the first hour to close", proc)
+        first = gather(out, "--agents", f"http://127.0.0.1:{port}")
+        assert first.returncode == 0, first.stderr
+        assert len(list(out.glob("date=*/*.parquet"))) >= 4
+    finally:
+        stop(proc, signal.SIGKILL)  # no goodbye: the ledger on disk is all there is
+    # the same ledger directory: the agent continues it, and the gatherer the dataset
+    proc, port = start_agent(small_trace, ledger, *FAST, port=port)
+    try:
+        wait_for(lambda: finished(port, 8), 60, "the trace's 8 node-hours to close", proc)
+        with_dead = gather(out, "--agents", f"http://127.0.0.1:{port},http://127.0.0.1:{free_port()}")
+        assert with_dead.returncode == 0 and "from 1 of 2 agents" in with_dead.stdout, with_dead.stdout
+        assert_same_ledger(dataset_rows(out), reference["rows"])
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_bad_flags_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for args, says in (((), "--agents"),
+                       (("--agents", "node-a:9400"), "expected agent URLs"),
+                       (("--agents", "http://a:9400", "--port", "0"), "--port"),
+                       (("--agents", "http://a:9400", "--token-file", str(tmp_path / "none")), "--token-file")):
+        done = gather(tmp_path / "out", *args)
+        assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    done = gather(tmp_path / "file", "--agents", "http://a:9400")
+    assert done.returncode == 2 and "expected a directory" in done.stderr
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "_gather_checkpoint.json").write_text("{oops")
+    done = gather(tmp_path / "ds", "--agents", "http://127.0.0.1:1")
+    assert done.returncode == 2 and "not a gather checkpoint" in done.stderr
