@@ -192,3 +192,41 @@ def test_an_s3_dataset_through_motos_server(small_trace, reference, tmp_path):
     finally:
         stop(proc)
         server.stop()
+
+
+def _agent_pod(name: str, ip: str | None, labels: dict[str, str], phase: str = "Running") -> dict:
+    status = {"phase": phase, **({"podIP": ip, "podIPs": [{"ip": ip}]} if ip else {})}
+    return {"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "gpuledger", "uid": f"uid-{name}", "labels": labels,
+                         "resourceVersion": "1"},
+            "spec": {"nodeName": f"node-{name}", "containers": [{"name": "agent", "image": "gpuledger"}]},
+            "status": status}
+
+
+@pytest.mark.slow
+def test_kubernetes_discovery_lists_the_running_agent_pods_by_label(small_trace, reference, tmp_path):
+    from tests.agent.test_record_kubernetes import kubeconfig
+    from tests.fakekube.server import FakeKube
+
+    agent = {"app.kubernetes.io/name": "gpuledger", "app.kubernetes.io/component": "agent"}
+    proc, port = start_agent(small_trace, tmp_path / "ledger", *FAST)
+    try:
+        with FakeKube(tokens={"test"}) as kube:
+            kube.add("pods", _agent_pod("a", "127.0.0.1", agent))
+            kube.add("pods", _agent_pod("gone", "127.0.0.2", agent))  # running, but nothing answers there
+            kube.add("pods", _agent_pod("starting", None, agent, phase="Pending"))
+            kube.add("pods", _agent_pod("other", "127.0.0.3", {"app.kubernetes.io/name": "vllm"}))
+            wait_for(lambda: finished(port, 8), 60, "the trace's 8 node-hours to close", proc)
+            config = kubeconfig(tmp_path / "kubeconfig", kube.url)
+            done = gather(tmp_path / "out", "--kubernetes", "--kubeconfig", str(config), "--port", str(port),
+                          "--namespace", "gpuledger", "--timeout", "3s")
+            assert done.returncode == 0, done.stderr
+            assert "from 1 of 2 agents" in done.stdout and f"http://127.0.0.2:{port}" in done.stdout, done.stdout
+            assert any("labelSelector" in q and q["labelSelector"] == ["app.kubernetes.io/name=gpuledger"]
+                       for _, q in kube.requests)
+        assert_same_ledger(dataset_rows(tmp_path / "out"), reference["rows"])
+        # an API server that cannot be reached: one line, exit 1
+        down = gather(tmp_path / "out", "--kubernetes", "--kubeconfig", str(config))
+        assert down.returncode == 1 and down.stderr.count("\n") == 1 and "API server" in down.stderr, down.stderr
+    finally:
+        stop(proc)
