@@ -230,3 +230,63 @@ def test_kubernetes_discovery_lists_the_running_agent_pods_by_label(small_trace,
         assert down.returncode == 1 and down.stderr.count("\n") == 1 and "API server" in down.stderr, down.stderr
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_a_connection_lost_mid_pull_is_retried_with_nothing_lost_or_doubled(small_trace, reference, tmp_path):
+    """The agent's endpoint over the agent's HTTP server, the connection dropped on one file
+    in the middle of a node's hours: that node's checkpoint stops before it."""
+    import math
+    import threading
+    from http.server import BaseHTTPRequestHandler
+
+    from agent.httpserver import BoundedHTTPServer
+    from agent.ledgerserve import LedgerEndpoint
+    from tests.agentrun import run_agent
+
+    ledger = tmp_path / "ledger"
+    assert run_agent(small_trace, ledger, *FAST, "--exit-at-end").returncode == 0
+    endpoint = LedgerEndpoint(ledger, lambda: math.inf)
+    dropped: list[str] = []
+    victim: dict[str, str] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            code, body, kind = endpoint.answer(self.path, self.headers)
+            if self.path == victim.get("path") and not dropped:
+                dropped.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])  # half the file, then the connection is gone
+                return
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = BoundedHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        entries = [e for e in json.loads(endpoint.answer("/ledger", {})[1]) if e["node_dir"] == "gpu-node-0002"]
+        assert len(entries) == 2
+        victim["path"] = entries[1]["path"]  # the node's second hour
+        out = tmp_path / "dataset"
+        first = gather(out, "--agents", url)
+        assert first.returncode == 1 and "1 failed" in first.stdout, first.stdout
+        checkpoint = json.loads((out / "_gather_checkpoint.json").read_text())["nodes"]
+        # what was written before the loss is recorded; the lost hour is not
+        assert checkpoint.get("gpu-node-0002", {}).get("hour", entries[0]["hour"]) <= entries[0]["hour"]
+        second = gather(out, "--agents", url)
+        assert second.returncode == 0 and "from 1 of 1 agents" in second.stdout, second.stdout
+        assert dropped == [victim["path"]]
+        assert len(list(out.glob("date=*/*.parquet"))) == 8
+        assert_same_ledger(dataset_rows(out), reference["rows"])
+    finally:
+        server.shutdown()
+        server.server_close()
