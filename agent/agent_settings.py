@@ -152,6 +152,14 @@ class AgentSettings:
         "restart loses nothing. A restart continues the ledger there if it came from the same source (this live "
         "agent, or the same trace), and refuses another's (see --fresh-ledger).", parse=_text, metavar="DIR",
         shown_default=f"`{LIVE_LEDGER_DIR}`; in dry-run a new directory for each run")
+    ledger_keep_days: float = setting(
+        14.0, "Days of rollups kept on the node: older hours are deleted (by the ledger's own clock: the newest "
+        "minute written), so a gatherer (`gpuledger gather`, docs/fleet.md) that is down for less than this "
+        "loses nothing.", unit="days", min=1.0 / 24, max=3660.0, metavar="DAYS")
+    ledger_token_file: str | None = setting(
+        None, "A file holding the bearer token a client must send to read the ledger over HTTP (GET /ledger, "
+        "docs/fleet.md); read again when it changes. Without one the ledger endpoint is open to anyone who "
+        "reaches the listen address.", parse=_optional_path, metavar="FILE")
     fresh_ledger: bool = setting(
         False, "Start afresh: delete the rollup files already in --ledger-dir (another trace's, say) before "
         "starting.")
@@ -260,6 +268,15 @@ def _file_layer(path: str | None) -> Layer:
 
 
 def _check_together(s: AgentSettings) -> None:
+    if s.ledger_token_file:
+        try:
+            token = Path(s.ledger_token_file).read_bytes().strip()
+        except OSError as err:
+            raise InputError(f"cannot read the ledger token: {err.strerror}", file=s.ledger_token_file,
+                             field="--ledger-token-file") from None
+        if not token:
+            raise InputError("empty, expected a bearer token", file=s.ledger_token_file,
+                             field="--ledger-token-file")
     if s.dry_run:
         if not s.trace:
             raise InputError("--dry-run needs --trace FILE (make one with `gpuledger simulate --out FILE`)",

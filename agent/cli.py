@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     _import_parser(sub)
     _config_parser(sub)
-    from agent import cmd_agent, cmd_prices, cmd_record, cmd_report
+    from agent import cmd_agent, cmd_gather, cmd_prices, cmd_record, cmd_report
 
-    for command in (cmd_agent, cmd_record, cmd_report, cmd_prices):
+    for command in (cmd_agent, cmd_record, cmd_report, cmd_prices, cmd_gather):
         command.register(sub)
     return parser
 

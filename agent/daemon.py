@@ -97,6 +97,8 @@ class Agent:
                              cause=lambda: getattr(source, "problem", None))
         self._lock = threading.Lock()
         self._finished = False
+        self.ledger_final = False  # a dry-run's trace has ended and all of its ledger is on disk
+        self._pruned_hour: int | None = None
         self.stop = threading.Event()
         self.lag = Lag(mode, settings)
 
@@ -146,6 +148,21 @@ class Agent:
             if newest is None:
                 return
             self._write(lambda: self.book.flush(newest - 2 * self.default_interval))
+            self._prune()
+
+    def _prune(self) -> None:
+        """Delete the rollups older than ``ledger_keep_days`` (by the ledger's clock), once an hour."""
+        through = self.book.written_through
+        if through is None or int(through // 3600) == self._pruned_hour:
+            return
+        self._pruned_hour = int(through // 3600)
+        try:
+            deleted = self.book.prune(self.settings.ledger_keep_days * 86400.0)
+        except OSError as err:
+            self.faults.record(COLLECTOR, "ledger_prune_failed", f"{err}")
+            return
+        if deleted:
+            log.info("deleted %d ledger rollups older than %g days", deleted, self.settings.ledger_keep_days)
 
     def _write(self, action: Callable[[], int]) -> None:
         try:
@@ -161,6 +178,7 @@ class Agent:
         self.metrics.settle()
         if self.metrics.last_sample_ts is not None:
             self._write(lambda: self.book.flush_all(self.metrics.last_sample_ts))  # type: ignore[arg-type]
+        self.ledger_final = True
         log.info("the trace has ended: %d samples attributed; %s", self.metrics.samples,
                  "stopping" if self.settings.exit_at_end else "serving the final figures until stopped")
         if self.settings.exit_at_end:
@@ -329,9 +347,25 @@ def _held(resume: Mapping[str, Resume]) -> str:
     return "; ".join(f"{', '.join(nodes)} through {logs.iso(t)}" for t, nodes in sorted(by_time.items()))
 
 
+def ledger_endpoint(agent: Agent):
+    """The read-only ledger endpoint (``/ledger``, :mod:`agent.ledgerserve`) of the agent's rollups."""
+    from agent.ledgerserve import LedgerEndpoint, TokenFile
+
+    book = agent.book
+
+    def closed_before() -> float:
+        if agent.ledger_final:
+            return math.inf
+        through = book.written_through
+        return -math.inf if through is None else through - book.keep_s
+
+    token = TokenFile(agent.settings.ledger_token_file) if agent.settings.ledger_token_file else None
+    return LedgerEndpoint(book.directory, closed_before, token)
+
+
 def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
-    """The server for /metrics, /healthz and /readyz, GET and HEAD (OSError when the address
-    is taken); see :mod:`agent.httpserver` for how it bounds its threads."""
+    """The server for /metrics, /healthz, /readyz and /ledger, GET and HEAD (OSError when
+    the address is taken); see :mod:`agent.httpserver` for how it bounds its threads."""
     from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
     from prometheus_client.exposition import choose_encoder
 
@@ -339,6 +373,7 @@ def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
     registry.register(agent.metrics)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+    ledger = ledger_endpoint(agent)
 
     class Handler(BaseHTTPRequestHandler):
         timeout = READ_TIMEOUT_S  # a client that stalls mid-request or mid-answer is let go
@@ -360,7 +395,9 @@ def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
             if path == "/readyz":
                 ok, why = agent.health.ready(time.time())
                 return (200 if ok else 503), (why + "\n").encode(), text
-            return 404, b"not found: try /metrics, /healthz or /readyz\n", text
+            if path == "/ledger" or path.startswith("/ledger/"):
+                return ledger.answer(self.path, self.headers)
+            return 404, b"not found: try /metrics, /healthz, /readyz or /ledger\n", text
 
         def _reply(self, code: int, body: bytes, content_type: str, body_wanted: bool = True) -> None:
             self.send_response(code)

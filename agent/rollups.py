@@ -164,6 +164,30 @@ class RollupBook:
                 folder.rmdir()
         return deleted
 
+    def prune(self, keep_s: float) -> int:
+        """Delete the rollups of hours that ended more than ``keep_s`` before the newest minute
+        written (the ledger's clock, so a dry-run of an old trace keeps its own hours), and the
+        date folders they leave empty; returns how many were deleted. Hours still in memory
+        and files that are not rollup names are left alone."""
+        if self.written_through is None:
+            return 0
+        from agent.ledgerserve import hour_of
+
+        cutoff = self.written_through - keep_s
+        held = {hour for _, hour in self._hours}
+        deleted = 0
+        for path in sorted(self.directory.glob(f"*/*/*{SUFFIX}")):
+            hour = hour_of(path.parent.name, path.name)
+            if hour is None or hour + HOUR > cutoff or hour in held or path.is_symlink():
+                continue
+            path.unlink()
+            deleted += 1
+            try:
+                path.parent.rmdir()  # only when empty
+            except OSError:
+                pass
+        return deleted
+
     def _set_aside(self, path: Path, err: Exception) -> None:
         aside = path.with_name(path.name + DAMAGED)
         n = 1

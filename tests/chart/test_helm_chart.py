@@ -71,6 +71,13 @@ CASES: dict[str, dict[str, Any]] = {
                               "existingClaim": "gpuledger-reports", "timeZone": "Europe/Berlin"},
                    "rateCard": EXAMPLE_RATES},
     "report-emptydir": {"report": {"enabled": True, "prometheusUrl": "http://prometheus:9090"}},
+    "gather": {"gather": {"enabled": True, "existingClaim": "fleet-ledger"},
+               "ledger": {"keepDays": 21, "token": {"secretName": "ledger-token", "key": "bearer"}}},
+    "gather-s3": {"gather": {"enabled": True, "out": "s3://fleet-ledger/gpuledger", "s3Endpoint": "http://minio:9000",
+                             "serviceAccountAnnotations": {
+                                 "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/ledger"}}},
+    "gather-dry-run": {"dryRun": {"enabled": True}, "gather": {"enabled": True},
+                       "ledger": {"token": {"secretName": "ledger-token"}}},
     "processes-on": {"agent": {"processes": True}},
     "priority-class": {"agent": {"priorityClassName": "gpu-agents", "runtimeClassName": "nvidia"}},
     "no-priority-class": {"agent": {"priorityClassName": ""}},
@@ -317,7 +324,7 @@ def test_default_agent_args(rendered):
         "--ledger-dir": "/var/lib/gpuledger/ledger", "--kubernetes": "auto",
         "--kubelet-socket": "/var/lib/kubelet/pod-resources/kubelet.sock", "--processes": "off",
         "--price-cache": "/var/lib/gpuledger/price-cache", "--price-refresh": "1h", "--log-level": "info",
-        "--serving": "auto", "--serving-interval": "15s",
+        "--serving": "auto", "--serving-interval": "15s", "--ledger-keep-days": "14",
     }
 
 
@@ -877,6 +884,8 @@ def test_schema_knows_every_value():
     ("agent", "dry-run", lambda objs: agent_container(objs)),
     ("report", "report-pvc",
      lambda objs: one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]),
+    ("gather", "gather",
+     lambda objs: one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]),
 ])
 def test_rendered_flags_exist_in_the_cli(rendered, command, case, container_of):
     args = container_of(rendered[case])["args"]
@@ -886,6 +895,61 @@ def test_rendered_flags_exist_in_the_cli(rendered, command, case, container_of):
     known = set(re.findall(r"--[a-z][a-z0-9-]*", helptext.stdout))
     missing = [f for f in flags(args) if f not in known]
     assert not missing, f"gpuledger {command} has no {missing}"
+
+
+def _gather_pod(objs: list[dict]) -> dict:
+    return one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("case", ["gather", "gather-dry-run"])
+def test_gather_finds_this_releases_agents_with_a_role_that_only_lists_pods(rendered, case):
+    objs = rendered[case]
+    pod = _gather_pod(objs)
+    (container,) = pod["containers"]
+    args = flags(container["args"])
+    assert container["args"][0] == "gather" and args["--kubernetes"] is True
+    assert args["--namespace"] == "gpuledger" and args["--port"] == "9400"
+    selector = dict(kv.split("=") for kv in args["--selector"].split(","))
+    agent_labels = [o for o in objs if o["kind"] in ("DaemonSet", "Deployment")][0]["spec"]["template"]["metadata"][
+        "labels"]
+    assert selector.items() <= agent_labels.items()
+    role = one(objs, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    binding = one(objs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == role["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_gather_writes_into_the_claim_and_both_sides_mount_the_token(rendered):
+    objs = rendered["gather"]
+    pod = _gather_pod(objs)
+    (container,) = pod["containers"]
+    args = flags(container["args"])
+    assert args["--out"] == "/dataset" and args["--token-file"] == "/etc/gpuledger-ledger-token/bearer"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dataset"]["persistentVolumeClaim"]["claimName"] == "fleet-ledger"
+    assert volumes["ledger-token"]["secret"]["secretName"] == "ledger-token"
+    agent = agent_container(objs)
+    agent_args = flags(agent["args"])
+    assert agent_args["--ledger-token-file"] == "/etc/gpuledger-ledger-token/bearer"
+    assert agent_args["--ledger-keep-days"] == "21"
+    assert {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}["ledger-token"] == "/etc/gpuledger-ledger-token"
+    assert {v["name"]: v for v in pod_spec(objs)["volumes"]}["ledger-token"]["secret"]["secretName"] == "ledger-token"
+
+
+def test_gather_to_s3_and_off_by_default(rendered):
+    pod = _gather_pod(rendered["gather-s3"])
+    args = flags(pod["containers"][0]["args"])
+    assert args["--out"] == "s3://fleet-ledger/gpuledger" and args["--s3-endpoint"] == "http://minio:9000"
+    assert "--token-file" not in args
+    accounts = [o for o in rendered["gather-s3"] if o["kind"] == "ServiceAccount"
+                and o["metadata"]["name"].endswith("-gather")]
+    assert accounts[0]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/ledger")
+    defaults = rendered["defaults"]
+    assert not [o for o in defaults if o["metadata"]["name"].endswith("-gather")]
+    assert "--ledger-token-file" not in flags(agent_container(defaults)["args"])
+    assert flags(agent_container(defaults)["args"])["--ledger-keep-days"] == "14"
 
 
 def test_chart_refuses_kubernetes_older_than_1_27(helm):

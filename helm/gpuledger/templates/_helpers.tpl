@@ -163,6 +163,10 @@ containers:
       {{- if .Values.rateCard }}
       - --rates=/etc/gpuledger/rates.yaml
       {{- end }}
+      - --ledger-keep-days={{ .Values.ledger.keepDays }}
+      {{- with .Values.ledger.token.secretName }}
+      - --ledger-token-file=/etc/gpuledger-ledger-token/{{ $.Values.ledger.token.key }}
+      {{- end }}
       - --log-level={{ $agent.logLevel }}
       {{- range $agent.extraArgs }}
       - {{ . | quote }}
@@ -233,6 +237,11 @@ containers:
         mountPath: /etc/gpuledger
         readOnly: true
       {{- end }}
+      {{- if .Values.ledger.token.secretName }}
+      - name: ledger-token
+        mountPath: /etc/gpuledger-ledger-token
+        readOnly: true
+      {{- end }}
       {{- with $agent.extraVolumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -270,6 +279,12 @@ volumes:
   - name: config
     configMap:
       name: {{ include "gpuledger.fullname" . }}-config
+  {{- end }}
+  {{- with .Values.ledger.token.secretName }}
+  - name: ledger-token
+    secret:
+      secretName: {{ . }}
+      defaultMode: 0444  # the dry-run agent runs as 65532, with no fsGroup
   {{- end }}
   {{- with $agent.extraVolumes }}
   {{- toYaml . | nindent 2 }}

@@ -1,0 +1,139 @@
+"""``gpuledger gather`` against a fleet of agents, each serving a day of hourly rollups.
+
+    python benchmarks/gather_bench.py [--agents 50] [--gpus 8] [--hours 24] [--json FILE]
+
+Writes one node's day of real rollups with the agent's own code (``RollupBook``: 8 GPUs,
+10-second samples, one pod per GPU, so two rows per GPU-minute at most), then serves a
+hard-linked copy of them as ``--agents`` nodes, each from its own agent HTTP server
+(``BoundedHTTPServer`` with the agent's ``/ledger`` endpoint, ``agent/ledgerserve.py``) in
+this process. Runs ``gpuledger gather`` as a child process into a fresh directory, twice:
+the first run pulls every node-hour, the second finds nothing new. Prints the wall time,
+node-hours and rows per second, and the dataset's bytes per row; ``--json FILE`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.config import Config  # noqa: E402
+from agent.httpserver import BoundedHTTPServer  # noqa: E402
+from agent.ledgerserve import LedgerEndpoint  # noqa: E402
+from agent.metering import Meter  # noqa: E402
+from agent.rollups import RollupBook  # noqa: E402
+from collectors.pricing.ratecard import RateCardPricer, load_snapshot  # noqa: E402
+from collectors.records import Container, Device, DevicesRecord, Pod, PodsRecord, Sample  # noqa: E402
+
+
+def one_node_day(directory: Path, gpus: int, hours: int) -> int:
+    """A node's rollups of ``hours`` hours (one pod per GPU); the rows written."""
+    book = RollupBook(directory, "USD")
+    meter = Meter(RateCardPricer(load_snapshot()), Config())
+    node = "bench-node"
+    uuids = [f"GPU-{i:04d}" for i in range(gpus)]
+    state = [DevicesRecord(0.0, node, tuple(Device(u, "NVIDIA H100 80GB HBM3", 80e9) for u in uuids))]
+    pods = tuple(Pod(f"uid-{i}", "ml", f"train-{i}", {"team": f"team-{i % 3}"},
+                     containers=(Container("main", (u,)),)) for i, u in enumerate(uuids))
+    state.append(PodsRecord(0.0, node, pods))
+    end = hours * 3600
+    step = 3600
+    for start in range(0, end, step):
+        records = list(state) if start == 0 else []
+        records += [Sample(float(t), node, u, 20.0 + (t // 60 + i) % 70, interval_s=10.0)
+                    for t in range(start + 10, start + step + 1, 10) for i, u in enumerate(uuids)]
+        book.add(meter.process(records, 10.0).rows)
+        book.flush(float(start + step - 20))
+    book.flush_all(float(end))
+    return sum(1 for _ in directory.rglob("*.jsonl.gz"))
+
+
+def serve(directory: Path) -> BoundedHTTPServer:
+    endpoint = LedgerEndpoint(directory, lambda: math.inf)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            code, body, kind = endpoint.answer(self.path, self.headers)
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = BoundedHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--hours", type=int, default=24)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gather-bench-") as tmp:
+        tmp_path = Path(tmp)
+        began = time.perf_counter()
+        files = one_node_day(tmp_path / "one", args.gpus, args.hours)
+        (source,) = [p for p in (tmp_path / "one").iterdir()]
+        made = time.perf_counter() - began
+        servers = []
+        for i in range(args.agents):
+            node = tmp_path / "agents" / f"a{i:03d}" / f"gpu-node-{i:04d}"
+            for path in source.rglob("*.jsonl.gz"):
+                target = node / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+            servers.append(serve(node.parent))
+        urls = ",".join(f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+        out = tmp_path / "dataset"
+        runs = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "agent.cli", "gather", "--agents", urls, "--out", str(out)],
+                                  cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            runs.append((time.perf_counter() - t0, done.stdout.strip() or done.stderr.strip()))
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return 1
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+        import pyarrow.parquet as pq
+
+        parquet = sorted(out.glob("date=*/*.parquet"))
+        rows = sum(pq.read_metadata(p).num_rows for p in parquet)
+        size = sum(p.stat().st_size for p in parquet)
+        rollup_bytes = sum(p.stat().st_size for p in source.rglob("*.jsonl.gz")) * args.agents
+        figures = {
+            "agents": args.agents, "gpus_per_node": args.gpus, "hours": args.hours,
+            "node_hours": len(parquet), "rows": rows, "rollup_bytes": rollup_bytes, "dataset_bytes": size,
+            "bytes_per_row": round(size / rows, 1), "first_run_s": round(runs[0][0], 2),
+            "node_hours_per_s": round(len(parquet) / runs[0][0], 1), "rows_per_s": round(rows / runs[0][0]),
+            "second_run_s": round(runs[1][0], 2), "second_run": runs[1][1], "setup_s": round(made, 1),
+            "files_per_node": files,
+        }
+    for k, v in figures.items():
+        print(f"{k:>18}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
