@@ -32,8 +32,12 @@ _MERGE = "tag:yaml.org,2002:merge"
 class LocatedYaml:
     """Plain data from a YAML file plus the line of every mapping key and item."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, bundled: bool = False) -> None:
+        """``bundled``: a file shipped with gpuledger (the price snapshot, the carbon table),
+        composed by libyaml's C parser, which gives the same nodes and lines ten times
+        faster; users' files keep the pure-Python parser, whose errors the docs quote."""
         self.file = str(path)
+        self._loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if bundled else yaml.SafeLoader
         self.lines: dict[Key, int] = {}
         try:
             with open(path, "rb") as f:
@@ -55,7 +59,7 @@ class LocatedYaml:
     def _compose(self, text: str) -> yaml.Node | None:
         try:
             self._check_depth(text)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            node = yaml.compose(text, Loader=self._loader)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             problem = getattr(err, "problem", None)
@@ -75,7 +79,7 @@ class LocatedYaml:
         """Refuse nesting past MAX_DEPTH from the event stream, before anything recursive
         (PyYAML's composer) sees it."""
         depth = 0
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=self._loader):
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:

@@ -121,26 +121,18 @@ def concat(parts: list[Rows]) -> Rows:
 def reduce(rows: Rows) -> Rows:
     """One row per (minute, device, holder), in order of minute, device id and holder id.
 
+    Sums add up in the order the parts come (a stable sort), so the same parts in the same
+    order give the same bits however they were batched (energy and carbon are NaN when any
+    part's is); memory and utilisation take the highest known value, serving counts add
+    where known; the device attributes are those of the part whose ``since`` is latest (the
+    last such part on a tie).
+
     The parts of samples add up among themselves, and the parts that bring no sample
     (serving counts, a MIG parent's energy for its slices) among themselves, before the
     two are added: NumPy adds more than eight numbers pairwise, so zeros among a row's
     sample parts would change the last bit of its seconds and cost, and the agent (which
-    adds a cycle at a time) and replay would disagree.
-    """
-    extra = rows.values["samples"] == 0
-    if extra.any() and not extra.all():
-        return _reduce(concat([_reduce(rows.take(~extra)), _reduce(rows.take(extra))]))
-    return _reduce(rows)
-
-
-def _reduce(rows: Rows) -> Rows:
-    """:func:`reduce` of parts all of one kind.
-
-    Sums add up in the order the parts come (a stable sort), so the same parts in the same
-    order give the same bits however they were batched (energy and carbon are NaN when any
-    part's is); memory and utilisation take the
-    highest known value, serving counts add where known; the device attributes are those
-    of the part whose ``since`` is latest (the last such part on a tie).
+    adds a cycle at a time) and replay would disagree. One sort does both: by row, then
+    samples before the rest.
     """
     n = len(rows)
     if n == 0:
@@ -149,21 +141,22 @@ def _reduce(rows: Rows) -> Rows:
     pair = rows.device * n_holders + (rows.holder + 1)
     n_pairs = (int(rows.device.max()) + 1) * n_holders
     key = (rows.minute - int(rows.minute.min())) // 60 * n_pairs + pair
-    order = np.argsort(key, kind="stable")
+    extra = rows.values["samples"] == 0
+    mixed = bool(extra.any()) and not bool(extra.all())
+    order = np.lexsort((extra, key)) if mixed else np.argsort(key, kind="stable")
     sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    new_row = np.r_[True, sorted_key[1:] != sorted_key[:-1]]
+    starts = np.flatnonzero(new_row)
     first = order[starts]
     if len(starts) == n:  # one part per row (samples a minute apart): nothing to add up
         return rows.take(order)
-    values: dict[str, np.ndarray] = {}
-    for k in SUMMED:
-        values[k] = np.add.reduceat(rows.values[k][order], starts)
-    for k in MAXED:
-        values[k] = np.fmax.reduceat(rows.values[k][order], starts)  # NaN only where all are
-    for k in COUNTED:
-        v = rows.values[k][order]
-        known = np.add.reduceat((~np.isnan(v)).astype(np.int64), starts) > 0
-        values[k] = np.where(known, np.add.reduceat(np.nan_to_num(v), starts), np.nan)
+    if mixed:  # add each kind of part apart, then each row's one or two sums
+        sorted_extra = extra[order]
+        segments = np.flatnonzero(new_row | np.r_[True, sorted_extra[1:] != sorted_extra[:-1]])
+        partial = _add_up({k: v[order] for k, v in rows.values.items()}, segments)
+        values = _add_up(partial, np.flatnonzero(new_row[segments]))
+    else:
+        values = _add_up({k: v[order] for k, v in rows.values.items()}, starts)
     since = rows.since[order]
     latest = np.maximum.reduceat(since, starts)
     group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
@@ -171,3 +164,17 @@ def _reduce(rows: Rows) -> Rows:
     pick = order[np.maximum.reduceat(at_latest, starts)]
     return Rows(rows.minute[first], rows.device[first], rows.holder[first], rows.slot[pick], rows.since[pick],
                 values)
+
+
+def _add_up(values: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.ndarray]:
+    """Each run of ``values`` (runs begin at ``starts``) as one: sums, maxima, known counts."""
+    out: dict[str, np.ndarray] = {}
+    for k in SUMMED:
+        out[k] = np.add.reduceat(values[k], starts)
+    for k in MAXED:
+        out[k] = np.fmax.reduceat(values[k], starts)  # NaN only where all are
+    for k in COUNTED:
+        v = values[k]
+        known = np.add.reduceat((~np.isnan(v)).astype(np.int64), starts) > 0
+        out[k] = np.where(known, np.add.reduceat(np.nan_to_num(v), starts), np.nan)
+    return out

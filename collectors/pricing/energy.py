@@ -116,7 +116,7 @@ def carbon_table() -> CarbonTable:
     """The bundled table of grid carbon intensity by cloud region (``carbon.yaml``)."""
     path = resources.files("collectors.pricing").joinpath(CARBON_FILE)
     with resources.as_file(path) as real:
-        doc = LocatedYaml(real)
+        doc = LocatedYaml(real, bundled=True)
     data = doc.data
     if not isinstance(data, dict) or not isinstance(data.get("regions"), dict):
         raise doc.error((), "the bundled carbon table has no regions")

@@ -156,7 +156,7 @@ def load_snapshot() -> RateCard:
     """The bundled, dated price snapshot; every price's source reads ``snapshot:DATE``."""
     path = resources.files("collectors.pricing").joinpath(SNAPSHOT_FILE)
     with resources.as_file(path) as real:
-        doc = LocatedYaml(real)
+        doc = LocatedYaml(real, bundled=True)
     if not isinstance(doc.data, dict) or "date" not in doc.data:
         raise doc.error(("date",), "the bundled snapshot has no date")
     date = str(doc.data["date"])
