@@ -269,14 +269,9 @@ def _file_layer(path: str | None) -> Layer:
 
 def _check_together(s: AgentSettings) -> None:
     if s.ledger_token_file:
-        try:
-            token = Path(s.ledger_token_file).read_bytes().strip()
-        except OSError as err:
-            raise InputError(f"cannot read the ledger token: {err.strerror}", file=s.ledger_token_file,
-                             field="--ledger-token-file") from None
-        if not token:
-            raise InputError("empty, expected a bearer token", file=s.ledger_token_file,
-                             field="--ledger-token-file")
+        from agent.ledgerserve import load_token
+
+        load_token(s.ledger_token_file, "--ledger-token-file")
     if s.dry_run:
         if not s.trace:
             raise InputError("--dry-run needs --trace FILE (make one with `gpuledger simulate --out FILE`)",

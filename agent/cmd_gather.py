@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from agent.ledgerserve import load_token
 from collectors.errors import InputError, Unavailable
 
 log = logging.getLogger("gpuledger.gather")
@@ -351,15 +352,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise InputError(f"expected a port from 1 to 65535, got {args.port}", field="--port")
     static = _static_agents(args.agents) if args.agents else []
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as err:
-            raise InputError(f"cannot read the token: {err.strerror}", file=args.token_file,
-                             field="--token-file") from None
-        if not token:
-            raise InputError("empty, expected a bearer token", file=args.token_file, field="--token-file")
+    token = load_token(args.token_file, "--token-file").read().decode() if args.token_file else None
     dataset = Dataset(args.out, args.s3_endpoint)
     known = load_checkpoint(dataset)
     agents = sorted(set(static + (kubernetes_agents(args) if args.kubernetes else [])))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs, quote, unquote
 
+from collectors.errors import InputError
 from recommenders.ledger_schema import HOUR, ROLLUP_HEADER, ROLLUP_SUFFIX
 
 PREFIX = "/ledger"
@@ -73,6 +74,17 @@ def hour_of(date: str, file: str) -> int | None:
 
 def url_path(node_dir: str, date: str, file: str) -> str:
     return f"{PREFIX}/{quote(node_dir, safe='')}/{date}/{file}"
+
+
+def load_token(path: str, flag: str) -> "TokenFile":
+    """The token file a flag names, read once now; InputError (file and flag) when it
+    cannot be read or is empty: the agent and ``gather`` check it before any work."""
+    try:
+        return TokenFile(path)
+    except OSError as err:
+        raise InputError(f"cannot read the bearer token: {err.strerror}", file=path, field=flag) from None
+    except ValueError:
+        raise InputError("empty, expected a bearer token", file=path, field=flag) from None
 
 
 class TokenFile:

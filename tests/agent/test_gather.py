@@ -142,7 +142,10 @@ def test_an_agent_down_or_restarted_is_retried_with_nothing_lost_or_doubled(smal
 @pytest.mark.slow
 def test_bad_flags_are_one_line_and_exit_2(tmp_path):
     (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").write_text(" \n")
     for args, says in (((), "--agents"),
+                       (("--agents", "http://a:9400", "--token-file", str(tmp_path / "empty")),
+                        "field '--token-file': empty, expected a bearer token"),
                        (("--agents", "node-a:9400"), "expected agent URLs"),
                        (("--agents", "http://a:9400", "--port", "0"), "--port"),
                        (("--agents", "http://a:9400", "--token-file", str(tmp_path / "none")), "--token-file")):
@@ -154,6 +157,13 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path):
     (tmp_path / "ds" / "_gather_checkpoint.json").write_text("{oops")
     done = gather(tmp_path / "ds", "--agents", "http://127.0.0.1:1")
     assert done.returncode == 2 and "not a gather checkpoint" in done.stderr
+    # the agent checks its token file the same way, before any work
+    for token, says in (("none", "cannot read the bearer token"), ("empty", "empty, expected a bearer token")):
+        done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--dry-run", "--trace", str(tmp_path / "file"),
+                               "--ledger-token-file", str(tmp_path / token)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and says in done.stderr and "--ledger-token-file" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
 
 
 @pytest.mark.slow
