@@ -97,34 +97,34 @@ class Engine:
         return [f for date, fs in self.parts.items() if lo <= _day(date) <= hi for f in fs]
 
     def window(self, start: float, end: float) -> list[str]:
-        """Define the view ``ledger`` as the rows with ``start <= minute < end``; the columns it has."""
+        """Define the view ``ledger`` as the rows with ``start <= minute < end``; the columns it has.
+
+        The columns and the currency are read from the footers of the window's first and
+        last file (not every file's: a week of a fleet is tens of thousands of node-hours).
+        Where those two differ in columns (a gatherer upgraded within the window), the files
+        are read by column name, missing columns as null."""
         files = self.files(start, end)
         if not files:
             raise LedgerError(f"no partition in the window {_date(int(start // DAY))} to {_date(int((end - 1) // DAY))}",
                               file=str(self.root))
-        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        source = f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
-        present = {r[0] for r in self._sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        (names_a, cur_a), (names_b, cur_b) = _footer(files[0]), _footer(files[-1])
+        if cur_a and cur_b and cur_a != cur_b:
+            raise LedgerError(f"currency {cur_b} differs from {cur_a} in an earlier file of the window", file=str(files[-1]),
+                              field="gpuledger.currency")
+        present = set(names_a) | set(names_b)
         for name in schema.NAMES:
             if name not in present and name not in OPTIONAL:
-                raise LedgerError("column missing: is this a gpuledger ledger (docs/ledger.md)?", file=str(self.root),
+                raise LedgerError("column missing: is this a gpuledger ledger (docs/ledger.md)?", file=str(files[0]),
                                   field=name)
+        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        by_name = "true" if set(names_a) != set(names_b) else "false"
+        source = f"read_parquet([{listed}], union_by_name = {by_name}, hive_partitioning = false)"
         columns = ["epoch(minute)::BIGINT AS minute" if c == "minute" else c for c in schema.NAMES if c in present]
         self._sql(f"CREATE OR REPLACE VIEW ledger AS SELECT {', '.join(columns)} FROM {source} "
                   f"WHERE minute >= to_timestamp({int(start)}) AND minute < to_timestamp({int(end)})")
         self.present = [c for c in schema.NAMES if c in present]
-        self.currency = self._currency(files)
+        self.currency = cur_a or cur_b or "USD"
         return self.present
-
-    def _currency(self, files: Sequence[Path]) -> str:
-        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        found = self._sql(f"SELECT DISTINCT CAST(value AS VARCHAR) FROM parquet_kv_metadata([{listed}]) "
-                          "WHERE CAST(key AS VARCHAR) = 'gpuledger.currency'").fetchall()
-        currencies = sorted(r[0] for r in found)
-        if len(currencies) > 1:
-            raise LedgerError(f"the window's files are in more than one currency ({', '.join(currencies)})",
-                              file=str(self.root), field="gpuledger.currency")
-        return currencies[0] if currencies else "USD"
 
     def _sql(self, text: str):
         try:
@@ -139,10 +139,44 @@ class Engine:
         except self._error as err:
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
 
+    def columns(self, text: str, strings: Sequence[str] = (), batch: int = 1 << 20) -> dict[str, pa.ChunkedArray]:
+        """A query's result column by column, read in batches; the ``strings`` columns
+        dictionary-encoded batch by batch (then on one dictionary), so ten million rows of
+        names never exist as plain strings."""
+        try:
+            reader = self.db.sql(text).to_arrow_reader(batch)
+            parts: dict[str, list] = {name: [] for name in reader.schema.names}
+            for b in reader:
+                for name, column in zip(b.schema.names, b.columns):
+                    parts.setdefault(name, []).append(column.dictionary_encode() if name in strings else column)
+        except self._error as err:
+            raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
+        out = {}
+        for name, chunks in parts.items():
+            kind = reader.schema.field(name).type
+            kind = pa.dictionary(pa.int32(), kind) if name in strings else kind
+            column = pa.chunked_array(chunks, kind)
+            if name in strings and column.num_chunks > 1:
+                column = pa.table({name: column}).unify_dictionaries().column(0)
+            out[name] = column
+        return out
+
     def bounds(self, start: float, end: float) -> tuple[float | None, float | None]:
         self.window(start, end)
         first, last, _ = self._sql(queries.bounds()).fetchone()
         return first, last
+
+
+def _footer(path: Path) -> tuple[list[str], str | None]:
+    """A file's column names and currency, from its footer."""
+    import pyarrow.parquet as pq
+
+    try:
+        arrow = pq.read_schema(path)
+    except Exception as err:  # noqa: BLE001 - whatever a damaged footer makes the reader raise
+        raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=str(path)) from None
+    currency = (arrow.metadata or {}).get(b"gpuledger.currency", b"").decode() or None
+    return list(arrow.names), currency
 
 
 @contextmanager
@@ -197,17 +231,13 @@ def load_window(e: Engine, start: float, end: float, first_minute: float) -> His
     """The rows with ``start <= minute < end`` as the report's :class:`History` (the pandas path);
     ``first_minute``: the dataset's (:func:`dataset_end`)."""
     present = e.window(start, end)
-    table = e.query(queries.rows([c for c in COLUMNS if c in present]))
-    data = {name: table.column(name) for name in table.column_names}
-    del table
+    data = e.columns(queries.rows([c for c in COLUMNS if c in present]), strings=STRINGS)
     rows = len(data["minute"])
 
     def read(name: str) -> pa.ChunkedArray:
         column = data.pop(name, None)  # handed over once: Arrow's copy is freed as pandas takes each column
         if column is None:
             return pa.chunked_array([pa.nulls(rows, pa.string() if name in STRINGS else pa.float64())])
-        if name in STRINGS:
-            column = column.dictionary_encode()  # categoricals, not ten million Python strings
         return column
 
     frame = _frame(read, start, end, str(e.root))

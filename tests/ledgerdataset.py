@@ -27,15 +27,17 @@ def write_dataset(ledger: Path, root: Path) -> list[Path]:
     names = node_codes.dictionary.to_pylist()
     key = hour * len(names) + node_codes.indices.to_numpy(zero_copy_only=False)
     order = np.argsort(key, kind="stable")
-    key_sorted = key[order]
-    cuts = np.flatnonzero(np.diff(key_sorted)) + 1
+    table = table.take(pa.array(order))  # once; then each node-hour is a zero-copy slice
+    key = key[order]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1))
+    ends = np.concatenate((starts[1:], [len(key)]))
     written = []
-    for part in np.split(order, cuts):
-        h, n = divmod(int(key[part[0]]), len(names))
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        h, n = divmod(int(key[lo]), len(names))
         stamp = time.gmtime(h * 3600)
         folder = root / f"date={time.strftime('%Y-%m-%d', stamp)}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{node_dirname(names[n])}-{stamp.tm_hour:02d}.parquet"
-        pq.write_table(table.take(pa.array(part)), path)
+        pq.write_table(table.slice(lo, hi - lo), path)
         written.append(path)
     return written

@@ -179,7 +179,7 @@ def test_only_the_windows_partitions_are_read(small, tmp_path):
     (copy / "date=2025-12-03" / "broken.parquet").write_bytes(b"PAR1 not a parquet file")
     bad = report_cmd("--ledger", str(copy), "--out", str(tmp_path / "bad"), "--since", "2d",
                      "--commitment-days", "3")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "dataset" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "broken.parquet" in bad.stderr, bad.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
