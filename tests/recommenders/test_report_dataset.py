@@ -195,3 +195,23 @@ def test_a_bad_dataset_path_exits_2_with_one_line(tmp_path, layout):
     done = report_cmd("--ledger", str(root), "--out", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("gpuledger: error:") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_files_of_two_ledger_versions_are_matched_by_column_name(small, tmp_path):
+    """A window whose first file predates util_peak (ledger 1.0): its rows read util_peak as null."""
+    import shutil
+
+    _, ds = small
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    with engine(copy) as e:
+        files = e.files(T0, T0 + 9 * 86400)
+    old = pq.read_table(files[0])
+    pq.write_table(old.drop_columns(["util_peak"]), files[0])
+    with engine(copy) as e:
+        rows = load_window(e, T0, T0 + 9 * 86400, T0).rows
+    first = set(old.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_pylist())
+    in_first = rows["minute"].isin(first) & rows["node"].astype(str).eq(old.column("node")[0].as_py())
+    assert in_first.sum() == old.num_rows
+    assert rows.loc[in_first, "util_peak"].isna().all()
+    assert rows.loc[~in_first & rows["pod_uid"].astype(str).eq("uid-a"), "util_peak"].notna().any()
