@@ -148,7 +148,9 @@ class Engine:
             parts: dict[str, list] = {name: [] for name in reader.schema.names}
             for b in reader:
                 for name, column in zip(b.schema.names, b.columns):
-                    parts.setdefault(name, []).append(column.dictionary_encode() if name in strings else column)
+                    # new arrays either way: a column kept as DuckDB handed it over keeps DuckDB's
+                    # buffers of the whole batch alive, its strings included (three times the memory)
+                    parts[name].append(column.dictionary_encode() if name in strings else _copy(column))
         except self._error as err:
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
         out = {}
@@ -165,6 +167,15 @@ class Engine:
         self.window(start, end)
         first, last, _ = self._sql(queries.bounds()).fetchone()
         return first, last
+
+
+def _copy(column: pa.Array) -> pa.Array:
+    """A number column in memory of its own (nulls kept)."""
+    import numpy as np
+
+    values = np.array(column.to_numpy(zero_copy_only=False), copy=True)
+    mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+    return pa.array(values, column.type, mask=mask)
 
 
 def _footer(path: Path) -> tuple[list[str], str | None]:
