@@ -215,3 +215,25 @@ def test_files_of_two_ledger_versions_are_matched_by_column_name(small, tmp_path
     assert in_first.sum() == old.num_rows
     assert rows.loc[in_first, "util_peak"].isna().all()
     assert rows.loc[~in_first & rows["pod_uid"].astype(str).eq("uid-a"), "util_peak"].notna().any()
+
+
+@pytest.mark.slow
+def test_the_whole_report_model_from_dataset_equals_the_ledgers(small, tmp_path):
+    """Every figure of the model the formats render: team and class sums, daily cost, FOCUS
+    rows, commitment pools with their hourly usage, workloads, anomalies."""
+    import argparse
+
+    from agent.cmd_report import build, register
+    from recommenders.report import to_plain
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    ledger, ds = small
+    models = []
+    for given in (ledger, ds):
+        args = parser.parse_args(["report", "--ledger", str(given), "--out", str(tmp_path / "x"), "--since", "3d"])
+        models.append(to_plain(build(args)))
+    a, b = models
+    assert a["teams"] and a["daily_cost"]["teams"] and a["focus_rows"] and a["commitments"]
+    assert any(p["usage"] for p in a["commitments"])
+    assert close(a, b) == []
