@@ -61,7 +61,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "it. See docs/report.md and docs/recommendations.md.",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ledger", nargs="+", metavar="PATH", help="ledger.parquet file(s)")
+    source.add_argument("--ledger", nargs="+", metavar="PATH",
+                        help="ledger.parquet file(s), the agent's ledger directory, or a gathered dataset "
+                        "(a directory of date=YYYY-MM-DD partitions, read with DuckDB: the window's only)")
     source.add_argument("--prometheus", metavar="URL",
                         help="read the history from the Prometheus that scrapes the agents (base URL, e.g. "
                         "http://prometheus:9090) instead of ledger files; see docs/report.md, 'From Prometheus'")
@@ -126,6 +128,7 @@ def commitment_prices(card) -> tuple[list, dict]:
 def build(args: argparse.Namespace):
     """Read the inputs and build the report model (no files written)."""
     from collectors.pricing.ratecard import load_rate_card, load_snapshot
+    from recommenders.dataset import is_dataset
     from recommenders.history import LedgerError, ledger_end, load_history
     from recommenders.report import build_report
     from recommenders.settingfields import Layer, flag_name, flag_values, resolve
@@ -146,15 +149,16 @@ def build(args: argparse.Namespace):
         first, end = history.first_minute, history.end
         source = "Prometheus"
     else:
-        paths = ledger_paths(args.ledger)
         try:
-            first, end = ledger_end(paths)
-            if until is not None:
-                if until <= first:
-                    raise InputError("the ledger holds no minute before this time", field="--until")
-                end = min(end, float(int(until // 60) * 60))
-            start = min(end - 2 * since, end - settings.commitment_days * 86400)
-            history = load_history(paths, start, end)
+            if any(is_dataset(p) for p in args.ledger):
+                history = dataset_history(args.ledger, since, settings.commitment_days, until)
+                first, end = history.first_minute, history.end
+            else:
+                paths = ledger_paths(args.ledger)
+                first, end = ledger_end(paths)
+                end = window_end(first, end, until)
+                start = min(end - 2 * since, end - settings.commitment_days * 86400)
+                history = load_history(paths, start, end)
         except LedgerError as err:
             raise InputError(err.message, file=err.file, field=err.field) from None
         source = "the ledger"
@@ -165,6 +169,30 @@ def build(args: argparse.Namespace):
                           pool_prices=pools, spot_hourly=spot)
     report.notes.extend(notes)
     return report
+
+
+def window_end(first: float, end: float, until: float | None) -> float:
+    """The report's end: the ledger's, or ``--until`` rounded down to the minute where earlier."""
+    if until is None:
+        return end
+    if until <= first:
+        raise InputError("the ledger holds no minute before this time", field="--until")
+    return min(end, float(int(until // 60) * 60))
+
+
+def dataset_history(given: Sequence[str], since: float, commitment_days: float, until: float | None):
+    """The History of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``), read with
+    DuckDB: the window's partitions only (:mod:`recommenders.dataset`)."""
+    from recommenders.dataset import dataset_end, engine, load_window
+
+    if len(given) != 1:
+        raise InputError("give a gathered dataset alone (one directory of date=YYYY-MM-DD partitions)",
+                         field="--ledger")
+    with engine(given[0]) as e:
+        first, end = dataset_end(e)
+        end = window_end(first, end, until)
+        start = min(end - 2 * since, end - commitment_days * 86400)
+        return load_window(e, start, end, first)
 
 
 _ROLLUP_NAME = re.compile(r"(^|/)\d{4}-\d\d-\d\d/\d\d\.jsonl\.gz$")  # <node>/<YYYY-MM-DD>/<HH>.jsonl.gz

@@ -116,5 +116,7 @@ def unit_costs(current: pd.DataFrame, previous: pd.DataFrame, anomaly_factor: fl
             "previous_cost_per_1k_requests_allocation": prev, "change_pct": change,
             "anomaly": bool(cur is not None and prev and cur > anomaly_factor * prev),
         })
-    out.sort(key=lambda d: (-d["cost_allocation"], str(d["namespace"]), str(d["workload_name"])))
+    # cost rounded to micro-units in the key: equal costs summed in another row order differ in
+    # their last bits, and the order must not depend on the order the rows were read in
+    out.sort(key=lambda d: (-round(d["cost_allocation"], 6), str(d["namespace"]), str(d["workload_name"])))
     return out

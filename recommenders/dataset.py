@@ -1,0 +1,256 @@
+"""A gathered ledger dataset, read with embedded DuckDB: only the window's partitions, only the columns asked for.
+
+The gatherer writes the fleet's ledger in hive layout, one Parquet file per node-hour::
+
+    <root>/date=YYYY-MM-DD/<any name>.parquet     (columns: docs/ledger.md)
+
+The engine here lists the ``date=`` partitions (nothing else is read to find them),
+keeps the files of the dates the window touches, and defines the view ``ledger`` that
+the SQL of :mod:`recommenders.queries` reads: those files, rows with ``start <= minute <
+end`` (pushed down to the Parquet row groups), ``minute`` as Unix seconds. A file of a
+date outside the window is never opened, so a damaged or half-written one there does
+not matter. DuckDB runs out of core: under ``memory_limit`` it spills to
+``temp_directory``.
+
+The rows the report still needs as a DataFrame come back through the same checks as a
+ledger file's (:func:`recommenders.history._frame`: bounds, types, parts within wholes).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+
+from recommenders import ledger_schema as schema
+from recommenders import queries
+from recommenders.history import COLUMNS, OPTIONAL, STRINGS, History, LedgerError, _frame, _one_line
+
+PARTITION = re.compile(r"date=(\d{4}-\d\d-\d\d)")
+DAY = 86400
+MEMORY_LIMIT = "1GB"  # DuckDB's own buffers; beyond it, sorts and aggregations spill to the temp directory
+
+
+def is_dataset(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding ``date=YYYY-MM-DD`` partitions."""
+    path = Path(path)
+    return path.is_dir() and any(p.is_dir() and PARTITION.fullmatch(p.name) for p in path.iterdir())
+
+
+def partitions(root: str | Path) -> dict[str, list[Path]]:
+    """Each partition's date (``YYYY-MM-DD``) and its Parquet files, by date; LedgerError when there are none."""
+    root = Path(root)
+    out: dict[str, list[Path]] = {}
+    try:
+        children = sorted(root.iterdir())
+    except OSError as err:
+        raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(root)) from None
+    for child in children:
+        match = PARTITION.fullmatch(child.name)
+        if not (match and child.is_dir()):
+            continue
+        try:
+            datetime.strptime(match.group(1), "%Y-%m-%d")
+        except ValueError:
+            raise LedgerError("expected partitions named date=YYYY-MM-DD with a real date", file=str(child)) from None
+        files = sorted(p for p in child.glob("*.parquet") if p.is_file())
+        if files:
+            out[match.group(1)] = files
+    if not out:
+        raise LedgerError("no ledger files in this dataset: expected <root>/date=YYYY-MM-DD/*.parquet", file=str(root))
+    return out
+
+
+def _day(date: str) -> int:
+    return int(datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) // DAY
+
+
+def _date(day: int) -> str:
+    return datetime.fromtimestamp(day * DAY, timezone.utc).strftime("%Y-%m-%d")
+
+
+class Engine:
+    """One DuckDB connection over a dataset's window (the view ``ledger``)."""
+
+    def __init__(self, root: str | Path, memory_limit: str = MEMORY_LIMIT, temp_directory: str | None = None):
+        import duckdb
+
+        self.root = Path(root)
+        self.parts = partitions(self.root)
+        config = {"memory_limit": memory_limit, "preserve_insertion_order": False}
+        if temp_directory:
+            config["temp_directory"] = temp_directory
+        self.db = duckdb.connect(config=config)
+        self._error = duckdb.Error
+
+    def close(self) -> None:
+        self.db.close()
+
+    def files(self, start: float, end: float) -> list[Path]:
+        """The files of the partitions whose date overlaps ``[start, end)``."""
+        lo, hi = int(start // DAY), int((end - 1) // DAY)
+        return [f for date, fs in self.parts.items() if lo <= _day(date) <= hi for f in fs]
+
+    def window(self, start: float, end: float) -> list[str]:
+        """Define the view ``ledger`` as the rows with ``start <= minute < end``; the columns it has.
+
+        The columns and the currency are read from the footers of the window's first and
+        last file (not every file's: a week of a fleet is tens of thousands of node-hours).
+        Where those two differ in columns (a gatherer upgraded within the window), the files
+        are read by column name, missing columns as null."""
+        files = self.files(start, end)
+        if not files:
+            raise LedgerError(f"no partition in the window {_date(int(start // DAY))} to {_date(int((end - 1) // DAY))}",
+                              file=str(self.root))
+        (names_a, cur_a), (names_b, cur_b) = _footer(files[0]), _footer(files[-1])
+        if cur_a and cur_b and cur_a != cur_b:
+            raise LedgerError(f"currency {cur_b} differs from {cur_a} in an earlier file of the window", file=str(files[-1]),
+                              field="gpuledger.currency")
+        present = set(names_a) | set(names_b)
+        for name in schema.NAMES:
+            if name not in present and name not in OPTIONAL:
+                raise LedgerError("column missing: is this a gpuledger ledger (docs/ledger.md)?", file=str(files[0]),
+                                  field=name)
+        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        by_name = "true" if set(names_a) != set(names_b) else "false"
+        source = f"read_parquet([{listed}], union_by_name = {by_name}, hive_partitioning = false)"
+        columns = ["epoch(minute)::BIGINT AS minute" if c == "minute" else c for c in schema.NAMES if c in present]
+        self._sql(f"CREATE OR REPLACE VIEW ledger AS SELECT {', '.join(columns)} FROM {source} "
+                  f"WHERE minute >= to_timestamp({int(start)}) AND minute < to_timestamp({int(end)})")
+        self.present = [c for c in schema.NAMES if c in present]
+        self.currency = cur_a or cur_b or "USD"
+        return self.present
+
+    def _sql(self, text: str):
+        try:
+            return self.db.execute(text)
+        except self._error as err:  # a damaged file, a column of the wrong type
+            raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
+
+    def query(self, text: str) -> pa.Table:
+        """A query of :mod:`recommenders.queries` over the current window, as an Arrow table."""
+        try:
+            return self.db.sql(text).to_arrow_table()
+        except self._error as err:
+            raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
+
+    def columns(self, text: str, strings: Sequence[str] = (), batch: int = 1 << 20) -> dict[str, pa.ChunkedArray]:
+        """A query's result column by column, read in batches; the ``strings`` columns
+        dictionary-encoded batch by batch (then on one dictionary), so ten million rows of
+        names never exist as plain strings."""
+        try:
+            reader = self.db.sql(text).to_arrow_reader(batch)
+            parts: dict[str, list] = {name: [] for name in reader.schema.names}
+            for b in reader:
+                for name, column in zip(b.schema.names, b.columns):
+                    # new arrays either way: a column kept as DuckDB handed it over keeps DuckDB's
+                    # buffers of the whole batch alive, its strings included (three times the memory)
+                    parts[name].append(column.dictionary_encode() if name in strings else _copy(column))
+        except self._error as err:
+            raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
+        out = {}
+        for name, chunks in parts.items():
+            kind = reader.schema.field(name).type
+            kind = pa.dictionary(pa.int32(), kind) if name in strings else kind
+            column = pa.chunked_array(chunks, kind)
+            if name in strings and column.num_chunks > 1:
+                column = pa.table({name: column}).unify_dictionaries().column(0)
+            out[name] = column
+        return out
+
+    def bounds(self, start: float, end: float) -> tuple[float | None, float | None]:
+        self.window(start, end)
+        first, last, _ = self._sql(queries.bounds()).fetchone()
+        return first, last
+
+
+def _copy(column: pa.Array) -> pa.Array:
+    """A number column in memory of its own (nulls kept)."""
+    import numpy as np
+
+    values = np.array(column.to_numpy(zero_copy_only=False), copy=True)
+    mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+    return pa.array(values, column.type, mask=mask)
+
+
+def _footer(path: Path) -> tuple[list[str], str | None]:
+    """A file's column names and currency, from its footer."""
+    import pyarrow.parquet as pq
+
+    try:
+        arrow = pq.read_schema(path)
+    except Exception as err:  # noqa: BLE001 - whatever a damaged footer makes the reader raise
+        raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=str(path)) from None
+    currency = (arrow.metadata or {}).get(b"gpuledger.currency", b"").decode() or None
+    return list(arrow.names), currency
+
+
+@contextmanager
+def engine(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> Iterator[Engine]:
+    """An :class:`Engine` with a temporary spill directory, closed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="gpuledger-duckdb-") as tmp:
+        e = Engine(root, memory_limit, tmp)
+        try:
+            yield e
+        finally:
+            e.close()
+
+
+def dataset_end(e: Engine) -> tuple[float, float]:
+    """(first minute, end) of the dataset, end one minute past its last minute: read from
+    the first and the last partition only."""
+    dates = list(e.parts)
+    day1 = _day(dates[-1])
+    _, last = e.bounds(day1 * DAY, (day1 + 1) * DAY)
+    if last is None:
+        raise LedgerError("the last partition holds no row of its date", file=str(e.root))
+    return first_minute(e.parts[dates[0]], _day(dates[0]) * DAY), float(last) + 60.0
+
+
+def first_minute(files: Sequence[Path], midnight: float) -> float:
+    """The first minute of the first partition, from its files' footers (row-group statistics;
+    no data page is read). It only dates the history (``history_days``, the look-back's
+    start), so a file whose footer cannot be read is passed over: the window's own files are
+    read, and refused when damaged, by the queries. The partition's midnight when no footer
+    says more."""
+    import pyarrow.parquet as pq
+
+    lo = None
+    for path in files:
+        try:
+            meta = pq.ParquetFile(path).metadata
+            index = meta.schema.to_arrow_schema().get_field_index("minute")
+            for i in range(meta.num_row_groups):
+                st = meta.row_group(i).column(index).statistics
+                if st is not None and st.has_min_max:
+                    value = st.min
+                    if hasattr(value, "timestamp"):  # a datetime: naive ones are UTC
+                        value = (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+                    value = float(value)
+                    lo = value if lo is None else min(lo, value)
+        except Exception:  # noqa: BLE001 - outside the window, a damaged file does not matter
+            continue
+    return float(lo if lo is not None else midnight)
+
+
+def load_window(e: Engine, start: float, end: float, first_minute: float) -> History:
+    """The rows with ``start <= minute < end`` as the report's :class:`History` (the pandas path);
+    ``first_minute``: the dataset's (:func:`dataset_end`)."""
+    present = e.window(start, end)
+    data = e.columns(queries.rows([c for c in COLUMNS if c in present]), strings=STRINGS)
+    rows = len(data["minute"])
+
+    def read(name: str) -> pa.ChunkedArray:
+        column = data.pop(name, None)  # handed over once: Arrow's copy is freed as pandas takes each column
+        if column is None:
+            return pa.chunked_array([pa.nulls(rows, pa.string() if name in STRINGS else pa.float64())])
+        return column
+
+    frame = _frame(read, start, end, str(e.root))
+    pa.default_memory_pool().release_unused()
+    return History(frame, float(start), float(end), e.currency, float(first_minute))

@@ -1,0 +1,239 @@
+"""The report from a gathered dataset (date=YYYY-MM-DD partitions, read with DuckDB) equals the
+report from the same rows as one ledger file; only the window's partitions are read; the SQL's
+percentiles are numpy's."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recommenders import queries
+from recommenders.dataset import engine, is_dataset, load_window
+from recommenders.history import ensure_categorical
+from recommenders.ledger_schema import NAMES, arrow_schema
+from recommenders.report import UNALLOCATED, daily_cost_by_team
+from recommenders.workloads import KEY, workload_stats
+from tests.ledgerdataset import write_dataset
+from tests.recommenders.test_report_rows import T0, gpu_minutes
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY_MIN = 1440
+
+
+def report_cmd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cmd_report", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def small_rows() -> list[dict]:
+    """Nine days: two workloads with varying utilisation and memory, one idle GPU."""
+    rng = np.random.default_rng(7)
+    n = 9 * DAY_MIN
+    a = gpu_minutes(pod="a", minutes=range(0, n, 7), util=[float(x) for x in rng.random(len(range(0, n, 7))).round(3)],
+                    peak=[float(x) for x in rng.random(len(range(0, n, 7))).round(3)], name="steady")
+    b = gpu_minutes(pod="b", device="GPU-b", node="node-2", minutes=range(DAY_MIN, n, 5), util=0.4, team="team-b",
+                    name="serve", mem_gib=3.0)
+    x = gpu_minutes(pod="x", device="GPU-x", minutes=range(0, n, 11), allocated=False)
+    for i, r in enumerate(a):
+        r["memory_used_max_bytes"] = float(rng.integers(1, 40)) * (1 << 30)
+    return a + b + x
+
+
+def write_ledger(rows: list[dict], path: Path) -> Path:
+    schema = arrow_schema("USD")
+    columns = {}
+    for name in NAMES:
+        values = [r.get(name) for r in rows]
+        if name == "minute":
+            values = [datetime.fromtimestamp(v, timezone.utc) for v in values]
+        columns[name] = pa.array(values, schema.field(name).type)
+    pq.write_table(pa.table(columns, schema=schema), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("small")
+    ledger = write_ledger(small_rows(), work / "ledger.parquet")
+    write_dataset(ledger, work / "ds")
+    return ledger, work / "ds"
+
+
+def close(a, b, path="") -> list[str]:
+    """Where two JSON values differ by more than 1e-9 (relative, or absolute near zero)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a)} != {sorted(b)}"]
+        return [d for k in a for d in close(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in close(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
+        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_a_dataset_is_recognised_by_its_partitions(small, tmp_path):
+    ledger, ds = small
+    assert is_dataset(ds) and not is_dataset(ledger.parent) and not is_dataset(tmp_path / "missing")
+    assert sorted(p.name for p in ds.iterdir())[0] == "date=2025-11-25"
+
+
+@pytest.mark.slow
+def test_report_from_dataset_equals_report_from_ledger(small, tmp_path):
+    ledger, ds = small
+    a, b = tmp_path / "a", tmp_path / "b"
+    for given, out in ((ledger, a), (ds, b)):
+        done = report_cmd("--ledger", str(given), "--out", str(out), "--since", "3d")
+        assert done.returncode == 0, done.stderr
+    ja, jb = (json.loads((o / "recommendations.json").read_text()) for o in (a, b))
+    assert close(ja, jb) == []
+    assert (a / "focus.csv").read_text() == (b / "focus.csv").read_text()
+
+
+def test_window_rows_equal_the_ledgers(small):
+    """The DataFrame the dataset gives equals the ledger file's rows of the window, row for row."""
+    from recommenders.history import load_history
+
+    ledger, ds = small
+    start, end = T0 + 2 * 86400 + 3600, T0 + 6 * 86400 + 120
+    want = load_history([ledger], start, end).rows
+    with engine(ds) as e:
+        got = load_window(e, start, end, T0).rows
+    want, got = (f.assign(_d=f["device_uuid"].astype(str)).sort_values(["minute", "_d"], kind="stable")
+                 .drop(columns="_d").reset_index(drop=True) for f in (want, got))
+    assert list(got.columns) == list(want.columns)
+    for c in want.columns:
+        if c in ("minute",) or want[c].dtype.kind in "fiu":
+            np.testing.assert_allclose(got[c].to_numpy(float), want[c].to_numpy(float), rtol=1e-12, equal_nan=True)
+        else:
+            assert got[c].astype(object).tolist() == want[c].astype(object).tolist(), c
+
+
+def test_percentile_cont_is_numpys_linear_interpolation():
+    import duckdb
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(6), [1, 2, 3, 10, 101, 997])
+    values = rng.random(len(groups)) * rng.choice([1.0, 1e9], len(groups))
+    qs = (0.0, 0.5, 0.95, 0.99, 1.0)
+    db = duckdb.connect()
+    db.register("v", pa.table({"g": groups, "x": values}))
+    sql = ("SELECT g, " + ", ".join(f"PERCENTILE_CONT({q!r}) WITHIN GROUP (ORDER BY x)" for q in qs)
+           + " FROM v GROUP BY g ORDER BY g")
+    for row in db.sql(sql).fetchall():
+        mine = values[groups == row[0]]
+        np.testing.assert_allclose(row[1:], np.quantile(mine, qs), rtol=1e-15)
+
+
+def test_sql_workload_percentiles_and_daily_team_cost_equal_the_pandas_path(small):
+    ledger, ds = small
+    from recommenders.history import load_history
+
+    start, end = T0, T0 + 9 * 86400
+    rows = load_history([ledger], start, end).rows
+    stats = workload_stats(rows, 9 * 24).set_index(list(KEY))
+    with engine(ds) as e:
+        e.window(start, end)
+        sql = e.query(queries.workload_percentiles()).to_pandas().set_index(list(KEY))
+        daily = e.query(queries.daily_team_cost()).to_pandas()
+    assert len(sql) == len(stats) == 2
+    sql = sql.loc[stats.index]
+    np.testing.assert_allclose(sql["gpu_hours"], stats["gpu_hours"], rtol=1e-12)
+    # the pandas path holds peaks and memory as float32 (recommenders.history.READINGS)
+    for a, b in (("util_p95", "util_p95"), ("util_p99", "util_p99"), ("memory_p99_bytes", "memory_p99_bytes")):
+        np.testing.assert_allclose(sql[a].to_numpy(float), stats[b].to_numpy(float), rtol=1e-6)
+    want = daily_cost_by_team(ensure_categorical(rows), start, end)
+    got: dict[str, dict[int, float]] = {}
+    for r in daily.itertuples(index=False):
+        team = UNALLOCATED if not r.allocated else (r.team or "(none)")
+        got.setdefault(team, {})
+        got[team][r.day] = got[team].get(r.day, 0.0) + r.cost
+    days = [int(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) // 86400
+            for d in want["days"]]
+    for team, series in want["teams"].items():
+        np.testing.assert_allclose([got[team].get(d, 0.0) for d in days], series, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_only_the_windows_partitions_are_read(small, tmp_path):
+    """A damaged file in a partition before the window does not matter; one inside it is an error."""
+    import shutil
+
+    _, ds = small
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    (copy / "date=2025-11-25" / "broken.parquet").write_bytes(b"PAR1 not a parquet file")
+    ok = report_cmd("--ledger", str(copy), "--out", str(tmp_path / "ok"), "--since", "2d",
+                    "--commitment-days", "3")
+    assert ok.returncode == 0, ok.stderr
+    (copy / "date=2025-12-03" / "broken.parquet").write_bytes(b"PAR1 not a parquet file")
+    bad = report_cmd("--ledger", str(copy), "--out", str(tmp_path / "bad"), "--since", "2d",
+                     "--commitment-days", "3")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "broken.parquet" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["bad-date", "empty", "missing"])
+def test_a_bad_dataset_path_exits_2_with_one_line(tmp_path, layout):
+    root = tmp_path / "ds"
+    if layout == "bad-date":
+        (root / "date=2025-13-45").mkdir(parents=True)
+        (root / "date=2025-13-45" / "a.parquet").write_bytes(b"x")
+    elif layout == "empty":
+        (root / "date=2025-11-25").mkdir(parents=True)
+    done = report_cmd("--ledger", str(root), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("gpuledger: error:") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_files_of_two_ledger_versions_are_matched_by_column_name(small, tmp_path):
+    """A window whose first file predates util_peak (ledger 1.0): its rows read util_peak as null."""
+    import shutil
+
+    _, ds = small
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    with engine(copy) as e:
+        files = e.files(T0, T0 + 9 * 86400)
+    old = pq.read_table(files[0])
+    pq.write_table(old.drop_columns(["util_peak"]), files[0])
+    with engine(copy) as e:
+        rows = load_window(e, T0, T0 + 9 * 86400, T0).rows
+    first = set(old.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_pylist())
+    in_first = rows["minute"].isin(first) & rows["node"].astype(str).eq(old.column("node")[0].as_py())
+    assert in_first.sum() == old.num_rows
+    assert rows.loc[in_first, "util_peak"].isna().all()
+    assert rows.loc[~in_first & rows["pod_uid"].astype(str).eq("uid-a"), "util_peak"].notna().any()
+
+
+@pytest.mark.slow
+def test_the_whole_report_model_from_dataset_equals_the_ledgers(small, tmp_path):
+    """Every figure of the model the formats render: team and class sums, daily cost, FOCUS
+    rows, commitment pools with their hourly usage, workloads, anomalies."""
+    import argparse
+
+    from agent.cmd_report import build, register
+    from recommenders.report import to_plain
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    ledger, ds = small
+    models = []
+    for given in (ledger, ds):
+        args = parser.parse_args(["report", "--ledger", str(given), "--out", str(tmp_path / "x"), "--since", "3d"])
+        models.append(to_plain(build(args)))
+    a, b = models
+    assert a["teams"] and a["daily_cost"]["teams"] and a["focus_rows"] and a["commitments"]
+    assert any(p["usage"] for p in a["commitments"])
+    assert close(a, b) == []
