@@ -153,9 +153,9 @@ class AgentSettings:
         "agent, or the same trace), and refuses another's (see --fresh-ledger).", parse=_text, metavar="DIR",
         shown_default=f"`{LIVE_LEDGER_DIR}`; in dry-run a new directory for each run")
     ledger_keep_days: float = setting(
-        14.0, "Days of rollups kept on the node: older hours are deleted (by the ledger's own clock: the newest "
+        35.0, "Days of rollups kept on the node: older hours are deleted (by the ledger's own clock: the newest "
         "minute written), so a gatherer (`gpuledger gather`, docs/fleet.md) that is down for less than this "
-        "loses nothing.", unit="days", min=1.0 / 24, max=3660.0, metavar="DAYS")
+        "loses nothing. The default keeps the 30 days the weekly report's commitment look-back reads.", unit="days", min=1.0 / 24, max=3660.0, metavar="DAYS")
     ledger_token_file: str | None = setting(
         None, "A file holding the bearer token a client must send to read the ledger over HTTP (GET /ledger, "
         "docs/fleet.md); read again when it changes. Without one the ledger endpoint is open to anyone who "

@@ -324,7 +324,7 @@ def test_default_agent_args(rendered):
         "--ledger-dir": "/var/lib/gpuledger/ledger", "--kubernetes": "auto",
         "--kubelet-socket": "/var/lib/kubelet/pod-resources/kubelet.sock", "--processes": "off",
         "--price-cache": "/var/lib/gpuledger/price-cache", "--price-refresh": "1h", "--log-level": "info",
-        "--serving": "auto", "--serving-interval": "15s", "--ledger-keep-days": "14",
+        "--serving": "auto", "--serving-interval": "15s", "--ledger-keep-days": "35",
     }
 
 
@@ -949,7 +949,7 @@ def test_gather_to_s3_and_off_by_default(rendered):
     defaults = rendered["defaults"]
     assert not [o for o in defaults if o["metadata"]["name"].endswith("-gather")]
     assert "--ledger-token-file" not in flags(agent_container(defaults)["args"])
-    assert flags(agent_container(defaults)["args"])["--ledger-keep-days"] == "14"
+    assert flags(agent_container(defaults)["args"])["--ledger-keep-days"] == "35"
 
 
 def test_chart_refuses_kubernetes_older_than_1_27(helm):
