@@ -175,6 +175,10 @@ def _add_up(values: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.n
         out[k] = np.fmax.reduceat(values[k], starts)  # NaN only where all are
     for k in COUNTED:
         v = values[k]
-        known = np.add.reduceat((~np.isnan(v)).astype(np.int64), starts) > 0
+        counted = ~np.isnan(v)
+        if not counted.any():  # no server counted anything in these parts (the usual case)
+            out[k] = np.full(len(starts), np.nan)
+            continue
+        known = np.add.reduceat(counted.astype(np.int64), starts) > 0
         out[k] = np.where(known, np.add.reduceat(np.nan_to_num(v), starts), np.nan)
     return out
