@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from agent.ledgerserve import load_token
+from collectors.atomicfile import write_bytes
 from collectors.errors import InputError, Unavailable
 
 log = logging.getLogger("gpuledger.gather")
@@ -137,19 +138,7 @@ class Dataset:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return
-        tmp = f"{folder}/.{final.rsplit('/', 1)[1]}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes(final, data, durable=True)
 
     def read(self, relative: str) -> bytes | None:
         import pyarrow.fs as pafs
