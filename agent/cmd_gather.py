@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -165,19 +165,18 @@ def rollup_to_parquet(data: bytes, where: str) -> tuple[bytes, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from agent.rollups import _restored, read_rollup
+    from agent.rollups import checked_rows, parse_rollup
     from recommenders.ledger_schema import NAMES, arrow_schema
 
-    with tempfile.TemporaryDirectory(prefix="gpuledger-gather-") as tmp:
-        path = Path(tmp) / "rollup.jsonl.gz"
-        path.write_bytes(data)
-        try:
-            header, rows = read_rollup(path)
-            _restored(header, rows)  # every row of the file's hour, with numbers where numbers belong
-        except (OSError, EOFError, RecursionError, zlib.error, gzip.BadGzipFile) as err:
-            raise ValueError(f"{where}: not a readable ledger rollup: {err}") from None
-        except ValueError as err:
-            raise ValueError(f"{where}: {str(err).replace(str(path), '').lstrip(': ')}") from None
+    try:
+        with gzip.open(io.BytesIO(data), "rt", encoding="utf-8") as text:  # as read_rollup reads a file
+            header, rows = parse_rollup(text, where)
+        checked_rows(header, rows)  # every row of the file's hour, with numbers where numbers belong
+    except (OSError, EOFError, RecursionError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{where}: not a readable ledger rollup: {err}") from None
+    except ValueError as err:  # UnicodeDecodeError and JSON errors included
+        message = str(err)
+        raise ValueError(message if message.startswith(f"{where}:") else f"{where}: {message}") from None
     currency = header.get("currency")
     if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
         raise ValueError(f"{where}: line 1: expected a three-letter currency code")

@@ -24,7 +24,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from agent.accounting.ledger import POD_ATTR, SLOT_ATTR
 from agent.metering import Resume, Row, RowKey
@@ -109,7 +109,7 @@ class RollupBook:
                     break
                 try:
                     header, rows = read_rollup(path)
-                    hour, restored = _restored(header, rows)
+                    hour, restored = checked_rows(header, rows)
                 except (OSError, EOFError, ValueError, RecursionError, OverflowError, zlib.error) as err:
                     self._set_aside(path, err)
                     continue
@@ -308,16 +308,22 @@ def row_dict(key: RowKey, acc: _Acc) -> dict[str, Any]:
 def read_rollup(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The header and rows of one rollup file; ValueError when it is not one."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
+        return parse_rollup(f, str(path))
+
+
+def parse_rollup(lines: Iterable[str], name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and rows of a rollup's text (``name`` says where it came from in errors);
+    ``gather`` parses the bytes an agent served without writing them to disk first."""
+    lines = [line for line in lines if line.strip()]
     if not lines:
-        raise ValueError(f"{path}: empty, expected a gpuledger ledger rollup")
+        raise ValueError(f"{name}: empty, expected a gpuledger ledger rollup")
     header = json.loads(lines[0])
     if not isinstance(header, dict) or HEADER_KEY not in header:
-        raise ValueError(f"{path}: line 1: expected a header with {HEADER_KEY!r}")
+        raise ValueError(f"{name}: line 1: expected a header with {HEADER_KEY!r}")
     return header, [json.loads(line) for line in lines[1:]]
 
 
-def _restored(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[str, Any]]]:
+def checked_rows(header: dict[str, Any], rows: list[Any]) -> tuple[int, list[dict[str, Any]]]:
     """The hour of a rollup read back and its rows; ValueError when they are not what the
     agent writes (so that merging them later cannot fail)."""
     hour = header.get("hour")
