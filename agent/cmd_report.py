@@ -63,7 +63,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ledger", nargs="+", metavar="PATH",
                         help="ledger.parquet file(s), the agent's ledger directory, or a gathered dataset "
-                        "(a directory of date=YYYY-MM-DD partitions, read with DuckDB: the window's only)")
+                        "(a directory of date=YYYY-MM-DD partitions, or its s3://BUCKET/PREFIX URL: read with "
+                        "DuckDB, the window's partitions only; docs/fleet.md)")
     source.add_argument("--prometheus", metavar="URL",
                         help="read the history from the Prometheus that scrapes the agents (base URL, e.g. "
                         "http://prometheus:9090) instead of ledger files; see docs/report.md, 'From Prometheus'")
@@ -78,6 +79,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "(for commitment prices that name one)")
     p.add_argument("--prometheus-timeout", default="60s", metavar="DURATION",
                    help="with --prometheus: how long to wait for each answer (default 60s)")
+    p.add_argument("--s3-endpoint", metavar="URL",
+                   help="with an s3:// dataset: the S3 endpoint, for a store that is not AWS (MinIO, Ceph); "
+                   "default $AWS_ENDPOINT_URL, else AWS. Credentials come from the usual AWS environment and files")
     p.add_argument("--rates", metavar="FILE",
                    help="rate card with a `commitments` section for reserved-capacity prices "
                    "(default: the bundled snapshot)")
@@ -143,6 +147,8 @@ def build(args: argparse.Namespace):
     prometheus = getattr(args, "prometheus", None)
     if getattr(args, "region", None) and not prometheus:
         raise InputError("applies to --prometheus only", field="--region")
+    if getattr(args, "s3_endpoint", None) and not any(str(p).startswith("s3://") for p in args.ledger or ()):
+        raise InputError("applies to an s3:// --ledger only", field="--s3-endpoint")
     notes: list[str] = []
     if prometheus:
         history, notes = prometheus_history(args, since, settings.commitment_days, until)
@@ -151,7 +157,8 @@ def build(args: argparse.Namespace):
     else:
         try:
             if any(is_dataset(p) for p in args.ledger):
-                history = dataset_history(args.ledger, since, settings.commitment_days, until)
+                history = dataset_history(args.ledger, since, settings.commitment_days, until,
+                                          getattr(args, "s3_endpoint", None))
                 first, end = history.first_minute, history.end
             else:
                 paths = ledger_paths(args.ledger)
@@ -180,15 +187,16 @@ def window_end(first: float, end: float, until: float | None) -> float:
     return min(end, float(int(until // 60) * 60))
 
 
-def dataset_history(given: Sequence[str], since: float, commitment_days: float, until: float | None):
-    """The History of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``), read with
-    DuckDB: the window's partitions only (:mod:`recommenders.dataset`)."""
+def dataset_history(given: Sequence[str], since: float, commitment_days: float, until: float | None,
+                    s3_endpoint: str | None = None):
+    """The History of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``, a directory or an
+    object-store URL), read with DuckDB: the window's partitions only (:mod:`recommenders.dataset`)."""
     from recommenders.dataset import dataset_end, engine, load_window
 
     if len(given) != 1:
         raise InputError("give a gathered dataset alone (one directory of date=YYYY-MM-DD partitions)",
                          field="--ledger")
-    with engine(given[0]) as e:
+    with engine(given[0], s3_endpoint=s3_endpoint) as e:
         first, end = dataset_end(e)
         end = window_end(first, end, until)
         start = min(end - 2 * since, end - commitment_days * 86400)

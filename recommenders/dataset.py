@@ -1,6 +1,7 @@
 """A gathered ledger dataset, read with embedded DuckDB: only the window's partitions, only the columns asked for.
 
-The gatherer writes the fleet's ledger in hive layout, one Parquet file per node-hour::
+The gatherer writes the fleet's ledger in hive layout, in a local directory or an object
+store (``s3://bucket/prefix``: :mod:`collectors.objectstore`)::
 
     <root>/date=YYYY-MM-DD/<any name>.parquet     (columns: docs/ledger.md)
 
@@ -27,6 +28,7 @@ from typing import Iterator, Sequence
 
 import pyarrow as pa
 
+from collectors.objectstore import Location, is_url, open_location
 from recommenders import ledger_schema as schema
 from recommenders import queries
 from recommenders.history import COLUMNS, OPTIONAL, STRINGS, History, LedgerError, _frame, _one_line
@@ -37,32 +39,46 @@ MEMORY_LIMIT = "1GB"  # DuckDB's own buffers; beyond it, sorts and aggregations 
 
 
 def is_dataset(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding ``date=YYYY-MM-DD`` partitions."""
+    """Whether ``path`` is a gathered dataset: an object-store URL (only a dataset lives
+    there), or a directory holding ``date=YYYY-MM-DD`` partitions."""
+    if is_url(str(path)):
+        return True
     path = Path(path)
     return path.is_dir() and any(p.is_dir() and PARTITION.fullmatch(p.name) for p in path.iterdir())
 
 
-def partitions(root: str | Path) -> dict[str, list[Path]]:
-    """Each partition's date (``YYYY-MM-DD``) and its Parquet files, by date; LedgerError when there are none."""
-    root = Path(root)
-    out: dict[str, list[Path]] = {}
+def _listing(where: Location, path: str) -> list:
+    """The entries directly under ``path`` (pyarrow FileInfo), by name; LedgerError when it cannot be listed."""
+    import pyarrow.fs as pafs
+
     try:
-        children = sorted(root.iterdir())
-    except OSError as err:
-        raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(root)) from None
-    for child in children:
-        match = PARTITION.fullmatch(child.name)
-        if not (match and child.is_dir()):
+        infos = where.fs.get_file_info(pafs.FileSelector(path, allow_not_found=False))
+    except Exception as err:  # noqa: BLE001 - OSError, ArrowInvalid, FileNotFoundError from any file system
+        raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=where.url(path)) from None
+    return sorted(infos, key=lambda i: i.path)
+
+
+def partitions(where: Location) -> dict[str, list[str]]:
+    """Each partition's date (``YYYY-MM-DD``) and its Parquet files (paths in ``where.fs``), by
+    date; LedgerError when there are none. Only the root and the partitions are listed."""
+    import pyarrow.fs as pafs
+
+    out: dict[str, list[str]] = {}
+    for child in _listing(where, where.root):
+        match = PARTITION.fullmatch(child.base_name)
+        if not (match and child.type == pafs.FileType.Directory):
             continue
         try:
             datetime.strptime(match.group(1), "%Y-%m-%d")
         except ValueError:
-            raise LedgerError("expected partitions named date=YYYY-MM-DD with a real date", file=str(child)) from None
-        files = sorted(p for p in child.glob("*.parquet") if p.is_file())
+            raise LedgerError("expected partitions named date=YYYY-MM-DD with a real date",
+                              file=where.url(child.path)) from None
+        files = [f.path for f in _listing(where, child.path)
+                 if f.type == pafs.FileType.File and f.base_name.endswith(".parquet")]
         if files:
             out[match.group(1)] = files
     if not out:
-        raise LedgerError("no ledger files in this dataset: expected <root>/date=YYYY-MM-DD/*.parquet", file=str(root))
+        raise LedgerError("no ledger files in this dataset: expected <root>/date=YYYY-MM-DD/*.parquet", file=where.given)
     return out
 
 
@@ -77,21 +93,28 @@ def _date(day: int) -> str:
 class Engine:
     """One DuckDB connection over a dataset's window (the view ``ledger``)."""
 
-    def __init__(self, root: str | Path, memory_limit: str = MEMORY_LIMIT, temp_directory: str | None = None):
+    def __init__(self, root: str | Path, memory_limit: str = MEMORY_LIMIT, temp_directory: str | None = None,
+                 s3_endpoint: str | None = None):
         import duckdb
 
-        self.root = Path(root)
-        self.parts = partitions(self.root)
+        try:
+            self.where = open_location(str(root), s3_endpoint)
+        except ValueError as err:
+            raise LedgerError(str(err), file=str(root)) from None
+        self.root = str(root)
+        self.parts = partitions(self.where)
         config = {"memory_limit": memory_limit, "preserve_insertion_order": False}
         if temp_directory:
             config["temp_directory"] = temp_directory
         self.db = duckdb.connect(config=config)
-        self._error = duckdb.Error
+        # DuckDB's errors, and the reader's: a damaged file or one of another schema surfaces
+        # as OSError or an Arrow error from the batches DuckDB hands over
+        self._failures = (duckdb.Error, OSError, pa.ArrowException)
 
     def close(self) -> None:
         self.db.close()
 
-    def files(self, start: float, end: float) -> list[Path]:
+    def files(self, start: float, end: float) -> list[str]:
         """The files of the partitions whose date overlaps ``[start, end)``."""
         lo, hi = int(start // DAY), int((end - 1) // DAY)
         return [f for date, fs in self.parts.items() if lo <= _day(date) <= hi for f in fs]
@@ -100,25 +123,22 @@ class Engine:
         """Define the view ``ledger`` as the rows with ``start <= minute < end``; the columns it has.
 
         The columns and the currency are read from the footers of the window's first and
-        last file (not every file's: a week of a fleet is tens of thousands of node-hours).
-        Where those two differ in columns (a gatherer upgraded within the window), the files
-        are read by column name, missing columns as null."""
+        last file (not every file's: a week of a fleet is tens of thousands of node-hours);
+        every file is read by column name, a column it lacks as null."""
         files = self.files(start, end)
         if not files:
             raise LedgerError(f"no partition in the window {_date(int(start // DAY))} to {_date(int((end - 1) // DAY))}",
                               file=str(self.root))
-        (names_a, cur_a), (names_b, cur_b) = _footer(files[0]), _footer(files[-1])
+        (names_a, cur_a), (names_b, cur_b) = _footer(self.where, files[0]), _footer(self.where, files[-1])
         if cur_a and cur_b and cur_a != cur_b:
-            raise LedgerError(f"currency {cur_b} differs from {cur_a} in an earlier file of the window", file=str(files[-1]),
-                              field="gpuledger.currency")
+            raise LedgerError(f"currency {cur_b} differs from {cur_a} in an earlier file of the window",
+                              file=self.where.url(files[-1]), field="gpuledger.currency")
         present = set(names_a) | set(names_b)
         for name in schema.NAMES:
             if name not in present and name not in OPTIONAL:
-                raise LedgerError("column missing: is this a gpuledger ledger (docs/ledger.md)?", file=str(files[0]),
-                                  field=name)
-        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        by_name = "true" if set(names_a) != set(names_b) else "false"
-        source = f"read_parquet([{listed}], union_by_name = {by_name}, hive_partitioning = false)"
+                raise LedgerError("column missing: is this a gpuledger ledger (docs/ledger.md)?",
+                                  file=self.where.url(files[0]), field=name)
+        source = self._source(files, cur_a or cur_b or "USD")
         columns = ["epoch(minute)::BIGINT AS minute" if c == "minute" else c for c in schema.NAMES if c in present]
         self._sql(f"CREATE OR REPLACE VIEW ledger AS SELECT {', '.join(columns)} FROM {source} "
                   f"WHERE minute >= to_timestamp({int(start)}) AND minute < to_timestamp({int(end)})")
@@ -126,17 +146,39 @@ class Engine:
         self.currency = cur_a or cur_b or "USD"
         return self.present
 
+    def _source(self, files: list[str], currency: str) -> str:
+        """The FROM clause of the window's files, read by column name: files of two ledger
+        versions (agents upgraded one node at a time) mix anywhere in a window, and a
+        column an older file lacks is null there.
+
+        Local files are read by DuckDB's own Parquet reader; files in an object store
+        through a pyarrow dataset on the store's file system, with the ledger's schema
+        (:func:`recommenders.ledger_schema.arrow_schema`), which DuckDB scans with the
+        columns and the minute filter pushed down (DuckDB's own S3 reader is an extension
+        downloaded at run time, which a cluster without egress cannot fetch)."""
+        if self.where.local:
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            return f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
+        import pyarrow.dataset as ds
+
+        try:
+            source = ds.dataset(files, schema=schema.arrow_schema(currency), filesystem=self.where.fs, format="parquet")
+        except Exception as err:  # noqa: BLE001 - a file gone or unreadable in the store
+            raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=self.where.given) from None
+        self.db.register("ledger_files", source)
+        return "ledger_files"
+
     def _sql(self, text: str):
         try:
             return self.db.execute(text)
-        except self._error as err:  # a damaged file, a column of the wrong type
+        except self._failures as err:  # a damaged file, a column of the wrong type
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
 
     def query(self, text: str) -> pa.Table:
         """A query of :mod:`recommenders.queries` over the current window, as an Arrow table."""
         try:
             return self.db.sql(text).to_arrow_table()
-        except self._error as err:
+        except self._failures as err:
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
 
     def columns(self, text: str, strings: Sequence[str] = (), batch: int = 1 << 20) -> dict[str, pa.ChunkedArray]:
@@ -151,7 +193,7 @@ class Engine:
                     # new arrays either way: a column kept as DuckDB handed it over keeps DuckDB's
                     # buffers of the whole batch alive, its strings included (three times the memory)
                     parts[name].append(column.dictionary_encode() if name in strings else _copy(column))
-        except self._error as err:
+        except self._failures as err:
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
         out = {}
         for name, chunks in parts.items():
@@ -165,7 +207,8 @@ class Engine:
 
     def bounds(self, start: float, end: float) -> tuple[float | None, float | None]:
         self.window(start, end)
-        first, last, _ = self._sql(queries.bounds()).fetchone()
+        # fetched whole: DuckDB refuses new work on a connection while a result is open
+        first, last, _ = self._sql(queries.bounds()).fetchall()[0]
         return first, last
 
 
@@ -178,23 +221,23 @@ def _copy(column: pa.Array) -> pa.Array:
     return pa.array(values, column.type, mask=mask)
 
 
-def _footer(path: Path) -> tuple[list[str], str | None]:
+def _footer(where: Location, path: str) -> tuple[list[str], str | None]:
     """A file's column names and currency, from its footer."""
     import pyarrow.parquet as pq
 
     try:
-        arrow = pq.read_schema(path)
+        arrow = pq.read_schema(path, filesystem=where.fs)
     except Exception as err:  # noqa: BLE001 - whatever a damaged footer makes the reader raise
-        raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=str(path)) from None
+        raise LedgerError(f"cannot read ledger: {_one_line(err)}", file=where.url(path)) from None
     currency = (arrow.metadata or {}).get(b"gpuledger.currency", b"").decode() or None
     return list(arrow.names), currency
 
 
 @contextmanager
-def engine(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> Iterator[Engine]:
+def engine(root: str | Path, memory_limit: str = MEMORY_LIMIT, s3_endpoint: str | None = None) -> Iterator[Engine]:
     """An :class:`Engine` with a temporary spill directory, closed afterwards."""
     with tempfile.TemporaryDirectory(prefix="gpuledger-duckdb-") as tmp:
-        e = Engine(root, memory_limit, tmp)
+        e = Engine(root, memory_limit, tmp, s3_endpoint)
         try:
             yield e
         finally:
@@ -208,11 +251,11 @@ def dataset_end(e: Engine) -> tuple[float, float]:
     day1 = _day(dates[-1])
     _, last = e.bounds(day1 * DAY, (day1 + 1) * DAY)
     if last is None:
-        raise LedgerError("the last partition holds no row of its date", file=str(e.root))
-    return first_minute(e.parts[dates[0]], _day(dates[0]) * DAY), float(last) + 60.0
+        raise LedgerError("the last partition holds no row of its date", file=e.root)
+    return first_minute(e.where, e.parts[dates[0]], _day(dates[0]) * DAY), float(last) + 60.0
 
 
-def first_minute(files: Sequence[Path], midnight: float) -> float:
+def first_minute(where: Location, files: Sequence[str], midnight: float) -> float:
     """The first minute of the first partition, from its files' footers (row-group statistics;
     no data page is read). It only dates the history (``history_days``, the look-back's
     start), so a file whose footer cannot be read is passed over: the window's own files are
@@ -223,7 +266,8 @@ def first_minute(files: Sequence[Path], midnight: float) -> float:
     lo = None
     for path in files:
         try:
-            meta = pq.ParquetFile(path).metadata
+            with where.fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
             index = meta.schema.to_arrow_schema().get_field_index("minute")
             for i in range(meta.num_row_groups):
                 st = meta.row_group(i).column(index).statistics
