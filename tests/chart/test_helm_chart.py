@@ -76,6 +76,14 @@ CASES: dict[str, dict[str, Any]] = {
     "gather-s3": {"gather": {"enabled": True, "out": "s3://fleet-ledger/gpuledger", "s3Endpoint": "http://minio:9000",
                              "serviceAccountAnnotations": {
                                  "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/ledger"}}},
+    "report-ledger": {"report": {"enabled": True}, "gather": {"enabled": True, "existingClaim": "fleet-ledger",
+                                                               "out": "/dataset/fleet"}},
+    "report-ledger-s3": {"report": {"enabled": True},
+                         "gather": {"enabled": True, "out": "s3://fleet-ledger/gpuledger", "s3Endpoint": "http://minio:9000",
+                                    "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}]}},
+    "report-prometheus-beside-gather": {"report": {"enabled": True, "source": "prometheus",
+                                                   "prometheusUrl": "http://prometheus:9090"},
+                                        "gather": {"enabled": True, "existingClaim": "fleet-ledger"}},
     "gather-dry-run": {"dryRun": {"enabled": True}, "gather": {"enabled": True},
                        "ledger": {"token": {"secretName": "ledger-token"}}},
     "processes-on": {"agent": {"processes": True}},
@@ -693,10 +701,10 @@ def test_report_enabled_without_a_url_says_so(helm, tmp_path):
     proc = run_helm(helm, "template", "gpuledger", str(CHART), *values_args({"report": {"enabled": True}}, tmp_path),
                     check=False)
     assert proc.returncode != 0
-    assert "report.prometheusUrl is required when report.enabled is true" in proc.stderr, proc.stderr
+    assert "report.prometheusUrl is required when the report reads Prometheus" in proc.stderr, proc.stderr
     assert "schema" not in proc.stderr, proc.stderr
     lint = run_helm(helm, "lint", str(CHART), *values_args({"report": {"enabled": True}}, tmp_path), check=False)
-    assert "report.prometheusUrl is required when report.enabled is true" in lint.stdout + lint.stderr
+    assert "report.prometheusUrl is required when the report reads Prometheus" in lint.stdout + lint.stderr
     assert "schema" not in lint.stdout + lint.stderr
 
 
@@ -737,6 +745,51 @@ def test_report_cronjob_without_claim_uses_emptydir(rendered):
     assert cron["spec"]["timeZone"] == "UTC"
     assert {"name": "reports", "emptyDir": {}} in pod["volumes"]
     assert "--rates" not in flags(pod["containers"][0]["args"])
+
+
+def _report_pod(objs: list[dict]) -> dict:
+    cron = next(o for o in objs if o["kind"] == "CronJob" and o["metadata"]["name"].endswith("-report"))
+    return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def test_with_the_gatherer_on_the_report_reads_its_dataset_from_the_claim_read_only(rendered):
+    pod = _report_pod(rendered["report-ledger"])
+    (container,) = pod["containers"]
+    assert flags(container["args"]) == {"--ledger": "/dataset/fleet", "--since": "7d"}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dataset")
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"] == {"claimName": "fleet-ledger", "readOnly": True}
+    gather = _gather_pod(rendered["report-ledger"])
+    assert next(v for v in gather["volumes"] if v["name"] == "dataset")["persistentVolumeClaim"]["claimName"] == \
+        "fleet-ledger", "the report reads the claim the gatherer writes"
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+def test_with_an_s3_dataset_the_report_has_the_gatherers_identity_endpoint_and_environment(rendered):
+    objs = rendered["report-ledger-s3"]
+    pod = _report_pod(objs)
+    (container,) = pod["containers"]
+    assert flags(container["args"]) == {"--ledger": "s3://fleet-ledger/gpuledger", "--s3-endpoint": "http://minio:9000",
+                                        "--since": "7d"}
+    assert container["env"] == [{"name": "AWS_REGION", "value": "eu-west-1"}]
+    assert not [m for m in container["volumeMounts"] if m["mountPath"] == "/dataset"]
+    assert pod["serviceAccountName"] == _gather_pod(objs)["serviceAccountName"]
+    assert pod["automountServiceAccountToken"] is False, "no Kubernetes API token: the report makes no API call"
+
+
+def test_the_report_can_still_read_prometheus_beside_a_gatherer(rendered):
+    (container,) = _report_pod(rendered["report-prometheus-beside-gather"])["containers"]
+    assert flags(container["args"]) == {"--prometheus": "http://prometheus:9090", "--since": "7d"}
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"report": {"enabled": True}, "gather": {"enabled": True}}, "set gather.existingClaim or an s3:// gather.out"),
+    ({"report": {"enabled": True, "source": "ledger"}}, "set gather.enabled=true, or report.source=prometheus"),
+])
+def test_a_report_that_could_not_read_the_dataset_is_refused_by_name(helm, tmp_path, values, says):
+    proc = run_helm(helm, "template", "gpuledger", str(CHART), *values_args(values, tmp_path), check=False)
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
 
 
 def test_dashboard_configmap(rendered):
@@ -898,7 +951,8 @@ def test_rendered_flags_exist_in_the_cli(rendered, command, case, container_of):
 
 
 def _gather_pod(objs: list[dict]) -> dict:
-    return one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    cron = next(o for o in objs if o["kind"] == "CronJob" and o["metadata"]["name"].endswith("-gather"))
+    return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 @pytest.mark.parametrize("case", ["gather", "gather-dry-run"])
