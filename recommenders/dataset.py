@@ -78,7 +78,8 @@ def partitions(where: Location) -> dict[str, list[str]]:
         if files:
             out[match.group(1)] = files
     if not out:
-        raise LedgerError("no ledger files in this dataset: expected <root>/date=YYYY-MM-DD/*.parquet", file=where.given)
+        raise LedgerError("no ledger files in this dataset: expected <root>/date=YYYY-MM-DD/*.parquet",
+                          file=where.given)
     return out
 
 
@@ -127,7 +128,8 @@ class Engine:
         every file is read by column name, a column it lacks as null."""
         files = self.files(start, end)
         if not files:
-            raise LedgerError(f"no partition in the window {_date(int(start // DAY))} to {_date(int((end - 1) // DAY))}",
+            first, last = _date(int(start // DAY)), _date(int((end - 1) // DAY))
+            raise LedgerError(f"no partition in the window {first} to {last}",
                               file=str(self.root))
         (names_a, cur_a), (names_b, cur_b) = _footer(self.where, files[0]), _footer(self.where, files[-1])
         if cur_a and cur_b and cur_a != cur_b:
