@@ -32,6 +32,21 @@ def local_seconds(ts: np.ndarray, tz: str) -> np.ndarray:
     return ts + offsets[ts // HOUR - first]
 
 
+def offset_spans(tz: str, start: float, end: float) -> list[tuple[int, int]]:
+    """The zone's UTC offset over ``[start, end)``: (from, offset seconds) pairs, the first
+    from ``start``, one more at each change (daylight saving), looked up per UTC hour as
+    :func:`local_seconds` does; what a query engine needs to turn minutes into local hours."""
+    if tz in ("UTC", "Etc/UTC"):
+        return [(int(start), 0)]
+    zone = ZoneInfo(tz)
+    spans: list[tuple[int, int]] = []
+    for h in range(int(start) // HOUR, int(max(end, start + 1) - 1) // HOUR + 1):
+        offset = int(datetime.fromtimestamp(h * HOUR, timezone.utc).astimezone(zone).utcoffset().total_seconds())
+        if not spans or spans[-1][1] != offset:
+            spans.append((max(h * HOUR, int(start)), offset))
+    return spans
+
+
 def hour_of_week(ts: np.ndarray, tz: str) -> np.ndarray:
     """0 = Monday 00:00–01:00 in ``tz`` … 167 = Sunday 23:00–24:00."""
     local = local_seconds(ts, tz)

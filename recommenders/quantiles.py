@@ -80,3 +80,58 @@ def group_quantiles(groups: np.ndarray, values: np.ndarray, qs: Sequence[float],
     A group with no (non-NaN) value gets NaN.
     """
     return group_sorted(groups, values, n_groups).quantiles(qs)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A distribution as its distinct values (ascending) and how often each occurs.
+
+    A workload's minute peaks are a few dozen distinct values (NVML reports whole percent)
+    repeated over ten thousand minutes, so the query engine hands them over counted, and
+    this answers what the strategies ask of the sorted minutes (how many, a quantile with
+    numpy's linear interpolation, how many lie above a level, the largest, the mean)
+    exactly as the expanded array would.
+    """
+
+    values: np.ndarray  # float64, ascending, distinct
+    counts: np.ndarray  # int64, > 0
+
+    @staticmethod
+    def of(values: np.ndarray, counts: np.ndarray) -> "Counted":
+        """From (value, count) pairs in any order (equal values are merged)."""
+        values = np.asarray(values, np.float64)
+        counts = np.asarray(counts, np.int64)
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+        if len(values) > 1 and (np.diff(values) == 0).any():
+            values, where = np.unique(values, return_inverse=True)
+            counts = np.bincount(where, weights=counts).astype(np.int64)
+        return Counted(values, counts)
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def _at(self, rank: np.ndarray) -> np.ndarray:
+        """The value at each 0-based rank of the expanded sorted array."""
+        return self.values[np.searchsorted(np.cumsum(self.counts), rank, side="right")]
+
+    def quantile(self, q: float) -> float:
+        """numpy's default (linear) quantile of the expanded values; NaN when empty."""
+        n = len(self)
+        if n == 0:
+            return float("nan")
+        pos = (n - 1) * q
+        lo = int(np.floor(pos))
+        a, b = self._at(np.array([lo, min(lo + 1, n - 1)]))
+        return float(a + (b - a) * (pos - lo))
+
+    def above(self, level: float) -> int:
+        """How many values exceed ``level``."""
+        return int(self.counts[np.searchsorted(self.values, level, side="right"):].sum())
+
+    def max(self) -> float:
+        return float(self.values[-1]) if len(self.values) else float("nan")
+
+    def mean(self) -> float:
+        n = len(self)
+        return float(np.dot(self.values, self.counts) / n) if n else float("nan")

@@ -87,3 +87,184 @@ def workload_percentiles(quantiles: Sequence[float] = (0.95, 0.99)) -> str:
                      f"AS memory_p{tag}_bytes")
     return (f"SELECT {key}, SUM(allocated_gpu_seconds) / 3600.0 AS gpu_hours, {', '.join(parts)} "
             f"FROM ledger WHERE {held} GROUP BY {key}")
+
+
+# --------------------------------------------------------------------------- workload evidence
+#
+# What :func:`recommenders.workloads.workload_stats` reads, per workload (KEY), over the
+# rows a pod held. "known": the row's utilisation was reported. A row's peak is its
+# highest sample's utilisation, the minute's mean where a 1.0 ledger lacks it (rounded to
+# the column's float32, as the ledger holds it). Distributions over minutes (peaks,
+# per-minute demand, requests per second) come back counted, as (value, minutes) pairs:
+# a few dozen distinct values per workload where the rows are tens of thousands.
+
+HELD = "pod_uid IS NOT NULL AND allocated_gpu_seconds > 0"
+KNOWN = "util_unknown_gpu_seconds <= 0"
+MEAN = "used_gpu_seconds / allocated_gpu_seconds"
+PEAK = f"CAST(COALESCE(util_peak, CAST({MEAN} AS FLOAT)) AS DOUBLE)"
+BUSY = f"CASE WHEN {KNOWN} THEN COALESCE(CAST(util_peak AS DOUBLE), {MEAN}) ELSE 1.0 END"
+
+
+def _key() -> str:
+    return _names(KEY)
+
+
+def local_seconds(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
+    """``minute`` shifted to local time: ``spans`` are (from, offset) pairs of
+    :func:`recommenders.clock.offset_spans`, so a daylight-saving change inside the window
+    is one more branch of a CASE, in any engine's SQL."""
+    if len(spans) == 1:
+        return f"(minute + {int(spans[0][1])})"
+    branches = " ".join(f"WHEN minute < {int(nxt)} THEN minute + {int(off)}"
+                        for (_, off), (nxt, _) in zip(spans, spans[1:]))
+    return f"(CASE {branches} ELSE minute + {int(spans[-1][1])} END)"
+
+
+def hour_of_day(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
+    return f"(CAST(FLOOR({local_seconds(spans)} / 3600) AS BIGINT) % 24)"
+
+
+def hour_of_week(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
+    """0 = Monday 00:00 … 167 = Sunday 23:00 local (1970-01-01 was a Thursday)."""
+    local = local_seconds(spans)
+    return (f"(((CAST(FLOOR({local} / 86400) AS BIGINT) + 3) % 7) * 24 "
+            f"+ CAST(FLOOR(({local} % 86400) / 3600) AS BIGINT))")
+
+
+def workload_sums() -> str:
+    """Per workload: GPU-seconds held, known, active and idle, cost, memory, pods, and the
+    percentiles of memory peaks, minute means and minute peaks."""
+    idle = f"{KNOWN} AND active_gpu_seconds <= 0"
+    known_peak = f"CASE WHEN {KNOWN} THEN {PEAK} END"
+    return (
+        f"SELECT {_key()}, SUM(allocated_gpu_seconds) AS held_seconds, SUM(cost) AS cost, "
+        f"SUM(idle_cost) AS idle_cost, "
+        f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known_seconds, "
+        f"SUM(CASE WHEN {KNOWN} THEN active_gpu_seconds ELSE 0 END) AS active_seconds, "
+        f"SUM(CASE WHEN {idle} THEN allocated_gpu_seconds ELSE 0 END) AS idle_seconds, "
+        f"MAX(CASE WHEN {idle} THEN CAST(memory_used_max_bytes AS DOUBLE) END) AS idle_memory_max_bytes, "
+        f"MAX(CAST(gpu_memory_total_bytes AS DOUBLE)) AS gpu_memory_bytes, "
+        f"SUM(CASE WHEN price_source = 'default' THEN cost ELSE 0 END) AS default_cost, "
+        f"COUNT(DISTINCT pod_uid) AS pods, "
+        f"PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY CAST(memory_used_max_bytes AS DOUBLE)) AS memory_p99_bytes, "
+        f"MAX(CAST(memory_used_max_bytes AS DOUBLE)) AS memory_max_bytes, "
+        f"PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN {KNOWN} THEN {MEAN} END) AS util_p50, "
+        f"PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY {known_peak}) AS util_p95, "
+        f"PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY {known_peak}) AS util_p99, "
+        f"MAX({known_peak}) AS util_max "
+        f"FROM ledger WHERE {HELD} GROUP BY {_key()}")
+
+
+def workload_peaks() -> str:
+    """Per workload, its known minute peaks counted: (peak, minutes)."""
+    return (f"SELECT {_key()}, {PEAK} AS value, COUNT(*) AS n FROM ledger WHERE {HELD} AND {KNOWN} "
+            f"GROUP BY {_key()}, {PEAK}")
+
+
+def workload_price_sources() -> str:
+    """Per workload and price source, the cost it priced."""
+    return (f"SELECT {_key()}, price_source, SUM(cost) AS cost FROM ledger WHERE {HELD} "
+            f"GROUP BY {_key()}, price_source")
+
+
+def workload_pods() -> str:
+    """Per workload and pod (by name): GPU-seconds held, known and idle, cost, memory peak."""
+    return (
+        f"SELECT {_key()}, pod, SUM(allocated_gpu_seconds) AS held_seconds, "
+        f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known_seconds, "
+        f"SUM(CASE WHEN {KNOWN} AND active_gpu_seconds <= 0 THEN allocated_gpu_seconds ELSE 0 END) AS idle_seconds, "
+        f"SUM(cost) AS cost, MAX(CAST(memory_used_max_bytes AS DOUBLE)) AS memory_max_bytes "
+        f"FROM ledger WHERE {HELD} AND pod IS NOT NULL GROUP BY {_key()}, pod")
+
+
+_POD_MINUTES = f"SELECT {_names(KEY)}, pod_uid, minute, COUNT(*) AS gpus FROM ledger WHERE {HELD} GROUP BY {_names(KEY)}, pod_uid, minute"
+
+
+def workload_gpus_per_pod() -> str:
+    """Per workload, the median over its pods of the most GPUs a pod held at once."""
+    return (f"WITH pm AS ({_POD_MINUTES}), pods AS (SELECT {_key()}, pod_uid, MAX(gpus) AS gpus FROM pm "
+            f"GROUP BY {_key()}, pod_uid) "
+            f"SELECT {_key()}, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY gpus) AS gpus_per_pod FROM pods "
+            f"GROUP BY {_key()}")
+
+
+def workload_replicas() -> str:
+    """Per workload, over the minutes it held GPUs: pods at once (median, mean), minutes, first and last."""
+    return (f"WITH pm AS ({_POD_MINUTES}), wm AS (SELECT {_key()}, minute, COUNT(*) AS pods FROM pm "
+            f"GROUP BY {_key()}, minute) "
+            f"SELECT {_key()}, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY pods) AS replicas, "
+            f"SUM(pods) AS pod_minutes, COUNT(*) AS minutes, MIN(minute) AS first_minute, "
+            f"MAX(minute) AS last_minute FROM wm GROUP BY {_key()}")
+
+
+def multi_gpu_pod_devices() -> str:
+    """Per device of each pod that held two GPUs or more at once: GPU-seconds known and idle, memory peak."""
+    return (f"WITH pm AS ({_POD_MINUTES}), multi AS (SELECT pod_uid AS multi_pod FROM pm GROUP BY pod_uid "
+            f"HAVING MAX(gpus) >= 2) "
+            f"SELECT {_key()}, pod_uid, device_uuid, "
+            f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known_seconds, "
+            f"SUM(CASE WHEN {KNOWN} AND active_gpu_seconds <= 0 THEN allocated_gpu_seconds ELSE 0 END) AS idle_seconds, "
+            f"MAX(CAST(memory_used_max_bytes AS DOUBLE)) AS memory_max_bytes "
+            f"FROM ledger JOIN multi ON pod_uid = multi_pod WHERE {HELD} "
+            f"GROUP BY {_key()}, pod_uid, device_uuid")
+
+
+def workload_shared_seconds() -> str:
+    """Per workload, the GPU-seconds it held on a device another pod held in the same minute
+    (only devices that more than one pod held are looked at minute by minute)."""
+    return (f"WITH shared AS (SELECT device_uuid AS shared_device FROM ledger WHERE {HELD} GROUP BY device_uuid "
+            f"HAVING COUNT(DISTINCT pod_uid) > 1), "
+            f"crowded AS (SELECT device_uuid AS crowded_device, minute AS crowded_minute FROM ledger "
+            f"JOIN shared ON device_uuid = shared_device WHERE {HELD} GROUP BY device_uuid, minute HAVING COUNT(*) > 1) "
+            f"SELECT {_key()}, SUM(allocated_gpu_seconds) AS shared_seconds "
+            f"FROM ledger JOIN crowded ON device_uuid = crowded_device AND minute = crowded_minute "
+            f"WHERE {HELD} GROUP BY {_key()}")
+
+
+_DEMAND = f"SELECT {_names(KEY)}, minute, SUM({BUSY}) AS demand FROM ledger WHERE {HELD} GROUP BY {_names(KEY)}, minute"
+
+
+def workload_demand() -> str:
+    """Per workload, its per-minute demand (busy GPU-equivalents of all its pods) counted."""
+    return f"WITH d AS ({_DEMAND}) SELECT {_key()}, demand AS value, COUNT(*) AS n FROM d GROUP BY {_key()}, demand"
+
+
+def workload_demand_by_hour(q: float = 0.95, spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
+    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand."""
+    return (f"WITH d AS ({_DEMAND}) SELECT {_key()}, {hour_of_day(spans)} AS hour, "
+            f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY demand) AS demand FROM d "
+            f"GROUP BY {_key()}, {hour_of_day(spans)}")
+
+
+def workload_requests() -> str:
+    """Per workload, its requests per second in each minute its servers counted, counted."""
+    return (f"WITH r AS (SELECT {_key()}, minute, SUM(requests) / 60.0 AS rps FROM ledger "
+            f"WHERE {HELD} AND requests IS NOT NULL GROUP BY {_key()}, minute) "
+            f"SELECT {_key()}, rps AS value, COUNT(*) AS n FROM r GROUP BY {_key()}, rps")
+
+
+def workload_replica_capacity(target: float = 0.7) -> str:
+    """Per workload, the most requests per second one pod served in a minute whose highest
+    known peak stayed at or under ``target`` (a pod's requests are on its rows, its peak
+    the highest of its GPUs')."""
+    peak = f"COALESCE(CAST(util_peak AS DOUBLE), used_gpu_seconds / GREATEST(allocated_gpu_seconds, 1e-12))"
+    return (f"WITH pm AS (SELECT {_key()}, pod_uid, minute, SUM(COALESCE(requests, 0)) AS requests, "
+            f"MAX(CASE WHEN {KNOWN} THEN {peak} END) AS peak FROM ledger WHERE {HELD} "
+            f"GROUP BY {_key()}, pod_uid, minute) "
+            f"SELECT {_key()}, MAX(requests / 60.0) AS rps_capacity FROM pm WHERE peak <= {float(target)!r} "
+            f"GROUP BY {_key()}")
+
+
+def workload_week(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
+    """Per workload and local hour of the week: GPU-seconds held, active (known), known, and cost."""
+    how = hour_of_week(spans)
+    return (f"SELECT {_key()}, {how} AS hour, SUM(allocated_gpu_seconds) AS held, "
+            f"SUM(CASE WHEN {KNOWN} THEN active_gpu_seconds ELSE 0 END) AS active, "
+            f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known, SUM(cost) AS cost "
+            f"FROM ledger WHERE {HELD} GROUP BY {_key()}, {how}")
+
+
+def held_minutes() -> str:
+    """The first and last minute held by any pod, and whether any server counted requests."""
+    return (f"SELECT MIN(minute) AS first_minute, MAX(minute) AS last_minute, COUNT(requests) AS counted "
+            f"FROM ledger WHERE {HELD}")

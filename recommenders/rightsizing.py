@@ -223,7 +223,7 @@ def saturated(w: Mapping, scale: float) -> int:
     peaks = w.get("peaks")
     if peaks is None or not len(peaks) or scale <= 0:
         return 0
-    return int(len(peaks) - np.searchsorted(peaks, 1.0 / scale, side="right"))
+    return peaks.above(1.0 / scale)
 
 
 def _saturation(w: Mapping, scale: float, settings: Settings, target: str) -> tuple[int, bool, str]:
@@ -235,14 +235,6 @@ def _saturation(w: Mapping, scale: float, settings: Settings, target: str) -> tu
     share = n / total
     return n, share > settings.saturation_share, (
         f"Its peaks would saturate the {target} in {n:,} of {total:,} GPU-minutes ({share:.1%}). ")
-
-
-def _quantile(sorted_values: np.ndarray, q: float) -> float:
-    """The linear-interpolated quantile of already sorted values (numpy's default method)."""
-    pos = (len(sorted_values) - 1) * q
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
 
 
 # --------------------------------------------------------------------------- strategies
@@ -324,13 +316,13 @@ def replicas(w: Mapping, ctx: Context) -> Recommendation | None:
     if (demand is None or not len(demand) or median < 2 or not bool(w.get("exclusive"))
             or not util_known(w, s) or w["mig_profile"] is not None):
         return None
-    level = _quantile(demand, s.demand_percentile)
+    level = demand.quantile(s.demand_percentile)
     needed = needed_replicas(level, gpus, s)
     throughput = ""
     rps, capacity = w.get("rps"), _num(w.get("rps_capacity"))
     if rps is not None and len(rps) and capacity and float(w.get("serving_share") or 0) >= 0.5:
         # serving counts exist: the replicas must also carry the requests at what one carried at the target
-        rps_level = _quantile(rps, s.demand_percentile)
+        rps_level = rps.quantile(s.demand_percentile)
         by_requests = max(1, math.ceil(rps_level / capacity - 1e-9))
         throughput = (f"By throughput: p{100 * s.demand_percentile:g} {rps_level:,.2f} requests/s, one replica "
                       f"carried up to {capacity:,.2f}/s at or under {_pct(s.target_utilization)}, so "
@@ -338,14 +330,14 @@ def replicas(w: Mapping, ctx: Context) -> Recommendation | None:
         needed = max(needed, by_requests)
     if needed > median - 1:  # keep at least the typical count minus one: nothing to give back
         return None
-    over_target = int(len(demand) - np.searchsorted(demand, needed * gpus * s.target_utilization, side="right"))
-    over_full = int(len(demand) - np.searchsorted(demand, needed * gpus, side="right"))
+    over_target = demand.above(needed * gpus * s.target_utilization)
+    over_full = demand.above(needed * gpus)
     by_hour = [needed_replicas(x, gpus, s) for x in w["demand_by_hour"] if not math.isnan(x)]
     low, high = (min(by_hour), max(by_hour)) if by_hour else (needed, needed)
-    peak_needs = needed_replicas(float(demand[-1]), gpus, s)
+    peak_needs = needed_replicas(demand.max(), gpus, s)
     n = len(demand)
     text = (f"Together its pods did p{100 * s.demand_percentile:g} {level:.1f} GPUs' worth of work a minute "
-            f"(mean {float(np.mean(demand)):.1f}, max {float(demand[-1]):.1f}) on {now:.1f} replicas of {gpus:g} GPU "
+            f"(mean {demand.mean():.1f}, max {demand.max():.1f}) on {now:.1f} replicas of {gpus:g} GPU "
             f"on average; {needed} replicas at {_pct(s.target_utilization)} cover that: {over_target:,} of {n:,} "
             f"minutes ({over_target / n:.1%}) would have run above {_pct(s.target_utilization)} and {over_full:,} "
             f"({over_full / n:.1%}) above their capacity. Autoscale by hour of day ({s.time_zone}): "

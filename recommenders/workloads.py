@@ -15,18 +15,22 @@ unknown utilisation counts as fully busy). That is what ``replicas`` sizes, for
 workloads whose pods hold GPUs of their own. Per hour of the week, the GPU-time
 held and the activity seen are what ``schedule`` reads.
 
-Everything is computed on integer codes and numpy arrays (:mod:`recommenders.grouping`),
-so a week of a thousand GPUs takes seconds.
+Every figure is a query over the window's rows (:mod:`recommenders.queries`), run by
+whichever engine holds them: DuckDB over a gathered dataset or over rows in memory,
+Spark over a cluster's. Only the per-workload results come back, so the rows never
+have to fit in memory; distributions over minutes come back counted.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
-from recommenders.clock import WEEK_HOURS, hour_of_day, hour_of_week
-from recommenders.grouping import column_codes, dense_ids, group_ids, group_max
-from recommenders.quantiles import Sorted, group_order, group_sorted
+from recommenders.clock import WEEK_HOURS
+from recommenders.grouping import group_ids
+from recommenders.quantiles import Counted
 from recommenders.settings import Settings
 
 KEY = ("team", "workload_class", "namespace", "workload_kind", "workload_name", "gpu_model", "mig_profile")
@@ -48,264 +52,193 @@ def workload_ids(rows: pd.DataFrame, mask: np.ndarray | None = None) -> tuple[np
     return group_ids(rows, KEY, mask)
 
 
-def _col(rows: pd.DataFrame, name: str) -> np.ndarray:
-    """A numeric column as it is held (float64, or float32 for readings: no copy)."""
-    if name not in rows:  # a column a 1.0 ledger (or a hand-built frame) lacks
-        return np.full(len(rows), np.nan, np.float32)
-    column = rows[name].to_numpy()
-    return column if column.dtype.kind == "f" else column.astype(np.float64)
-
-
 def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings | float | None = None) -> pd.DataFrame:
+    """:func:`workload_evidence` of ledger rows in memory (a DataFrame: tests, the agent's own report)."""
+    from recommenders.sqlframe import frame_sql
+
+    with frame_sql(rows) as sql:
+        return workload_evidence(sql, window_hours, settings)
+
+
+def workload_evidence(sql: Callable[[str], pd.DataFrame], window_hours: float,
+                      settings: Settings | float | None = None) -> pd.DataFrame:
     """One row per workload with the figures of ``docs/recommendations.md`` ("Evidence").
 
-    ``rows`` are ledger rows (any; unallocated ones are skipped). Columns: the KEY, pods,
-    gpu_hours, cost, idle_cost, util_p50 (of minute means), util_p95/p99/max (of minute
-    peaks), memory_p99/max_bytes, gpu_memory_bytes, memory_max_fraction, active_share,
-    hourly_price (per GPU), price_source (the one that priced most of its cost),
-    default_price_share, gpus_per_pod (median over pods of the most GPUs a pod held at
-    once), replicas (median pods at once), replicas_mean, hours_observed, span_days,
-    coverage, idle_share, idle_memory_max_bytes, util_known_share, exclusive (every pod
-    held whole GPUs of its own), and the arrays the time-shaped strategies read: ``peaks``
-    (sorted minute peaks), ``demand`` (sorted per-minute demand), ``demand_by_hour`` (the
-    ``demand_percentile`` of demand per hour of the day in ``time_zone``), ``week_held``,
-    ``week_active``, ``week_known``, ``week_cost`` (per hour of the week) and
-    ``idle_pods``. ``attrs['idle_gpus']`` holds, per multi-GPU pod and device, the seconds
-    :func:`idle_devices_per_pod` needs.
-
-    The columns are used in place, full length (no masked copies of ten million rows):
-    unallocated rows fall into groups of their own, dropped at the end.
+    ``sql`` runs a query over the view ``ledger`` (the window's rows, :mod:`recommenders.queries`)
+    and returns its (small) result: every figure is a query, so the rows never need to
+    fit in memory. Columns: the KEY, pods, gpu_hours, cost, idle_cost, util_p50 (of minute
+    means), util_p95/p99/max (of minute peaks), memory_p99/max_bytes, gpu_memory_bytes,
+    memory_max_fraction, active_share, hourly_price (per GPU), price_source (the one that
+    priced most of its cost), default_price_share, gpus_per_pod (median over pods of the
+    most GPUs a pod held at once), replicas (median pods at once), replicas_mean,
+    hours_observed, span_days, coverage, idle_share, idle_memory_max_bytes,
+    util_known_share, exclusive (every pod held whole GPUs of its own), and what the
+    time-shaped strategies read: ``peaks`` (the known minute peaks, a
+    :class:`~recommenders.quantiles.Counted`), ``demand`` (per-minute demand, Counted) and
+    ``demand_mean``, ``demand_by_hour`` (the ``demand_percentile`` of demand per hour of
+    the day in ``time_zone``), ``rps`` (Counted), ``rps_capacity``, ``serving_share``,
+    ``week_held``, ``week_active``, ``week_known``, ``week_cost`` (per hour of the week)
+    and ``idle_pods``. ``attrs['idle_gpus']`` holds, per multi-GPU pod and device, the
+    seconds :func:`idle_devices_per_pod` needs.
     """
+    from recommenders import queries
+    from recommenders.clock import offset_spans
+
     if not isinstance(settings, Settings):  # older callers passed the idle memory floor in bytes
         settings = Settings() if settings is None else Settings(idle_memory_floor_gib=float(settings) / GIB)
-    mask = allocated_mask(rows)
-    if not mask.any():
+    base = sql(queries.workload_sums())
+    if base.empty:
         return pd.DataFrame(columns=[*KEY])
-    wid, keys = group_ids(rows, KEY, extra={"_held": mask.astype(np.int64)})
-    wid = wid.astype(np.int32 if len(keys) < (1 << 31) else np.int64)
-    held_group = keys.pop("_held").to_numpy(dtype=np.int64) == 1
-    # each section below is a function, so its full-length temporaries are freed when it returns
-    out = keys
-    _sums_and_percentiles(out, rows, wid, mask, settings)
-    minute = rows["minute"].to_numpy(np.int64)
-    m = ((minute - minute.min()) // 60).astype(np.int32)
-    idle_gpus = _pods_and_replicas(out, rows, wid, mask, m, window_hours, held_group, settings)
-    _demand(out, rows, wid, mask, m, int(minute.min()), settings)
-    _week(out, rows, wid, mask, minute, settings)
-    out = out[held_group].reset_index(drop=True)
-    out.attrs["idle_gpus"] = idle_gpus
+    keys = _keys(base)
+    order = sorted(range(len(keys)), key=lambda i: [(v is not None, v or "") for v in keys[i]])
+    base = base.iloc[order].reset_index(drop=True)
+    keys = [keys[i] for i in order]
+    index = {key: i for i, key in enumerate(keys)}
+    k = len(keys)
+    out = pd.DataFrame({c: [key[j] for key in keys] for j, c in enumerate(KEY)}, dtype=object)
+    num = {c: base[c].to_numpy(np.float64, na_value=np.nan) for c in base.columns if c not in KEY}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["gpu_hours"] = num["held_seconds"] / 3600.0
+        out["cost"] = num["cost"]
+        out["idle_cost"] = num["idle_cost"]
+        out["hourly_price"] = num["cost"] / out["gpu_hours"]
+        out["util_known_share"] = num["known_seconds"] / num["held_seconds"]
+        out["active_share"] = num["active_seconds"] / num["known_seconds"]
+        out["idle_share"] = num["idle_seconds"] / num["known_seconds"]
+        out["default_price_share"] = np.nan_to_num(num["default_cost"] / num["cost"])
+        out["memory_max_fraction"] = num["memory_max_bytes"] / num["gpu_memory_bytes"]
+    for c in ("idle_memory_max_bytes", "gpu_memory_bytes", "memory_p99_bytes", "memory_max_bytes", "util_p50",
+              "util_p95", "util_p99", "util_max"):
+        out[c] = num[c]
+    out["pods"] = num["pods"].astype(np.int64)
+    out["price_source"] = _main_price_source(sql(queries.workload_price_sources()), index, k)
+    out["idle_pods"] = _objects(_idle_pods(sql(queries.workload_pods()), index, k, settings))
+    out["peaks"] = _objects(_counted(sql(queries.workload_peaks()), index, k))
+
+    per_pod = _by_key(sql(queries.workload_gpus_per_pod()), index, k, ["gpus_per_pod"])
+    out["gpus_per_pod"] = per_pod["gpus_per_pod"]
+    seen = _by_key(sql(queries.workload_replicas()), index, k,
+                   ["replicas", "pod_minutes", "minutes", "first_minute", "last_minute"])
+    minutes = np.nan_to_num(seen["minutes"])
+    out["replicas"] = seen["replicas"]
+    out["replicas_mean"] = np.nan_to_num(seen["pod_minutes"]) / np.maximum(minutes, 1)
+    out["hours_observed"] = minutes / 60.0
+    out["coverage"] = np.minimum(out["hours_observed"] / window_hours, 1.0) if window_hours > 0 else 0.0
+    out["span_days"] = np.where(np.isfinite(seen["first_minute"]),
+                                (seen["last_minute"] - seen["first_minute"] + 60.0) / 86400.0, 0.0)
+    shared = _by_key(sql(queries.workload_shared_seconds()), index, k, ["shared_seconds"])["shared_seconds"]
+    out["exclusive"] = num["held_seconds"] - np.nan_to_num(shared) >= 0.99 * num["held_seconds"]
+
+    span = sql(queries.held_minutes()).iloc[0]
+    spans = offset_spans(settings.time_zone, float(span["first_minute"]), float(span["last_minute"]) + 60.0)
+    demand = _counted(sql(queries.workload_demand()), index, k)
+    out["demand"] = _objects(demand)
+    out["demand_mean"] = [d.mean() if len(d) else 0.0 for d in demand]
+    by_hour = np.full((k, 24), np.nan)
+    for key, hour, value in _rows(sql(queries.workload_demand_by_hour(settings.demand_percentile, spans)), ["hour", "demand"]):
+        by_hour[index[key], int(hour)] = value
+    out["demand_by_hour"] = _objects(list(by_hour))
+    if int(span["counted"]) > 0:
+        rps = _counted(sql(queries.workload_requests()), index, k)
+        out["rps"] = _objects(rps)
+        out["serving_share"] = np.array([len(r) for r in rps], np.float64) / np.maximum(minutes, 1)
+        out["rps_capacity"] = _by_key(sql(queries.workload_replica_capacity(settings.target_utilization)), index, k,
+                                      ["rps_capacity"])["rps_capacity"]
+    else:
+        out["rps"] = _objects([Counted.of(np.empty(0), np.empty(0))] * k)
+        out["rps_capacity"] = np.nan
+        out["serving_share"] = 0.0
+    week = {name: np.zeros((k, WEEK_HOURS)) for name in ("held", "active", "known", "cost")}
+    for key, hour, *values in _rows(sql(queries.workload_week(spans)), ["hour", "held", "active", "known", "cost"]):
+        for name, value in zip(("held", "active", "known", "cost"), values):
+            week[name][index[key], int(hour)] = value
+    for name, table in week.items():
+        out[f"week_{name}"] = _objects(list(table))
+    out.attrs["idle_gpus"] = _idle_gpus(sql(queries.multi_gpu_pod_devices()), index)
     out.attrs["idle_memory_floor"] = settings.idle_memory_floor_gib * GIB
     return out
 
 
-def _known(rows: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
-    """Rows held by a pod whose utilisation was reported."""
-    return (_col(rows, "util_unknown_gpu_seconds") <= 0) & mask
+def _keys(frame: pd.DataFrame) -> list[tuple]:
+    """Each result row's workload key, None for a missing part."""
+    columns = [frame[c].astype(object).tolist() for c in KEY]
+    return [tuple(None if v is None or v != v else str(v) for v in parts) for parts in zip(*columns)]
 
 
-def _sums_and_percentiles(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray,
-                          settings: Settings) -> None:
-    """GPU-hours, cost, shares of time, utilisation and memory percentiles, prices, idle pods."""
-    k = len(out)
-    alloc, used, active, mem, cost = (_col(rows, c) for c in ("allocated_gpu_seconds", "used_gpu_seconds",
-                                                              "active_gpu_seconds", "memory_used_max_bytes", "cost"))
-    known = _known(rows, mask)
-    idle_row = known & (active <= 0)
-
-    def total(x: np.ndarray) -> np.ndarray:
-        return np.bincount(wid, weights=x, minlength=k)
-
-    out["gpu_hours"] = total(alloc) / 3600.0
-    out["cost"] = total(cost)
-    out["idle_cost"] = total(_col(rows, "idle_cost"))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["hourly_price"] = out["cost"] / out["gpu_hours"]
-        known_seconds = total(np.where(known, alloc, 0.0))
-        out["util_known_share"] = known_seconds / (out["gpu_hours"] * 3600.0)
-        out["active_share"] = total(np.where(known, active, 0.0)) / known_seconds
-        out["idle_share"] = total(np.where(idle_row, alloc, 0.0)) / known_seconds
-    out["idle_memory_max_bytes"] = group_max(wid, np.where(idle_row, mem, np.nan), k)
-    out["gpu_memory_bytes"] = group_max(wid, _col(rows, "gpu_memory_total_bytes"), k)
-    out["price_source"], out["default_price_share"] = _price_sources(rows, wid, k, cost, out["cost"].to_numpy())
-    out["idle_pods"] = _objects(_idle_pods(rows, wid, k, mask, known, idle_row, alloc, cost, mem, settings))
-    del idle_row
-    by_workload = group_order(wid, k)  # one radix sort, shared by the three percentile columns
-    qm = group_sorted(wid, mem, k, by_workload).quantiles((0.99, 1.0))
-    out["memory_p99_bytes"], out["memory_max_bytes"] = qm[:, 0], qm[:, 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["memory_max_fraction"] = out["memory_max_bytes"] / out["gpu_memory_bytes"]
-        util = np.divide(used, alloc, out=np.full(len(alloc), np.nan), where=known & (alloc > 0))
-    out["util_p50"] = group_sorted(wid, util, k, by_workload).quantiles((0.5,))[:, 0]
-    peak = _col(rows, "util_peak").copy()
-    missing = np.isnan(peak)
-    peak[missing] = util[missing]  # a 1.0 ledger has no peaks: the minute's mean stands in
-    del missing, util
-    peak[~known] = np.nan
-    del known
-    peaks = group_sorted(wid, peak, k, by_workload)
-    del peak, by_workload
-    q = peaks.quantiles((0.95, 0.99, 1.0))
-    out["util_p95"], out["util_p99"], out["util_max"] = q[:, 0], q[:, 1], q[:, 2]
-    # the sorted peaks stay for the saturation counts; float32 halves them (a count at a
-    # threshold moves by at most the rows within 1e-7 of it)
-    out["peaks"] = _views(Sorted(peaks.values.astype(np.float32), peaks.starts, peaks.counts))
+def _rows(frame: pd.DataFrame, names: list[str]):
+    """(key, *values) per result row."""
+    values = [frame[c].to_numpy() for c in names]
+    for i, key in enumerate(_keys(frame)):
+        yield (key, *(v[i] for v in values))
 
 
-def _pods_and_replicas(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, m: np.ndarray,
-                       window_hours: float, held_group: np.ndarray, settings: Settings) -> "pd.DataFrame | None":
-    """Pods, GPUs per pod, replicas and minutes seen, from (pod, minute) pairs; and, for
-    multi-GPU pods, the per-device seconds :func:`idle_devices_per_pod` reads."""
-    k = len(out)
-    # pod code 0 is "no pod" (unallocated rows) and belongs to a dummy group k
-    pod, _ = column_codes(rows["pod_uid"])
-    pod = np.where(mask, pod, 0).astype(np.int64)
-    n_min = int(m.max()) + 1
-    n_pod = int(pod.max()) + 1
-    pod_w = np.full(n_pod, k, np.int64)
-    pod_w[pod[mask]] = wid[mask]
-    pod_w[0] = k
-    pm_ids, pm_keys = dense_ids(pod * n_min + m, n_pod * n_min)
-    gpus_at_once = np.bincount(pm_ids)
-    del pm_ids
-    pm_pod, pm_min = np.divmod(pm_keys, n_min)
-    seen_pods = np.unique(pm_pod[pm_pod > 0])
-    out["pods"] = np.bincount(pod_w[seen_pods], minlength=k + 1)[:k]
-    per_pod_max = group_max(pm_pod, gpus_at_once.astype(np.float64), n_pod)[seen_pods]
-    out["gpus_per_pod"] = group_sorted(pod_w[seen_pods], per_pod_max, k + 1).quantiles((0.5,))[:k, 0]
-    wm_ids, wm_keys = dense_ids(pod_w[pm_pod] * n_min + pm_min, (k + 1) * n_min)
-    del pm_pod, pm_min, pm_keys
-    pods_at_once = np.bincount(wm_ids).astype(np.float64)
-    wm_w = wm_keys // n_min
-    out["replicas"] = group_sorted(wm_w, pods_at_once, k + 1).quantiles((0.5,))[:k, 0]
-    minutes_seen = np.bincount(wm_w, minlength=k + 1)[:k]
-    out["replicas_mean"] = np.bincount(wm_w, weights=pods_at_once, minlength=k + 1)[:k] / np.maximum(minutes_seen, 1)
-    out["hours_observed"] = minutes_seen / 60.0
-    out["coverage"] = np.minimum(out["hours_observed"] / window_hours, 1.0) if window_hours > 0 else 0.0
-    first = np.full(k + 1, np.inf)
-    np.fmin.at(first, wm_w, (wm_keys % n_min).astype(np.float64))
-    last = group_max(wm_w, (wm_keys % n_min).astype(np.float64), k + 1)
-    out["span_days"] = np.where(np.isfinite(first[:k]), (last[:k] + 1 - first[:k]) * 60 / 86400.0, 0.0)
-    del wm_ids, wm_keys, wm_w
+def _by_key(frame: pd.DataFrame, index: dict, k: int, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-workload columns of a query's result, in the workloads' order (NaN where it has no row)."""
+    out = {name: np.full(k, np.nan) for name in names}
+    at = np.array([index[key] for key in _keys(frame)], np.int64)
+    for name in names:
+        out[name][at] = frame[name].to_numpy(np.float64, na_value=np.nan)
+    return out
 
-    # GPUs a multi-GPU pod never used: idle for idle_share of its time and holding no memory
-    multi = per_pod_max >= 2
-    if not multi.any():
+
+def _counted(frame: pd.DataFrame, index: dict, k: int) -> list[Counted]:
+    """Per workload, the (value, n) pairs of a query as a :class:`Counted` (empty where none)."""
+    values: list[list] = [[] for _ in range(k)]
+    counts: list[list] = [[] for _ in range(k)]
+    for key, value, n in _rows(frame, ["value", "n"]):
+        if value == value:  # a NULL (unknown) value is not a minute of the distribution
+            values[index[key]].append(value)
+            counts[index[key]].append(n)
+    return [Counted.of(np.array(v, np.float64), np.array(c, np.int64)) for v, c in zip(values, counts)]
+
+
+def _main_price_source(frame: pd.DataFrame, index: dict, k: int) -> list:
+    """Per workload, the price source that priced most of its cost (ties: the first by name)."""
+    best: list[tuple] = [(-np.inf, "")] * k
+    out: list = [None] * k
+    for key, source, cost in _rows(frame, ["price_source", "cost"]):
+        i = index[key]
+        name = None if source is None or source != source else str(source)
+        rank = (float(cost), "" if name is None else name)
+        if rank[0] > best[i][0] or (rank[0] == best[i][0] and rank[1] < best[i][1]):
+            best[i], out[i] = rank, name
+    return out
+
+
+def _idle_pods(frame: pd.DataFrame, index: dict, k: int, settings: Settings) -> list[list[dict]]:
+    """Per workload: its pods that were idle (``idle_share`` of their known time), largest cost first.
+
+    A pod counts only when it held at least ``min_hours`` GPU-hours and its utilisation was
+    known for ``min_util_known_share`` of its GPU-time. Workloads of one pod get an empty
+    list (the workload-level ``idle`` covers them).
+    """
+    out: list[list[dict]] = [[] for _ in range(k)]
+    pods_per_workload = np.zeros(k, np.int64)
+    rows = list(_rows(frame, ["pod", "held_seconds", "known_seconds", "idle_seconds", "cost", "memory_max_bytes"]))
+    for key, *_ in rows:
+        pods_per_workload[index[key]] += 1
+    for key, pod, held, known, idle, cost, memory in rows:
+        i = index[key]
+        if (pods_per_workload[i] >= 2 and held >= settings.min_hours * 3600 and known > 0
+                and known >= settings.min_util_known_share * held and idle >= settings.idle_share * known):
+            out[i].append({"pod": str(pod), "gpu_hours": float(held / 3600), "cost": float(cost),
+                           "idle_share": float(idle / known),
+                           "memory_max_bytes": None if memory is None or memory != memory else float(memory)})
+    for pods in out:
+        pods.sort(key=lambda d: (-d["cost"], d["pod"]))
+    return out
+
+
+def _idle_gpus(frame: pd.DataFrame, index: dict) -> "pd.DataFrame | None":
+    """Per device of each multi-GPU pod: its workload's row (``w``), the pod (``p``), GPU-seconds
+    known and idle, and memory peak (0 where never reported)."""
+    if frame.empty:
         return None
-    dev, _ = column_codes(rows["device_uuid"])
-    known = _known(rows, mask)
-    alloc = _col(rows, "allocated_gpu_seconds")
-    idle_row = known & (_col(rows, "active_gpu_seconds") <= 0)
-    multi_pods = np.zeros(n_pod, bool)
-    multi_pods[seen_pods[multi]] = True
-    sel = multi_pods[pod]
-    n_dev = int(dev.max()) + 1
-    pd_ids, pd_keys = dense_ids(pod[sel] * n_dev + dev[sel], n_pod * n_dev)
-    n = len(pd_keys)
-    known_s = np.bincount(pd_ids, weights=np.where(known, alloc, 0.0)[sel], minlength=n)
-    idle_s = np.bincount(pd_ids, weights=np.where(idle_row, alloc, 0.0)[sel], minlength=n)
-    mem_max = group_max(pd_ids, _col(rows, "memory_used_max_bytes")[sel], n)
-    new_index = np.cumsum(held_group) - 1
+    pods = {uid: i for i, uid in enumerate(pd.unique(frame["pod_uid"].astype(object)))}
     return pd.DataFrame({
-        "w": new_index[pod_w[pd_keys // n_dev]], "p": pd_keys // n_dev, "known": known_s, "idle": idle_s,
-        "mem": np.nan_to_num(mem_max, nan=0.0)})
-
-
-def _demand(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, m: np.ndarray,
-            first_minute: int, settings: Settings) -> None:
-    """Busy GPU-equivalents per (workload, minute), and whether its pods held GPUs alone.
-
-    A workload is "exclusive" when its pods held their GPUs alone (no other pod's row on
-    the device in that minute) for 99% of its GPU-time; then each row is one whole GPU,
-    busy at its peak. A row of unknown utilisation counts as fully busy: the safe side for
-    taking replicas away.
-    """
-    k = len(out)
-    n_min = int(m.max()) + 1
-    alloc = _col(rows, "allocated_gpu_seconds")
-    dev, _ = column_codes(rows["device_uuid"])
-    dm_ids, _ = dense_ids(dev.astype(np.int64) * n_min + m, (int(dev.max()) + 1) * n_min)
-    del dev
-    alone = mask & (np.bincount(dm_ids, weights=mask)[dm_ids] == 1)
-    del dm_ids
-    held = np.where(mask, alloc, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["exclusive"] = (np.bincount(wid, weights=np.where(alone, alloc, 0.0), minlength=k)
-                            >= 0.99 * np.bincount(wid, weights=held, minlength=k))
-    del alone, held
-    known = _known(rows, mask)
-    peak = _col(rows, "util_peak")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = _col(rows, "used_gpu_seconds") / alloc
-    busy = np.where(mask, np.where(known, np.where(np.isnan(peak), mean, peak), 1.0), 0.0)
-    del known, peak, mean
-    demand_ids, demand_keys = dense_ids(wid.astype(np.int64) * n_min + m, k * n_min)
-    demand = np.bincount(demand_ids, weights=busy)
-    del busy, demand_ids
-    demand_w = demand_keys // n_min
-    out["demand"] = _views(group_sorted(demand_w, demand, k))
-    out["demand_mean"] = np.bincount(demand_w, weights=demand, minlength=k) / np.maximum(
-        np.bincount(demand_w, minlength=k), 1)
-    hod = hour_of_day(first_minute + (demand_keys % n_min) * 60, settings.time_zone)
-    by_hour = group_sorted(demand_w * 24 + hod, demand, k * 24).quantiles((settings.demand_percentile,))[:, 0]
-    out["demand_by_hour"] = _objects(list(by_hour.reshape(k, 24)))
-    _throughput(out, rows, wid, mask, m, n_min, settings)
-
-
-def _throughput(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, m: np.ndarray,
-                n_min: int, settings: Settings) -> None:
-    """Requests per second per (workload, minute), and what one replica sustained.
-
-    ``rps`` (sorted) is the workload's requests per second in each minute its servers
-    counted; ``rps_capacity`` the most requests per second one pod served in a minute
-    whose peak utilisation stayed at or under ``target_utilization`` (NaN without one);
-    ``serving_share`` the share of the workload's minutes with counts. ``replicas`` sizes
-    on these too when serving data exists (docs/unit-economics.md).
-    """
-    k = len(out)
-    requests = _col(rows, "requests")
-    counted = mask & ~np.isnan(requests)
-    if not counted.any():
-        out["rps"] = _objects([np.empty(0)] * k)
-        out["rps_capacity"] = np.nan
-        out["serving_share"] = 0.0
-        return
-    ids, keys = dense_ids(wid[counted].astype(np.int64) * n_min + m[counted], k * n_min)
-    per_minute = np.bincount(ids, weights=requests[counted]) / 60.0
-    w = keys // n_min
-    out["rps"] = _views(group_sorted(w, per_minute, k))
-    seen = np.bincount(dense_ids(wid[mask].astype(np.int64) * n_min + m[mask], k * n_min)[1] // n_min, minlength=k)
-    out["serving_share"] = np.bincount(w, minlength=k) / np.maximum(seen, 1)
-    # a pod's minute: its requests (on its first GPU's row) and its highest peak over its GPUs
-    pod, _ = column_codes(rows["pod_uid"])
-    n_pod = int(pod.max()) + 1
-    pm_ids, pm_keys = dense_ids(pod[mask].astype(np.int64) * n_min + m[mask], n_pod * n_min)
-    pm_requests = np.bincount(pm_ids, weights=np.nan_to_num(requests[mask]))
-    util = np.where(np.isnan(peak := _col(rows, "util_peak")), _col(rows, "used_gpu_seconds")
-                    / np.maximum(_col(rows, "allocated_gpu_seconds"), 1e-12), peak)[mask]
-    pm_peak = group_max(pm_ids, np.where(_known(rows, mask)[mask], util, np.nan), len(pm_keys))
-    pm_w = np.zeros(len(pm_keys), np.int64)
-    pm_w[pm_ids] = wid[mask]
-    within = pm_peak <= settings.target_utilization  # NaN (unknown utilisation) is not within
-    out["rps_capacity"] = group_max(pm_w[within], pm_requests[within] / 60.0, k)
-
-
-def _week(out: pd.DataFrame, rows: pd.DataFrame, wid: np.ndarray, mask: np.ndarray, minute: np.ndarray,
-          settings: Settings) -> None:
-    """GPU-seconds held, of known utilisation, active, and their cost, per hour of the week."""
-    k = len(out)
-    bins = wid.astype(np.int64) * WEEK_HOURS + hour_of_week(minute, settings.time_zone)
-    known = _known(rows, mask)
-    alloc = _col(rows, "allocated_gpu_seconds")
-    for name, values in (("week_held", lambda: alloc),
-                         ("week_active", lambda: np.where(known, _col(rows, "active_gpu_seconds"), 0.0)),
-                         ("week_known", lambda: np.where(known, alloc, 0.0)), ("week_cost", lambda: _col(rows, "cost"))):
-        sums = np.bincount(bins, weights=values(), minlength=k * WEEK_HOURS).reshape(k, WEEK_HOURS)
-        out[name] = _objects(list(sums))
-
-
-def _views(s) -> pd.Series:
-    """Each group's sorted values (views into one array)."""
-    return _objects([s.of(g) for g in range(len(s.counts))])
+        "w": [index[key] for key in _keys(frame)], "p": [pods[u] for u in frame["pod_uid"].astype(object)],
+        "known": frame["known_seconds"].to_numpy(np.float64), "idle": frame["idle_seconds"].to_numpy(np.float64),
+        "mem": np.nan_to_num(frame["memory_max_bytes"].to_numpy(np.float64, na_value=np.nan), nan=0.0)})
 
 
 def _objects(values: list) -> pd.Series:
@@ -314,52 +247,6 @@ def _objects(values: list) -> pd.Series:
     for i, v in enumerate(values):  # one by one: numpy would stack equal-length arrays into 2-D
         holder[i] = v
     return pd.Series(holder, dtype=object)
-
-
-def _price_sources(rows: pd.DataFrame, wid: np.ndarray, k: int, cost: np.ndarray,
-                   totals: np.ndarray) -> tuple[list, np.ndarray]:
-    """Per workload: the price source that priced most of its cost, and the share priced at the default."""
-    if "price_source" not in rows:
-        return [None] * k, np.zeros(k)
-    code, names = column_codes(rows["price_source"])
-    n = len(names)
-    by_source = np.bincount(wid * n + code, weights=cost, minlength=k * n).reshape(k, n)
-    main = [names[i] for i in np.argmax(by_source, axis=1)]
-    default = [i for i, name in enumerate(names) if name == DEFAULT_PRICE]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = by_source[:, default[0]] / totals if default else np.zeros(k)
-    return main, np.nan_to_num(share)
-
-
-def _idle_pods(rows, wid, k, mask, known, idle_row, alloc, cost, mem, settings: Settings) -> list[list[dict]]:
-    """Per workload: its pods that were idle (``idle_share`` of their known time), largest cost first.
-
-    A pod counts only when it held at least ``min_hours`` GPU-hours and its utilisation was
-    known for ``min_util_known_share`` of its GPU-time. Workloads of one pod get an empty list (the workload-level ``idle`` covers them).
-    """
-    names = rows["pod"] if "pod" in rows else rows["pod_uid"]
-    code, values = column_codes(names)
-    code = np.where(mask, code, 0).astype(np.int64)
-    n = len(values)
-    ids, pkeys = dense_ids(wid * n + code, k * n)
-    sums = {name: np.bincount(ids, weights=x) for name, x in (
-        ("alloc", alloc * mask), ("known", np.where(known, alloc, 0.0)), ("idle", np.where(idle_row, alloc, 0.0)),
-        ("cost", cost * mask))}
-    mem_max = group_max(ids, np.where(mask, mem, np.nan), len(pkeys))
-    w, p = np.divmod(pkeys, n)
-    pods_per_w = np.bincount(w[p > 0], minlength=k)
-    out: list[list[dict]] = [[] for _ in range(k)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        idle = ((p > 0) & (pods_per_w[w] >= 2) & (sums["alloc"] >= settings.min_hours * 3600)
-                & (sums["known"] >= settings.min_util_known_share * sums["alloc"])
-                & (sums["known"] > 0) & (sums["idle"] >= settings.idle_share * sums["known"]))
-    for i in np.flatnonzero(idle):
-        out[int(w[i])].append({"pod": str(values[p[i]]), "gpu_hours": float(sums["alloc"][i] / 3600),
-                               "cost": float(sums["cost"][i]), "idle_share": float(sums["idle"][i] / sums["known"][i]),
-                               "memory_max_bytes": None if np.isnan(mem_max[i]) else float(mem_max[i])})
-    for pods in out:
-        pods.sort(key=lambda d: (-d["cost"], d["pod"]))
-    return out
 
 
 def idle_devices_per_pod(stats: pd.DataFrame, idle_share: float) -> np.ndarray:
