@@ -152,27 +152,27 @@ def build(args: argparse.Namespace):
     notes: list[str] = []
     if prometheus:
         history, notes = prometheus_history(args, since, settings.commitment_days, until)
-        first, end = history.first_minute, history.end
+        first, end, currency = history.first_minute, history.end, history.currency
         source = "Prometheus"
     else:
+        history = None
+        source = "the ledger"
         try:
             if any(is_dataset(p) for p in args.ledger):
-                history = dataset_history(args.ledger, since, settings.commitment_days, until,
-                                          getattr(args, "s3_endpoint", None))
-                first, end = history.first_minute, history.end
-            else:
-                paths = ledger_paths(args.ledger)
-                first, end = ledger_end(paths)
-                end = window_end(first, end, until)
-                start = min(end - 2 * since, end - settings.commitment_days * 86400)
-                history = load_history(paths, start, end)
+                return dataset_report(args.ledger, since, until, settings, card, pools, spot,
+                                      getattr(args, "s3_endpoint", None), rates=args.rates)
+            paths = ledger_paths(args.ledger)
+            first, end = ledger_end(paths)
+            end = window_end(first, end, until)
+            start = min(end - 2 * since, end - settings.commitment_days * 86400)
+            history = load_history(paths, start, end)
+            currency = history.currency
         except LedgerError as err:
             raise InputError(err.message, file=err.file, field=err.field) from None
-        source = "the ledger"
-    if args.rates and history.currency != card.currency:
-        raise InputError(f"{source} is in {history.currency} but the rate card in {card.currency}",
+    if args.rates and currency != card.currency:
+        raise InputError(f"{source} is in {currency} but the rate card in {card.currency}",
                          file=args.rates, field="currency")
-    report = build_report(history.rows, end, since, history.currency, first, settings,
+    report = build_report(history.rows, end, since, currency, first, settings,
                           pool_prices=pools, spot_hourly=spot)
     report.notes.extend(notes)
     return report
@@ -187,11 +187,13 @@ def window_end(first: float, end: float, until: float | None) -> float:
     return min(end, float(int(until // 60) * 60))
 
 
-def dataset_history(given: Sequence[str], since: float, commitment_days: float, until: float | None,
-                    s3_endpoint: str | None = None):
-    """The History of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``, a directory or an
-    object-store URL), read with DuckDB: the window's partitions only (:mod:`recommenders.dataset`)."""
-    from recommenders.dataset import dataset_end, engine, load_window
+def dataset_report(given: Sequence[str], since: float, until: float | None, settings, card, pools, spot,
+                   s3_endpoint: str | None = None, rates: str | None = None):
+    """The report of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``, a directory or an
+    object-store URL): every figure a query run by DuckDB over the window's partitions
+    (:mod:`recommenders.dataset`); no ledger row is held in memory."""
+    from recommenders.dataset import dataset_end, engine
+    from recommenders.report import report_from
 
     if len(given) != 1:
         raise InputError("give a gathered dataset alone (one directory of date=YYYY-MM-DD partitions)",
@@ -199,8 +201,11 @@ def dataset_history(given: Sequence[str], since: float, commitment_days: float, 
     with engine(given[0], s3_endpoint=s3_endpoint) as e:
         first, end = dataset_end(e)
         end = window_end(first, end, until)
-        start = min(end - 2 * since, end - commitment_days * 86400)
-        return load_window(e, start, end, first)
+        e.window(max(first, end - since), end)  # the window's currency, from its files
+        if rates and e.currency != card.currency:
+            raise InputError(f"the ledger is in {e.currency} but the rate card in {card.currency}", file=rates,
+                             field="currency")
+        return report_from(e, end, since, e.currency, first, settings, pool_prices=pools, spot_hourly=spot)
 
 
 _ROLLUP_NAME = re.compile(r"(^|/)\d{4}-\d\d-\d\d/\d\d\.jsonl\.gz$")  # <node>/<YYYY-MM-DD>/<HH>.jsonl.gz

@@ -32,6 +32,7 @@ from collectors.objectstore import Location, is_url, open_location
 from recommenders import ledger_schema as schema
 from recommenders import queries
 from recommenders.history import COLUMNS, OPTIONAL, STRINGS, History, LedgerError, _frame, _one_line
+from recommenders.sqlframe import view_columns
 
 PARTITION = re.compile(r"date=(\d{4}-\d\d-\d\d)")
 DAY = 86400
@@ -120,7 +121,7 @@ class Engine:
         lo, hi = int(start // DAY), int((end - 1) // DAY)
         return [f for date, fs in self.parts.items() if lo <= _day(date) <= hi for f in fs]
 
-    def window(self, start: float, end: float) -> list[str]:
+    def window(self, start: float, end: float, allow_empty: bool = False) -> list[str]:
         """Define the view ``ledger`` as the rows with ``start <= minute < end``; the columns it has.
 
         The columns and the currency are read from the footers of the window's first and
@@ -128,9 +129,11 @@ class Engine:
         every file is read by column name, a column it lacks as null."""
         files = self.files(start, end)
         if not files:
-            first, last = _date(int(start // DAY)), _date(int((end - 1) // DAY))
-            raise LedgerError(f"no partition in the window {first} to {last}",
-                              file=str(self.root))
+            if not allow_empty:
+                first, last = _date(int(start // DAY)), _date(int((end - 1) // DAY))
+                raise LedgerError(f"no partition in the window {first} to {last}", file=str(self.root))
+            self._sql(f"CREATE OR REPLACE VIEW ledger AS SELECT {', '.join(view_columns(()))} FROM (SELECT 1) WHERE false")
+            return []
         (names_a, cur_a), (names_b, cur_b) = _footer(self.where, files[0]), _footer(self.where, files[-1])
         if cur_a and cur_b and cur_a != cur_b:
             raise LedgerError(f"currency {cur_b} differs from {cur_a} in an earlier file of the window",
@@ -141,7 +144,7 @@ class Engine:
                 raise LedgerError("column missing: is this a gpuledger ledger (docs/ledger.md)?",
                                   file=self.where.url(files[0]), field=name)
         source = self._source(files, cur_a or cur_b or "USD")
-        columns = ["epoch(minute)::BIGINT AS minute" if c == "minute" else c for c in schema.NAMES if c in present]
+        columns = view_columns(present, "epoch(minute)::BIGINT")
         self._sql(f"CREATE OR REPLACE VIEW ledger AS SELECT {', '.join(columns)} FROM {source} "
                   f"WHERE minute >= to_timestamp({int(start)}) AND minute < to_timestamp({int(end)})")
         self.present = [c for c in schema.NAMES if c in present]
@@ -175,6 +178,10 @@ class Engine:
             return self.db.execute(text)
         except self._failures as err:  # a damaged file, a column of the wrong type
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
+
+    def sql(self, text: str) -> "pd.DataFrame":
+        """A query over the current window, its (small) result as a DataFrame."""
+        return self.query(text).to_pandas()
 
     def query(self, text: str) -> pa.Table:
         """A query of :mod:`recommenders.queries` over the current window, as an Arrow table."""

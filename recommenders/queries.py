@@ -268,3 +268,46 @@ def held_minutes() -> str:
     """The first and last minute held by any pod, and whether any server counted requests."""
     return (f"SELECT MIN(minute) AS first_minute, MAX(minute) AS last_minute, COUNT(requests) AS counted "
             f"FROM ledger WHERE {HELD}")
+
+
+# --------------------------------------------------------------------------- hour rows
+#
+# The report's sums (totals, teams, classes, daily cost, FOCUS, price sources, energy,
+# anomalies, unit costs, commitment pools) add ledger columns up by day or hour and by
+# string attributes, never by pod or minute. So the engine adds each device's rows of an
+# hour up first, into rows of the ledger's own shape (``minute`` the hour's start,
+# ``pod_uid`` only "held or not"), sixty times fewer at one-minute samples, and the
+# sums run on those. A null-able sum stays null where any of its rows was (energy not
+# measured), and a count is null where none was counted, as the ledger's own merge does.
+
+HOUR_KEY = ("node", "device_uuid", "parent_uuid", "mig_profile", "gpu_model", "namespace", "team", "workload_class",
+            "workload_kind", "workload_name", "instance_type", "region", "zone", "capacity_type", "price_source")
+HOUR_SUMS = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_seconds", "util_unknown_gpu_seconds",
+             "active_gpu_seconds", "cost", "idle_cost", "unallocated_cost", "samples", "requests", "input_tokens",
+             "output_tokens")
+HOUR_KNOWN_SUMS = ("energy_joules", "energy_cost", "carbon_grams")
+
+
+def hour_rows() -> str:
+    """Each hour's rows of a device and a workload (pods' or unallocated) added up, with the
+    ledger's column names; ``gpu_hourly_price`` weighted by the GPU-seconds it priced."""
+    hour = "CAST(FLOOR(minute / 3600) AS BIGINT) * 3600"
+    held = "CASE WHEN pod_uid IS NULL THEN NULL ELSE 'held' END"
+    seconds = "allocated_gpu_seconds + unallocated_gpu_seconds"
+    keys = _names(HOUR_KEY)
+    return (
+        f"SELECT {hour} AS minute, {keys}, {held} AS pod_uid, "
+        f"COALESCE(SUM(gpu_hourly_price * ({seconds})) / NULLIF(SUM({seconds}), 0), 0) AS gpu_hourly_price, "
+        + ", ".join(f"SUM({c}) AS {c}" for c in HOUR_SUMS) + ", "
+        + ", ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN SUM({c}) END AS {c}" for c in HOUR_KNOWN_SUMS) + ", "
+        f"MAX(gpu_memory_total_bytes) AS gpu_memory_total_bytes, MAX(memory_used_max_bytes) AS memory_used_max_bytes "
+        f"FROM ledger GROUP BY {hour}, {keys}, {held}")
+
+
+def utilization_buckets() -> str:
+    """GPU-seconds held by pods per utilisation bucket (0: exactly idle, 1–10: tenths) for rows
+    of known utilisation, and per MIG or not for rows of unknown utilisation (bucket NULL)."""
+    bucket = (f"CASE WHEN {KNOWN} THEN GREATEST(0, LEAST(10, CAST(CEIL({MEAN} * 10 - 1e-9) AS BIGINT))) END")
+    mig = "CASE WHEN mig_profile IS NULL THEN 0 ELSE 1 END"
+    return (f"SELECT {bucket} AS bucket, {mig} AS mig, SUM(allocated_gpu_seconds) AS seconds FROM ledger "
+            f"WHERE {HELD} GROUP BY {bucket}, {mig}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,8 @@ from recommenders.grouping import column_codes, group_ids
 from recommenders.rightsizing import Recommendation, best_per_workload, not_judged, recommend, workload_key
 from recommenders.settings import Settings
 from recommenders.unit_costs import unit_costs
-from recommenders.workloads import KEY, allocated_mask, workload_ids, workload_stats
+from recommenders import queries
+from recommenders.workloads import KEY, allocated_mask, workload_evidence, workload_ids
 
 REPORT_VERSION = 2
 UNALLOCATED = "(unallocated)"
@@ -233,23 +234,23 @@ def _workload_rows(stats: pd.DataFrame, column: str, top: int) -> list[dict[str,
     return out
 
 
-def utilization_histogram(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """GPU-hours by utilisation bucket (0 exactly, then tenths), for allocated rows of known utilisation."""
-    mask = allocated_mask(rows)
-    all_alloc = rows["allocated_gpu_seconds"].to_numpy(np.float64)[mask]
-    known = rows["util_unknown_gpu_seconds"].to_numpy(np.float64)[mask] <= 0
-    util = rows["used_gpu_seconds"].to_numpy(np.float64)[mask] / all_alloc
-    alloc, util = all_alloc[known], util[known]
-    tenth = np.clip(np.ceil(util * 10 - 1e-9).astype(np.int64), 0, 10)  # 0 → exactly 0; 1..10 → tenths
-    per = np.bincount(tenth, weights=alloc, minlength=11) / 3600
+def utilization_histogram(buckets: pd.DataFrame) -> list[dict[str, Any]]:
+    """GPU-hours by utilisation bucket (0 exactly, then tenths), for allocated rows of known
+    utilisation, then those of unknown utilisation (MIG or not); ``buckets`` is the result
+    of :func:`recommenders.queries.utilization_buckets`."""
+    per = np.zeros(11)
+    unknown = {0: 0.0, 1: 0.0}
+    for bucket, mig, seconds in zip(buckets["bucket"].astype(object), buckets["mig"], buckets["seconds"]):
+        if pd.isna(bucket):
+            unknown[int(mig)] += float(seconds)
+        else:
+            per[int(bucket)] += float(seconds)
+    per /= 3600
     out = [{"bucket": "0%", "gpu_hours": float(per[0])}]
     out += [{"bucket": f"{(i - 1) * 10}–{i * 10}%", "gpu_hours": float(per[i])} for i in range(1, 11)]
-    unknown_rows = ~known
-    mig = rows["mig_profile"].notna().to_numpy()[mask] if "mig_profile" in rows else np.zeros(len(known), bool)
-    for label, which in (("not reported (MIG)", unknown_rows & mig), ("not reported", unknown_rows & ~mig)):
-        unknown = float(all_alloc[which].sum() / 3600)
-        if unknown > 0:
-            out.append({"bucket": label, "gpu_hours": unknown})
+    for label, mig in (("not reported (MIG)", 1), ("not reported", 0)):
+        if unknown[mig] > 0:
+            out.append({"bucket": label, "gpu_hours": unknown[mig] / 3600})
     return out
 
 
@@ -370,9 +371,14 @@ def price_source_table(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: (-d["cost"], d["source"]))
 
 
-def _slice(rows: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    """The selected rows, without copying ten million rows when all of them are selected."""
-    return rows if mask.all() else rows[mask]
+class Ledger(Protocol):
+    """Where the report's queries run: the view ``ledger`` narrowed to a window, and a query's
+    (small) result. :class:`recommenders.sqlframe.FrameLedger` (rows in memory) and
+    :class:`recommenders.dataset.Engine` (a gathered dataset) are two."""
+
+    def window(self, start: float, end: float, allow_empty: bool = False) -> Any: ...
+
+    def sql(self, text: str) -> pd.DataFrame: ...
 
 
 def build_report(
@@ -380,29 +386,55 @@ def build_report(
     settings: Settings | None = None, catalog: Catalog | None = None,
     pool_prices: Sequence[PoolPrices] = (), spot_hourly: Mapping[tuple, float] | None = None,
 ) -> Report:
-    """The report for the window ``[end − since, end)`` and the one before it.
+    """:func:`report_from` of ledger rows in memory. ``rows`` must reach back to the earliest
+    of the previous window and the commitment look-back (``settings.commitment_days``)."""
+    from recommenders.sqlframe import FrameLedger
 
-    ``rows`` must reach back to the earliest of the previous window and the commitment
-    look-back (``settings.commitment_days``); ``first_minute`` is the ledger's first
-    minute, so a window that starts before the data is measured from the data.
+    with FrameLedger(rows) as ledger:
+        return report_from(ledger, end, since_s, currency, first_minute, settings, catalog, pool_prices, spot_hourly)
+
+
+def _hours(ledger: Ledger, start: float, end: float) -> pd.DataFrame:
+    """The hour rows (:func:`recommenders.queries.hour_rows`) of ``[start, end)``."""
+    if end <= start:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in queries.HOUR_KEY or c == "pod_uid" else np.float64)
+                             for c in ("minute", *queries.HOUR_KEY, "pod_uid", "gpu_hourly_price", *queries.HOUR_SUMS,
+                                       *queries.HOUR_KNOWN_SUMS)})
+    ledger.window(start, end, allow_empty=True)
+    return ledger.sql(queries.hour_rows())
+
+
+def report_from(
+    ledger: Ledger, end: float, since_s: float, currency: str, first_minute: float,
+    settings: Settings | None = None, catalog: Catalog | None = None,
+    pool_prices: Sequence[PoolPrices] = (), spot_hourly: Mapping[tuple, float] | None = None,
+) -> Report:
+    """The report for the window ``[end − since, end)`` and the one before it, from queries.
+
+    The workload evidence and the utilisation histogram are queries over the window's
+    rows; every sum runs on the hour rows of the window, of the one before it and of the
+    commitment look-back (``settings.commitment_days``), each a query. ``first_minute``
+    is the ledger's first minute, so a window that starts before the data is measured
+    from the data.
     """
     settings = settings or Settings()
     catalog = catalog or load_catalog()
-    minute = rows["minute"].to_numpy(np.int64)
     current = Window(max(end - since_s, first_minute), end)
     previous = Window(max(end - 2 * since_s, first_minute), current.start)
     commit = Window(*lookback(first_minute, end, settings.commitment_days))
-    cur_rows = _slice(rows, minute >= current.start)
-    prev_rows = _slice(rows, (minute >= previous.start) & (minute < previous.end))
     hours = current.hours
-    stats = workload_stats(cur_rows, hours, settings)
+    ledger.window(current.start, end, allow_empty=True)
+    stats = workload_evidence(ledger.sql, hours, settings)
+    histogram = utilization_histogram(ledger.sql(queries.utilization_buckets()))
+    cur_rows = _hours(ledger, current.start, end)
+    prev_rows = _hours(ledger, previous.start, previous.end)
+    commit_rows = _hours(ledger, commit.start, end)  # commitment_plan counts whole hours before commit.end
+    recent = pd.concat([prev_rows, cur_rows], ignore_index=True) if len(prev_rows) else cur_rows
     recs = recommend(cur_rows, hours, currency, settings, catalog, stats=stats)
     best = best_per_workload(recs)
     by_type: dict[str, float] = {}
     for r in best.values():
         by_type[r.type] = by_type.get(r.type, 0.0) + r.monthly_savings
-    commit_rows = _slice(rows, minute >= commit.start)  # commitment_plan counts whole hours before commit.end
-    recent = _slice(rows, minute >= previous.start)
     freed = freed_by_recommendation(commit_rows, recs)
     plan = commitment_plan(commit_rows, pool_prices, commit.start, commit.end, freed=freed.share,
                            spot_hourly=spot_hourly, freed_by=freed.by, freed_labels=freed.labels,
@@ -436,7 +468,7 @@ def build_report(
         potential_monthly_savings=float(sum(r.monthly_savings for r in best.values())),
         commitments=plan, commitment_window=commit,
         daily_cost=daily_cost_by_team(recent, max(previous.start, first_minute), end),
-        utilization_histogram=utilization_histogram(cur_rows), focus_rows=focus_rows(cur_rows),
+        utilization_histogram=histogram, focus_rows=focus_rows(cur_rows),
         settings=settings, notes=notes, not_judged=not_judged(stats, recs, settings, catalog),
         price_sources=sources, history_days=(end - first_minute) / DAY,
         unit_costs=unit_costs(cur_rows, prev_rows, settings.anomaly_factor),

@@ -38,17 +38,40 @@ def view_columns(present: Iterable[str], minute: str = "minute") -> list[str]:
     return out
 
 
+class FrameLedger:
+    """Ledger rows in memory (a DataFrame, ``minute`` in Unix seconds) as the view ``ledger``,
+    read in place by embedded DuckDB; :meth:`window` narrows the view to a time range, as
+    a dataset engine's does."""
+
+    def __init__(self, rows: pd.DataFrame) -> None:
+        import duckdb
+
+        self.db = duckdb.connect(config={"preserve_insertion_order": False})
+        self.db.register("ledger_frame", rows)
+        self._columns = ", ".join(view_columns(rows.columns, "CAST(minute AS BIGINT)"))
+        self.db.execute(f"CREATE VIEW ledger_all AS SELECT {self._columns} FROM ledger_frame")
+        self.db.execute("CREATE VIEW ledger AS SELECT * FROM ledger_all")
+
+    def window(self, start: float, end: float, allow_empty: bool = True) -> None:
+        """The view ``ledger`` is the rows with ``start <= minute < end`` from now on (none is fine)."""
+        self.db.execute(f"CREATE OR REPLACE VIEW ledger AS SELECT * FROM ledger_all "
+                        f"WHERE minute >= {int(start)} AND minute < {int(end)}")
+
+    def sql(self, text: str) -> pd.DataFrame:
+        return self.db.sql(text).df()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "FrameLedger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @contextmanager
 def frame_sql(rows: pd.DataFrame) -> Iterator[Callable[[str], pd.DataFrame]]:
-    """A function running a query over ``rows`` (a ledger DataFrame, ``minute`` in Unix
-    seconds) as the view ``ledger``, with embedded DuckDB reading the frame in place."""
-    import duckdb
-
-    db = duckdb.connect(config={"preserve_insertion_order": False})
-    try:
-        db.register("ledger_frame", rows)
-        db.execute(f"CREATE VIEW ledger AS SELECT {', '.join(view_columns(rows.columns, 'CAST(minute AS BIGINT)'))} "
-                   "FROM ledger_frame")
-        yield lambda text: db.sql(text).df()
-    finally:
-        db.close()
+    """A function running a query over ``rows`` as the view ``ledger`` (:class:`FrameLedger`)."""
+    with FrameLedger(rows) as ledger:
+        yield ledger.sql

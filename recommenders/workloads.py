@@ -162,7 +162,7 @@ def workload_evidence(sql: Callable[[str], pd.DataFrame], window_hours: float,
 def _keys(frame: pd.DataFrame) -> list[tuple]:
     """Each result row's workload key, None for a missing part."""
     columns = [frame[c].astype(object).tolist() for c in KEY]
-    return [tuple(None if v is None or v != v else str(v) for v in parts) for parts in zip(*columns)]
+    return [tuple(None if pd.isna(v) else str(v) for v in parts) for parts in zip(*columns)]
 
 
 def _rows(frame: pd.DataFrame, names: list[str]):
@@ -186,7 +186,7 @@ def _counted(frame: pd.DataFrame, index: dict, k: int) -> list[Counted]:
     values: list[list] = [[] for _ in range(k)]
     counts: list[list] = [[] for _ in range(k)]
     for key, value, n in _rows(frame, ["value", "n"]):
-        if value == value:  # a NULL (unknown) value is not a minute of the distribution
+        if not pd.isna(value):  # a NULL (unknown) value is not a minute of the distribution
             values[index[key]].append(value)
             counts[index[key]].append(n)
     return [Counted.of(np.array(v, np.float64), np.array(c, np.int64)) for v, c in zip(values, counts)]
@@ -198,7 +198,7 @@ def _main_price_source(frame: pd.DataFrame, index: dict, k: int) -> list:
     out: list = [None] * k
     for key, source, cost in _rows(frame, ["price_source", "cost"]):
         i = index[key]
-        name = None if source is None or source != source else str(source)
+        name = None if pd.isna(source) else str(source)
         rank = (float(cost), "" if name is None else name)
         if rank[0] > best[i][0] or (rank[0] == best[i][0] and rank[1] < best[i][1]):
             best[i], out[i] = rank, name
@@ -223,7 +223,7 @@ def _idle_pods(frame: pd.DataFrame, index: dict, k: int, settings: Settings) -> 
                 and known >= settings.min_util_known_share * held and idle >= settings.idle_share * known):
             out[i].append({"pod": str(pod), "gpu_hours": float(held / 3600), "cost": float(cost),
                            "idle_share": float(idle / known),
-                           "memory_max_bytes": None if memory is None or memory != memory else float(memory)})
+                           "memory_max_bytes": None if pd.isna(memory) else float(memory)})
     for pods in out:
         pods.sort(key=lambda d: (-d["cost"], d["pod"]))
     return out
