@@ -201,6 +201,7 @@ def dataset_report(given: Sequence[str], since: float, until: float | None, sett
     with engine(given[0], s3_endpoint=s3_endpoint) as e:
         first, end = dataset_end(e)
         end = window_end(first, end, until)
+        e.check(max(first, min(end - 2 * since, end - settings.commitment_days * 86400)), end)
         e.window(max(first, end - since), end)  # the window's currency, from its files
         if rates and e.currency != card.currency:
             raise InputError(f"the ledger is in {e.currency} but the rate card in {card.currency}", file=rates,

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/report_dataset_bench.py [--source simulator|synthetic] [--gpus 1024]
                                                            [--days 7] [--repeat 3] [--dataset DIR]
+                                                           [--layout node-hour|day]
 
 Generates the fleet-shaped ledger of ``report_bench.py`` (~10 M rows for the defaults),
 splits it into the gatherer's layout (``tests/ledgerdataset.py``), then runs ``gpuledger
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--source", choices=("simulator", "synthetic"), default="simulator")
     parser.add_argument("--dataset", type=Path, help="use this dataset instead of generating one")
+    parser.add_argument("--layout", choices=("node-hour", "day"), default="node-hour",
+                        help="node-hour: one file per node and hour, as the gatherer first writes them; day: one "
+                        "file per date, as after compaction")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpuledger-dataset-bench-"))
     dataset = args.dataset
@@ -53,11 +57,12 @@ def main() -> None:
         rows = subprocess.run([sys.executable, str(HERE / "report_bench.py"), "--gpus", str(args.gpus), "--days",
                                str(args.days), "--source", args.source, "--generate-to", str(ledger)], check=True,
                               capture_output=True, text=True).stdout.strip()
+        writer = "write_dataset" if args.layout == "node-hour" else "write_day_dataset"
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from tests.ledgerdataset import "
-                        "write_dataset; write_dataset(Path(sys.argv[1]), Path(sys.argv[2]))", str(ledger),
+                        f"{writer}; {writer}(Path(sys.argv[1]), Path(sys.argv[2]))", str(ledger),
                         str(dataset)], check=True)
         files = sum(1 for _ in dataset.rglob("*.parquet"))
-        print(f"generated {rows} {args.source} ledger rows as {files:,} node-hour files in "
+        print(f"generated {rows} {args.source} ledger rows as {files:,} {args.layout} files in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
     report = [sys.executable, "-m", "agent.cmd_report", "--ledger", str(dataset), "--out", str(work / "report")]
     scan = [sys.executable, "-c", SCAN, str(dataset)]

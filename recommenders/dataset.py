@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import pandas as pd
 import pyarrow as pa
 
 from collectors.objectstore import Location, is_url, open_location
@@ -179,6 +180,11 @@ class Engine:
         except self._failures as err:  # a damaged file, a column of the wrong type
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
 
+    def materialize(self, name: str, text: str) -> None:
+        """Keep a query's result as the table ``name`` for the queries that follow (spilled to
+        the temporary directory beyond ``memory_limit``)."""
+        self._sql(f"CREATE OR REPLACE TEMP TABLE {name} AS {text}")
+
     def sql(self, text: str) -> "pd.DataFrame":
         """A query over the current window, its (small) result as a DataFrame."""
         return self.query(text).to_pandas()
@@ -213,6 +219,33 @@ class Engine:
                 column = pa.table({name: column}).unify_dictionaries().column(0)
             out[name] = column
         return out
+
+    def check(self, start: float, end: float) -> None:
+        """LedgerError naming the column, the date, the node and the value of the first row in
+        ``[start, end)`` whose values a ledger may not hold (:func:`recommenders.queries.value_checks`):
+        the checks a ledger file's rows get when loaded, made where the rows lie, in one pass."""
+        self.window(start, end)
+        checks = queries.value_checks()
+        # DuckDB bounds a column by its Parquet statistics, which leave NaN out, and would fold
+        # "x <= high" to true on a column holding NaN: the checks run without that optimizer
+        self._sql("SET disabled_optimizers = 'statistics_propagation'")
+        try:
+            counts = self.sql(queries.bad_rows()).iloc[0]
+        finally:
+            self._sql("RESET disabled_optimizers")
+        for i, (column, condition, expected) in enumerate(checks):
+            if counts[f"bad_{i}"] and counts[f"bad_{i}"] > 0:
+                self._sql("SET disabled_optimizers = 'statistics_propagation'")
+                try:
+                    row = self.sql(queries.first_bad_row(condition, column)).iloc[0]
+                finally:
+                    self._sql("RESET disabled_optimizers")
+                value = row["value"]
+                got = "null" if pd.isna(value) else f"{float(value):g}"
+                when = datetime.fromtimestamp(int(row["minute"]), timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+                raise LedgerError(f"expected {expected}, got {got} (node {row['node']}, minute {when}; "
+                                  f"{int(counts[f'bad_{i}']):,} such rows)",
+                                  file=self.where.url(self.where.path(f"date={when[:10]}")), field=column)
 
     def bounds(self, start: float, end: float) -> tuple[float | None, float | None]:
         self.window(start, end)

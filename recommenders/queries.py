@@ -91,12 +91,18 @@ def workload_percentiles(quantiles: Sequence[float] = (0.95, 0.99)) -> str:
 
 # --------------------------------------------------------------------------- workload evidence
 #
-# What :func:`recommenders.workloads.workload_stats` reads, per workload (KEY), over the
-# rows a pod held. "known": the row's utilisation was reported. A row's peak is its
-# highest sample's utilisation, the minute's mean where a 1.0 ledger lacks it (rounded to
-# the column's float32, as the ledger holds it). Distributions over minutes (peaks,
-# per-minute demand, requests per second) come back counted, as (value, minutes) pairs:
-# a few dozen distinct values per workload where the rows are tens of thousands.
+# What :func:`recommenders.workloads.workload_evidence` reads, per workload (KEY), over
+# the rows a pod held. "known": the row's utilisation was reported. A row's peak is its
+# highest sample's utilisation, the minute's mean where a 1.0 ledger lacks it (as the
+# float32 the report holds readings in). Distributions over minutes (peaks, per-minute
+# demand, requests per second) come back counted, as (value, minutes) pairs: a few dozen
+# distinct values per workload where the rows are tens of thousands.
+#
+# Most figures group by workload and pod or minute, so the window's held rows are first
+# put in a table of their own (:func:`held_table`, which the engine materialises) with
+# the workload, the pod and the device as small integers (:func:`workload_table`,
+# :func:`pod_table`, :func:`device_table`): the groupings that follow hash integers, not
+# seven strings.
 
 HELD = "pod_uid IS NOT NULL AND allocated_gpu_seconds > 0"
 KNOWN = "util_unknown_gpu_seconds <= 0"
@@ -131,34 +137,67 @@ def hour_of_week(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
             f"+ CAST(FLOOR(({local} % 86400) / 3600) AS BIGINT))")
 
 
+def workload_table() -> str:
+    """The workloads of the window's held rows, numbered ``w`` in key order (missing parts first)."""
+    order = ", ".join(f"{c} NULLS FIRST" for c in KEY)
+    return (f"SELECT {_key()}, ROW_NUMBER() OVER (ORDER BY {order}) - 1 AS w "
+            f"FROM (SELECT DISTINCT {_key()} FROM ledger WHERE {HELD}) k")
+
+
+def pod_table() -> str:
+    """The pods of the window's held rows, numbered ``p``, with their names."""
+    return (f"SELECT pod_uid, MAX(pod) AS pod, ROW_NUMBER() OVER (ORDER BY pod_uid) - 1 AS p "
+            f"FROM ledger WHERE {HELD} GROUP BY pod_uid")
+
+
+def device_table() -> str:
+    """The devices of the window's held rows, numbered ``d``."""
+    return (f"SELECT device_uuid, ROW_NUMBER() OVER (ORDER BY device_uuid) - 1 AS d "
+            f"FROM (SELECT DISTINCT device_uuid FROM ledger WHERE {HELD}) k")
+
+
+def held_table() -> str:
+    """The window's held rows, numbered (needs the tables ``workloads``, ``pods`` and
+    ``devices`` of the three queries above): the columns the evidence reads."""
+    same = " AND ".join(f"l.{c} IS NOT DISTINCT FROM k.{c}" for c in KEY)
+    return (
+        "SELECT k.w, pods.p, devices.d, l.minute, l.allocated_gpu_seconds AS alloc, l.used_gpu_seconds AS used, "
+        "CASE WHEN l.util_unknown_gpu_seconds <= 0 THEN 1 ELSE 0 END AS known, "
+        "l.active_gpu_seconds AS active, l.cost, l.idle_cost, CAST(l.memory_used_max_bytes AS DOUBLE) AS mem, "
+        "CAST(l.gpu_memory_total_bytes AS DOUBLE) AS gpu_mem, CAST(l.util_peak AS DOUBLE) AS peak, "
+        "CAST(COALESCE(l.util_peak, CAST(l.used_gpu_seconds / l.allocated_gpu_seconds AS FLOAT)) AS DOUBLE) AS peak32, "
+        "l.requests, CASE WHEN l.price_source = 'default' THEN 1 ELSE 0 END AS default_priced "
+        f"FROM ledger l JOIN workloads k ON {same} JOIN pods ON l.pod_uid = pods.pod_uid "
+        f"JOIN devices ON l.device_uuid = devices.device_uuid "
+        f"WHERE l.pod_uid IS NOT NULL AND l.allocated_gpu_seconds > 0")
+
+
+IDLE = "known = 1 AND active <= 0"
+
+
 def workload_sums() -> str:
     """Per workload: GPU-seconds held, known, active and idle, cost, memory, pods, and the
     percentiles of memory peaks, minute means and minute peaks."""
-    idle = f"{KNOWN} AND active_gpu_seconds <= 0"
-    known_peak = f"CASE WHEN {KNOWN} THEN {PEAK} END"
+    known_peak = "CASE WHEN known = 1 THEN peak32 END"
     return (
-        f"SELECT {_key()}, SUM(allocated_gpu_seconds) AS held_seconds, SUM(cost) AS cost, "
-        f"SUM(idle_cost) AS idle_cost, "
-        f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known_seconds, "
-        f"SUM(CASE WHEN {KNOWN} THEN active_gpu_seconds ELSE 0 END) AS active_seconds, "
-        f"SUM(CASE WHEN {idle} THEN allocated_gpu_seconds ELSE 0 END) AS idle_seconds, "
-        f"MAX(CASE WHEN {idle} THEN CAST(memory_used_max_bytes AS DOUBLE) END) AS idle_memory_max_bytes, "
-        f"MAX(CAST(gpu_memory_total_bytes AS DOUBLE)) AS gpu_memory_bytes, "
-        f"SUM(CASE WHEN price_source = 'default' THEN cost ELSE 0 END) AS default_cost, "
-        f"COUNT(DISTINCT pod_uid) AS pods, "
-        f"PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY CAST(memory_used_max_bytes AS DOUBLE)) AS memory_p99_bytes, "
-        f"MAX(CAST(memory_used_max_bytes AS DOUBLE)) AS memory_max_bytes, "
-        f"PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN {KNOWN} THEN {MEAN} END) AS util_p50, "
+        "SELECT w, SUM(alloc) AS held_seconds, SUM(cost) AS cost, SUM(idle_cost) AS idle_cost, "
+        "SUM(CASE WHEN known = 1 THEN alloc ELSE 0 END) AS known_seconds, "
+        "SUM(CASE WHEN known = 1 THEN active ELSE 0 END) AS active_seconds, "
+        f"SUM(CASE WHEN {IDLE} THEN alloc ELSE 0 END) AS idle_seconds, "
+        f"MAX(CASE WHEN {IDLE} THEN mem END) AS idle_memory_max_bytes, "
+        "MAX(gpu_mem) AS gpu_memory_bytes, SUM(CASE WHEN default_priced = 1 THEN cost ELSE 0 END) AS default_cost, "
+        "COUNT(DISTINCT p) AS pods, "
+        "PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY mem) AS memory_p99_bytes, MAX(mem) AS memory_max_bytes, "
+        "PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN known = 1 THEN used / alloc END) AS util_p50, "
         f"PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY {known_peak}) AS util_p95, "
         f"PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY {known_peak}) AS util_p99, "
         f"MAX({known_peak}) AS util_max "
-        f"FROM ledger WHERE {HELD} GROUP BY {_key()}")
+        "FROM held GROUP BY w")
 
 
 def workload_peaks() -> str:
     """Per workload, its known minute peaks counted: (peak, minutes)."""
-    return (f"SELECT {_key()}, {PEAK} AS value, COUNT(*) AS n FROM ledger WHERE {HELD} AND {KNOWN} "
-            f"GROUP BY {_key()}, {PEAK}")
+    return "SELECT w, peak32 AS value, COUNT(*) AS n FROM held WHERE known = 1 GROUP BY w, peak32"
 
 
 def workload_price_sources() -> str:
@@ -170,104 +209,97 @@ def workload_price_sources() -> str:
 def workload_pods() -> str:
     """Per workload and pod (by name): GPU-seconds held, known and idle, cost, memory peak."""
     return (
-        f"SELECT {_key()}, pod, SUM(allocated_gpu_seconds) AS held_seconds, "
-        f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known_seconds, "
-        f"SUM(CASE WHEN {KNOWN} AND active_gpu_seconds <= 0 THEN allocated_gpu_seconds ELSE 0 END) AS idle_seconds, "
-        f"SUM(cost) AS cost, MAX(CAST(memory_used_max_bytes AS DOUBLE)) AS memory_max_bytes "
-        f"FROM ledger WHERE {HELD} AND pod IS NOT NULL GROUP BY {_key()}, pod")
+        "SELECT h.w, pods.pod, SUM(h.alloc) AS held_seconds, "
+        "SUM(CASE WHEN h.known = 1 THEN h.alloc ELSE 0 END) AS known_seconds, "
+        "SUM(CASE WHEN h.known = 1 AND h.active <= 0 THEN h.alloc ELSE 0 END) AS idle_seconds, "
+        "SUM(h.cost) AS cost, MAX(h.mem) AS memory_max_bytes "
+        "FROM held h JOIN pods ON h.p = pods.p WHERE pods.pod IS NOT NULL GROUP BY h.w, pods.pod")
 
 
-_POD_MINUTES = f"SELECT {_names(KEY)}, pod_uid, minute, COUNT(*) AS gpus FROM ledger WHERE {HELD} GROUP BY {_names(KEY)}, pod_uid, minute"
+def pod_minutes_table() -> str:
+    """Per pod and minute (with its workload): the GPUs it held, its requests, and its
+    highest known peak (over its GPUs)."""
+    return ("SELECT w, p, minute, COUNT(*) AS gpus, SUM(COALESCE(requests, 0)) AS requests, "
+            "MAX(CASE WHEN known = 1 THEN COALESCE(peak, used / GREATEST(alloc, 1e-12)) END) AS peak "
+            "FROM held GROUP BY w, p, minute")
 
 
 def workload_gpus_per_pod() -> str:
-    """Per workload, the median over its pods of the most GPUs a pod held at once."""
-    return (f"WITH pm AS ({_POD_MINUTES}), pods AS (SELECT {_key()}, pod_uid, MAX(gpus) AS gpus FROM pm "
-            f"GROUP BY {_key()}, pod_uid) "
-            f"SELECT {_key()}, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY gpus) AS gpus_per_pod FROM pods "
-            f"GROUP BY {_key()}")
+    """Per workload, the median over its pods of the most GPUs a pod held at once (needs ``pod_minutes``)."""
+    return ("WITH pods AS (SELECT w, p, MAX(gpus) AS gpus FROM pod_minutes GROUP BY w, p) "
+            "SELECT w, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY gpus) AS gpus_per_pod FROM pods GROUP BY w")
 
 
 def workload_replicas() -> str:
     """Per workload, over the minutes it held GPUs: pods at once (median, mean), minutes, first and last."""
-    return (f"WITH pm AS ({_POD_MINUTES}), wm AS (SELECT {_key()}, minute, COUNT(*) AS pods FROM pm "
-            f"GROUP BY {_key()}, minute) "
-            f"SELECT {_key()}, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY pods) AS replicas, "
-            f"SUM(pods) AS pod_minutes, COUNT(*) AS minutes, MIN(minute) AS first_minute, "
-            f"MAX(minute) AS last_minute FROM wm GROUP BY {_key()}")
+    return ("WITH wm AS (SELECT w, minute, COUNT(*) AS pods FROM pod_minutes GROUP BY w, minute) "
+            "SELECT w, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY pods) AS replicas, SUM(pods) AS pod_minutes, "
+            "COUNT(*) AS minutes, MIN(minute) AS first_minute, MAX(minute) AS last_minute FROM wm GROUP BY w")
 
 
 def multi_gpu_pod_devices() -> str:
     """Per device of each pod that held two GPUs or more at once: GPU-seconds known and idle, memory peak."""
-    return (f"WITH pm AS ({_POD_MINUTES}), multi AS (SELECT pod_uid AS multi_pod FROM pm GROUP BY pod_uid "
-            f"HAVING MAX(gpus) >= 2) "
-            f"SELECT {_key()}, pod_uid, device_uuid, "
-            f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known_seconds, "
-            f"SUM(CASE WHEN {KNOWN} AND active_gpu_seconds <= 0 THEN allocated_gpu_seconds ELSE 0 END) AS idle_seconds, "
-            f"MAX(CAST(memory_used_max_bytes AS DOUBLE)) AS memory_max_bytes "
-            f"FROM ledger JOIN multi ON pod_uid = multi_pod WHERE {HELD} "
-            f"GROUP BY {_key()}, pod_uid, device_uuid")
+    return ("WITH multi AS (SELECT p AS multi_pod FROM pod_minutes GROUP BY p HAVING MAX(gpus) >= 2) "
+            "SELECT w, p, d, SUM(CASE WHEN known = 1 THEN alloc ELSE 0 END) AS known_seconds, "
+            f"SUM(CASE WHEN {IDLE} THEN alloc ELSE 0 END) AS idle_seconds, MAX(mem) AS memory_max_bytes "
+            "FROM held JOIN multi ON p = multi_pod GROUP BY w, p, d")
 
 
 def workload_shared_seconds() -> str:
     """Per workload, the GPU-seconds it held on a device another pod held in the same minute
     (only devices that more than one pod held are looked at minute by minute)."""
-    return (f"WITH shared AS (SELECT device_uuid AS shared_device FROM ledger WHERE {HELD} GROUP BY device_uuid "
-            f"HAVING COUNT(DISTINCT pod_uid) > 1), "
-            f"crowded AS (SELECT device_uuid AS crowded_device, minute AS crowded_minute FROM ledger "
-            f"JOIN shared ON device_uuid = shared_device WHERE {HELD} GROUP BY device_uuid, minute HAVING COUNT(*) > 1) "
-            f"SELECT {_key()}, SUM(allocated_gpu_seconds) AS shared_seconds "
-            f"FROM ledger JOIN crowded ON device_uuid = crowded_device AND minute = crowded_minute "
-            f"WHERE {HELD} GROUP BY {_key()}")
+    return ("WITH shared AS (SELECT d AS shared_device FROM held GROUP BY d HAVING MIN(p) < MAX(p)), "
+            "crowded AS (SELECT d AS crowded_device, minute AS crowded_minute FROM held "
+            "JOIN shared ON d = shared_device GROUP BY d, minute HAVING COUNT(*) > 1) "
+            "SELECT w, SUM(alloc) AS shared_seconds FROM held "
+            "JOIN crowded ON d = crowded_device AND minute = crowded_minute GROUP BY w")
 
 
-_DEMAND = f"SELECT {_names(KEY)}, minute, SUM({BUSY}) AS demand FROM ledger WHERE {HELD} GROUP BY {_names(KEY)}, minute"
+def demand_minutes_table() -> str:
+    """Per workload and minute, its demand: the busy GPU-equivalents of all its pods (a row of
+    unknown utilisation counts as fully busy)."""
+    return ("SELECT w, minute, SUM(CASE WHEN known = 1 THEN COALESCE(peak, used / alloc) ELSE 1.0 END) AS demand "
+            "FROM held GROUP BY w, minute")
 
 
 def workload_demand() -> str:
-    """Per workload, its per-minute demand (busy GPU-equivalents of all its pods) counted."""
-    return f"WITH d AS ({_DEMAND}) SELECT {_key()}, demand AS value, COUNT(*) AS n FROM d GROUP BY {_key()}, demand"
+    """Per workload, its per-minute demand counted (needs ``demand_minutes``)."""
+    return "SELECT w, demand AS value, COUNT(*) AS n FROM demand_minutes dm GROUP BY w, demand"
 
 
 def workload_demand_by_hour(q: float = 0.95, spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
-    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand."""
-    return (f"WITH d AS ({_DEMAND}) SELECT {_key()}, {hour_of_day(spans)} AS hour, "
-            f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY demand) AS demand FROM d "
-            f"GROUP BY {_key()}, {hour_of_day(spans)}")
+    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand (needs ``demand_minutes``)."""
+    return (f"SELECT w, {hour_of_day(spans)} AS hour, "
+            f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY demand) AS demand FROM demand_minutes dm "
+            f"GROUP BY w, {hour_of_day(spans)}")
 
 
-def workload_requests() -> str:
-    """Per workload, its requests per second in each minute its servers counted, counted."""
-    return (f"WITH r AS (SELECT {_key()}, minute, SUM(requests) / 60.0 AS rps FROM ledger "
-            f"WHERE {HELD} AND requests IS NOT NULL GROUP BY {_key()}, minute) "
-            f"SELECT {_key()}, rps AS value, COUNT(*) AS n FROM r GROUP BY {_key()}, rps")
+def workload_requests(q: float = 0.95) -> str:
+    """Per workload, over the minutes its servers counted requests: how many, and the ``q``
+    quantile of its requests per second."""
+    return ("WITH r AS (SELECT w, minute, SUM(requests) / 60.0 AS rps FROM held WHERE requests IS NOT NULL "
+            f"GROUP BY w, minute) SELECT w, COUNT(*) AS minutes, "
+            f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY rps) AS rps_level FROM r GROUP BY w")
 
 
 def workload_replica_capacity(target: float = 0.7) -> str:
     """Per workload, the most requests per second one pod served in a minute whose highest
-    known peak stayed at or under ``target`` (a pod's requests are on its rows, its peak
-    the highest of its GPUs')."""
-    peak = f"COALESCE(CAST(util_peak AS DOUBLE), used_gpu_seconds / GREATEST(allocated_gpu_seconds, 1e-12))"
-    return (f"WITH pm AS (SELECT {_key()}, pod_uid, minute, SUM(COALESCE(requests, 0)) AS requests, "
-            f"MAX(CASE WHEN {KNOWN} THEN {peak} END) AS peak FROM ledger WHERE {HELD} "
-            f"GROUP BY {_key()}, pod_uid, minute) "
-            f"SELECT {_key()}, MAX(requests / 60.0) AS rps_capacity FROM pm WHERE peak <= {float(target)!r} "
-            f"GROUP BY {_key()}")
+    known peak stayed at or under ``target`` (needs ``pod_minutes``)."""
+    return (f"SELECT w, MAX(requests / 60.0) AS rps_capacity FROM pod_minutes WHERE peak <= {float(target)!r} "
+            "GROUP BY w")
 
 
 def workload_week(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
     """Per workload and local hour of the week: GPU-seconds held, active (known), known, and cost."""
     how = hour_of_week(spans)
-    return (f"SELECT {_key()}, {how} AS hour, SUM(allocated_gpu_seconds) AS held, "
-            f"SUM(CASE WHEN {KNOWN} THEN active_gpu_seconds ELSE 0 END) AS active, "
-            f"SUM(CASE WHEN {KNOWN} THEN allocated_gpu_seconds ELSE 0 END) AS known, SUM(cost) AS cost "
-            f"FROM ledger WHERE {HELD} GROUP BY {_key()}, {how}")
+    return (f"SELECT w, {how} AS hour, SUM(alloc) AS held, SUM(CASE WHEN known = 1 THEN active ELSE 0 END) AS active, "
+            f"SUM(CASE WHEN known = 1 THEN alloc ELSE 0 END) AS known, SUM(cost) AS cost "
+            f"FROM held GROUP BY w, {how}")
 
 
 def held_minutes() -> str:
     """The first and last minute held by any pod, and whether any server counted requests."""
-    return (f"SELECT MIN(minute) AS first_minute, MAX(minute) AS last_minute, COUNT(requests) AS counted "
-            f"FROM ledger WHERE {HELD}")
+    return "SELECT MIN(minute) AS first_minute, MAX(minute) AS last_minute, COUNT(requests) AS counted FROM held"
 
 
 # --------------------------------------------------------------------------- hour rows
@@ -311,3 +343,43 @@ def utilization_buckets() -> str:
     mig = "CASE WHEN mig_profile IS NULL THEN 0 ELSE 1 END"
     return (f"SELECT {bucket} AS bucket, {mig} AS mig, SUM(allocated_gpu_seconds) AS seconds FROM ledger "
             f"WHERE {HELD} GROUP BY {bucket}, {mig}")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def value_checks() -> list[tuple[str, str, str]]:
+    """(column, the SQL condition of a bad row, what was expected) for each number column and
+    each part-within-whole rule: the checks :func:`recommenders.history._frame` makes of a
+    ledger file's rows, for rows a query engine reads where they lie."""
+    from recommenders import history
+
+    out = []
+    for name in history.NUMBERS:
+        high = history._BOUNDS.get(name, history.BYTES_MAX)
+        nullable = name in history.NULLABLE or name not in history._BOUNDS
+        value = f"CAST({name} AS DOUBLE)"
+        # NaN compares above every number in both engines, so it fails the upper bound (isnan()
+        # is not used: DuckDB folds it to false from Parquet statistics, which leave NaN out)
+        bad = f"(NOT ({value} >= {-history._SLACK!r} AND {value} <= {high!r}))"
+        if not nullable:
+            bad = f"({name} IS NULL OR {bad})"
+        out.append((name, bad, f"a number from 0 to {high:g}{' or null' if nullable else ''}"))
+    for parts, whole in history._PARTS:
+        total = " + ".join(parts)
+        out.append((parts[0], f"({total} > {whole} * (1 + 1e-9) + 1e-300)",
+                    f"{total} of at most {whole} on each row"))
+    return out
+
+
+def bad_rows() -> str:
+    """How many rows fail each of :func:`value_checks`, in one pass."""
+    checks = value_checks()
+    return ("SELECT " + ", ".join(f"SUM(CASE WHEN {bad} THEN 1 ELSE 0 END) AS bad_{i}"
+                                  for i, (_, bad, _) in enumerate(checks)) + " FROM ledger")
+
+
+def first_bad_row(condition: str, column: str) -> str:
+    """One row failing ``condition``: its minute, node and value (to name it in the error)."""
+    _names([column])
+    return f"SELECT minute, node, {column} AS value FROM ledger WHERE {condition} ORDER BY minute, node LIMIT 1"

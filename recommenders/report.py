@@ -380,6 +380,8 @@ class Ledger(Protocol):
 
     def sql(self, text: str) -> pd.DataFrame: ...
 
+    def materialize(self, name: str, text: str) -> None: ...
+
 
 def build_report(
     rows: pd.DataFrame, end: float, since_s: float, currency: str, first_minute: float,
@@ -424,7 +426,7 @@ def report_from(
     commit = Window(*lookback(first_minute, end, settings.commitment_days))
     hours = current.hours
     ledger.window(current.start, end, allow_empty=True)
-    stats = workload_evidence(ledger.sql, hours, settings)
+    stats = workload_evidence(ledger, hours, settings)
     histogram = utilization_histogram(ledger.sql(queries.utilization_buckets()))
     cur_rows = _hours(ledger, current.start, end)
     prev_rows = _hours(ledger, previous.start, previous.end)

@@ -319,10 +319,9 @@ def replicas(w: Mapping, ctx: Context) -> Recommendation | None:
     level = demand.quantile(s.demand_percentile)
     needed = needed_replicas(level, gpus, s)
     throughput = ""
-    rps, capacity = w.get("rps"), _num(w.get("rps_capacity"))
-    if rps is not None and len(rps) and capacity and float(w.get("serving_share") or 0) >= 0.5:
+    rps_level, capacity = _num(w.get("rps_level")), _num(w.get("rps_capacity"))
+    if w.get("rps_minutes") and rps_level is not None and capacity and float(w.get("serving_share") or 0) >= 0.5:
         # serving counts exist: the replicas must also carry the requests at what one carried at the target
-        rps_level = rps.quantile(s.demand_percentile)
         by_requests = max(1, math.ceil(rps_level / capacity - 1e-9))
         throughput = (f"By throughput: p{100 * s.demand_percentile:g} {rps_level:,.2f} requests/s, one replica "
                       f"carried up to {capacity:,.2f}/s at or under {_pct(s.target_utilization)}, so "

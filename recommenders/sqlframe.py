@@ -60,6 +60,10 @@ class FrameLedger:
     def sql(self, text: str) -> pd.DataFrame:
         return self.db.sql(text).df()
 
+    def materialize(self, name: str, text: str) -> None:
+        """Keep a query's result as the table ``name`` for the queries that follow."""
+        self.db.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {text}")
+
     def close(self) -> None:
         self.db.close()
 

@@ -23,7 +23,7 @@ have to fit in memory; distributions over minutes come back counted.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -54,49 +54,69 @@ def workload_ids(rows: pd.DataFrame, mask: np.ndarray | None = None) -> tuple[np
 
 def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings | float | None = None) -> pd.DataFrame:
     """:func:`workload_evidence` of ledger rows in memory (a DataFrame: tests, the agent's own report)."""
-    from recommenders.sqlframe import frame_sql
+    from recommenders.sqlframe import FrameLedger
 
-    with frame_sql(rows) as sql:
-        return workload_evidence(sql, window_hours, settings)
+    with FrameLedger(rows) as ledger:
+        return workload_evidence(ledger, window_hours, settings)
 
 
-def workload_evidence(sql: Callable[[str], pd.DataFrame], window_hours: float,
-                      settings: Settings | float | None = None) -> pd.DataFrame:
+class Queries(Protocol):
+    """Where the evidence's queries run: the view ``ledger`` of the window, a query's (small)
+    result, and a query's result kept as a table for the next queries."""
+
+    def sql(self, text: str) -> pd.DataFrame: ...
+
+    def materialize(self, name: str, text: str) -> None: ...
+
+
+def workload_evidence(ledger: Queries, window_hours: float, settings: Settings | float | None = None) -> pd.DataFrame:
     """One row per workload with the figures of ``docs/recommendations.md`` ("Evidence").
 
-    ``sql`` runs a query over the view ``ledger`` (the window's rows, :mod:`recommenders.queries`)
-    and returns its (small) result: every figure is a query, so the rows never need to
-    fit in memory. Columns: the KEY, pods, gpu_hours, cost, idle_cost, util_p50 (of minute
-    means), util_p95/p99/max (of minute peaks), memory_p99/max_bytes, gpu_memory_bytes,
-    memory_max_fraction, active_share, hourly_price (per GPU), price_source (the one that
-    priced most of its cost), default_price_share, gpus_per_pod (median over pods of the
-    most GPUs a pod held at once), replicas (median pods at once), replicas_mean,
-    hours_observed, span_days, coverage, idle_share, idle_memory_max_bytes,
-    util_known_share, exclusive (every pod held whole GPUs of its own), and what the
-    time-shaped strategies read: ``peaks`` (the known minute peaks, a
-    :class:`~recommenders.quantiles.Counted`), ``demand`` (per-minute demand, Counted) and
-    ``demand_mean``, ``demand_by_hour`` (the ``demand_percentile`` of demand per hour of
-    the day in ``time_zone``), ``rps`` (Counted), ``rps_capacity``, ``serving_share``,
-    ``week_held``, ``week_active``, ``week_known``, ``week_cost`` (per hour of the week)
-    and ``idle_pods``. ``attrs['idle_gpus']`` holds, per multi-GPU pod and device, the
-    seconds :func:`idle_devices_per_pod` needs.
+    Every figure is a query over the view ``ledger`` (the window's rows,
+    :mod:`recommenders.queries`), so the rows never need to fit in memory; only results
+    of a few rows per workload come back. Columns: the KEY, pods, gpu_hours, cost,
+    idle_cost, util_p50 (of minute means), util_p95/p99/max (of minute peaks),
+    memory_p99/max_bytes, gpu_memory_bytes, memory_max_fraction, active_share,
+    hourly_price (per GPU), price_source (the one that priced most of its cost),
+    default_price_share, gpus_per_pod (median over pods of the most GPUs a pod held at
+    once), replicas (median pods at once), replicas_mean, hours_observed, span_days,
+    coverage, idle_share, idle_memory_max_bytes, util_known_share, exclusive (every pod
+    held whole GPUs of its own), and what the time-shaped strategies read: ``peaks`` (the
+    known minute peaks, a :class:`~recommenders.quantiles.Counted`), ``demand`` (per-minute
+    demand, Counted) and ``demand_mean``, ``demand_by_hour`` (the ``demand_percentile`` of
+    demand per hour of the day in ``time_zone``), ``rps_minutes`` and ``rps_level`` (the
+    minutes whose requests were counted, and the ``demand_percentile`` of requests per
+    second over them), ``rps_capacity``, ``serving_share``, ``week_held``,
+    ``week_active``, ``week_known``, ``week_cost`` (per hour of the week) and
+    ``idle_pods``. ``attrs['idle_gpus']`` holds, per multi-GPU pod and device, the seconds
+    :func:`idle_devices_per_pod` needs.
     """
     from recommenders import queries
     from recommenders.clock import offset_spans
 
     if not isinstance(settings, Settings):  # older callers passed the idle memory floor in bytes
         settings = Settings() if settings is None else Settings(idle_memory_floor_gib=float(settings) / GIB)
-    base = sql(queries.workload_sums())
-    if base.empty:
+    ledger.materialize("workloads", queries.workload_table())
+    workloads = ledger.sql("SELECT * FROM workloads")
+    if workloads.empty:
         return pd.DataFrame(columns=[*KEY])
-    keys = _keys(base)
-    order = sorted(range(len(keys)), key=lambda i: [(v is not None, v or "") for v in keys[i]])
-    base = base.iloc[order].reset_index(drop=True)
-    keys = [keys[i] for i in order]
+    for name, text in (("pods", queries.pod_table()), ("devices", queries.device_table()),
+                       ("held", queries.held_table()), ("pod_minutes", queries.pod_minutes_table()),
+                       ("demand_minutes", queries.demand_minutes_table())):
+        ledger.materialize(name, text)
+    workloads = workloads.sort_values("w").reset_index(drop=True)
+    k = len(workloads)
+    keys = _keys(workloads)
     index = {key: i for i, key in enumerate(keys)}
-    k = len(keys)
     out = pd.DataFrame({c: [key[j] for key in keys] for j, c in enumerate(KEY)}, dtype=object)
-    num = {c: base[c].to_numpy(np.float64, na_value=np.nan) for c in base.columns if c not in KEY}
+
+    def by_w(text: str, names: list[str]) -> dict[str, np.ndarray]:
+        return _by_w(ledger.sql(text), k, names)
+
+    num = by_w(queries.workload_sums(), [
+        "held_seconds", "cost", "idle_cost", "known_seconds", "active_seconds", "idle_seconds", "idle_memory_max_bytes",
+        "gpu_memory_bytes", "default_cost", "pods", "memory_p99_bytes", "memory_max_bytes", "util_p50", "util_p95",
+        "util_p99", "util_max"])
     with np.errstate(invalid="ignore", divide="ignore"):
         out["gpu_hours"] = num["held_seconds"] / 3600.0
         out["cost"] = num["cost"]
@@ -111,14 +131,12 @@ def workload_evidence(sql: Callable[[str], pd.DataFrame], window_hours: float,
               "util_p95", "util_p99", "util_max"):
         out[c] = num[c]
     out["pods"] = num["pods"].astype(np.int64)
-    out["price_source"] = _main_price_source(sql(queries.workload_price_sources()), index, k)
-    out["idle_pods"] = _objects(_idle_pods(sql(queries.workload_pods()), index, k, settings))
-    out["peaks"] = _objects(_counted(sql(queries.workload_peaks()), index, k))
+    out["price_source"] = _main_price_source(ledger.sql(queries.workload_price_sources()), index, k)
+    out["idle_pods"] = _objects(_idle_pods(ledger.sql(queries.workload_pods()), k, settings))
+    out["peaks"] = _objects(_counted(ledger.sql(queries.workload_peaks()), k))
 
-    per_pod = _by_key(sql(queries.workload_gpus_per_pod()), index, k, ["gpus_per_pod"])
-    out["gpus_per_pod"] = per_pod["gpus_per_pod"]
-    seen = _by_key(sql(queries.workload_replicas()), index, k,
-                   ["replicas", "pod_minutes", "minutes", "first_minute", "last_minute"])
+    out["gpus_per_pod"] = by_w(queries.workload_gpus_per_pod(), ["gpus_per_pod"])["gpus_per_pod"]
+    seen = by_w(queries.workload_replicas(), ["replicas", "pod_minutes", "minutes", "first_minute", "last_minute"])
     minutes = np.nan_to_num(seen["minutes"])
     out["replicas"] = seen["replicas"]
     out["replicas_mean"] = np.nan_to_num(seen["pod_minutes"]) / np.maximum(minutes, 1)
@@ -126,35 +144,37 @@ def workload_evidence(sql: Callable[[str], pd.DataFrame], window_hours: float,
     out["coverage"] = np.minimum(out["hours_observed"] / window_hours, 1.0) if window_hours > 0 else 0.0
     out["span_days"] = np.where(np.isfinite(seen["first_minute"]),
                                 (seen["last_minute"] - seen["first_minute"] + 60.0) / 86400.0, 0.0)
-    shared = _by_key(sql(queries.workload_shared_seconds()), index, k, ["shared_seconds"])["shared_seconds"]
+    shared = by_w(queries.workload_shared_seconds(), ["shared_seconds"])["shared_seconds"]
     out["exclusive"] = num["held_seconds"] - np.nan_to_num(shared) >= 0.99 * num["held_seconds"]
 
-    span = sql(queries.held_minutes()).iloc[0]
+    span = ledger.sql(queries.held_minutes()).iloc[0]
     spans = offset_spans(settings.time_zone, float(span["first_minute"]), float(span["last_minute"]) + 60.0)
-    demand = _counted(sql(queries.workload_demand()), index, k)
+    demand = _counted(ledger.sql(queries.workload_demand()), k)
     out["demand"] = _objects(demand)
     out["demand_mean"] = [d.mean() if len(d) else 0.0 for d in demand]
-    by_hour = np.full((k, 24), np.nan)
-    for key, hour, value in _rows(sql(queries.workload_demand_by_hour(settings.demand_percentile, spans)), ["hour", "demand"]):
-        by_hour[index[key], int(hour)] = value
-    out["demand_by_hour"] = _objects(list(by_hour))
+    by_hour = ledger.sql(queries.workload_demand_by_hour(settings.demand_percentile, spans))
+    table = np.full((k, 24), np.nan)
+    table[by_hour["w"].to_numpy(np.int64), by_hour["hour"].to_numpy(np.int64)] = by_hour["demand"].to_numpy(np.float64)
+    out["demand_by_hour"] = _objects(list(table))
     if int(span["counted"]) > 0:
-        rps = _counted(sql(queries.workload_requests()), index, k)
-        out["rps"] = _objects(rps)
-        out["serving_share"] = np.array([len(r) for r in rps], np.float64) / np.maximum(minutes, 1)
-        out["rps_capacity"] = _by_key(sql(queries.workload_replica_capacity(settings.target_utilization)), index, k,
-                                      ["rps_capacity"])["rps_capacity"]
+        rps = by_w(queries.workload_requests(settings.demand_percentile), ["minutes", "rps_level"])
+        out["rps_minutes"] = np.nan_to_num(rps["minutes"]).astype(np.int64)
+        out["rps_level"] = rps["rps_level"]
+        out["serving_share"] = out["rps_minutes"] / np.maximum(minutes, 1)
+        out["rps_capacity"] = by_w(queries.workload_replica_capacity(settings.target_utilization),
+                                   ["rps_capacity"])["rps_capacity"]
     else:
-        out["rps"] = _objects([Counted.of(np.empty(0), np.empty(0))] * k)
+        out["rps_minutes"] = 0
+        out["rps_level"] = np.nan
         out["rps_capacity"] = np.nan
         out["serving_share"] = 0.0
-    week = {name: np.zeros((k, WEEK_HOURS)) for name in ("held", "active", "known", "cost")}
-    for key, hour, *values in _rows(sql(queries.workload_week(spans)), ["hour", "held", "active", "known", "cost"]):
-        for name, value in zip(("held", "active", "known", "cost"), values):
-            week[name][index[key], int(hour)] = value
-    for name, table in week.items():
+    week = ledger.sql(queries.workload_week(spans))
+    at = (week["w"].to_numpy(np.int64), week["hour"].to_numpy(np.int64))
+    for name in ("held", "active", "known", "cost"):
+        table = np.zeros((k, WEEK_HOURS))
+        table[at] = week[name].to_numpy(np.float64)
         out[f"week_{name}"] = _objects(list(table))
-    out.attrs["idle_gpus"] = _idle_gpus(sql(queries.multi_gpu_pod_devices()), index)
+    out.attrs["idle_gpus"] = _idle_gpus(ledger.sql(queries.multi_gpu_pod_devices()))
     out.attrs["idle_memory_floor"] = settings.idle_memory_floor_gib * GIB
     return out
 
@@ -165,38 +185,32 @@ def _keys(frame: pd.DataFrame) -> list[tuple]:
     return [tuple(None if pd.isna(v) else str(v) for v in parts) for parts in zip(*columns)]
 
 
-def _rows(frame: pd.DataFrame, names: list[str]):
-    """(key, *values) per result row."""
-    values = [frame[c].to_numpy() for c in names]
-    for i, key in enumerate(_keys(frame)):
-        yield (key, *(v[i] for v in values))
-
-
-def _by_key(frame: pd.DataFrame, index: dict, k: int, names: list[str]) -> dict[str, np.ndarray]:
-    """Per-workload columns of a query's result, in the workloads' order (NaN where it has no row)."""
+def _by_w(frame: pd.DataFrame, k: int, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-workload columns of a query's result by ``w`` (NaN where it has no row)."""
     out = {name: np.full(k, np.nan) for name in names}
-    at = np.array([index[key] for key in _keys(frame)], np.int64)
+    at = frame["w"].to_numpy(np.int64)
     for name in names:
         out[name][at] = frame[name].to_numpy(np.float64, na_value=np.nan)
     return out
 
 
-def _counted(frame: pd.DataFrame, index: dict, k: int) -> list[Counted]:
-    """Per workload, the (value, n) pairs of a query as a :class:`Counted` (empty where none)."""
-    values: list[list] = [[] for _ in range(k)]
-    counts: list[list] = [[] for _ in range(k)]
-    for key, value, n in _rows(frame, ["value", "n"]):
-        if not pd.isna(value):  # a NULL (unknown) value is not a minute of the distribution
-            values[index[key]].append(value)
-            counts[index[key]].append(n)
-    return [Counted.of(np.array(v, np.float64), np.array(c, np.int64)) for v, c in zip(values, counts)]
+def _counted(frame: pd.DataFrame, k: int) -> list[Counted]:
+    """Per workload, the (value, n) pairs of a query by ``w`` as a :class:`Counted` (empty where none)."""
+    frame = frame[frame["value"].notna()]  # a NULL (unknown) value is not a minute of the distribution
+    w = frame["w"].to_numpy(np.int64)
+    order = np.argsort(w, kind="stable")
+    w = w[order]
+    values = frame["value"].to_numpy(np.float64)[order]
+    counts = frame["n"].to_numpy(np.int64)[order]
+    bounds = np.searchsorted(w, np.arange(k + 1))
+    return [Counted.of(values[bounds[i]:bounds[i + 1]], counts[bounds[i]:bounds[i + 1]]) for i in range(k)]
 
 
 def _main_price_source(frame: pd.DataFrame, index: dict, k: int) -> list:
     """Per workload, the price source that priced most of its cost (ties: the first by name)."""
     best: list[tuple] = [(-np.inf, "")] * k
     out: list = [None] * k
-    for key, source, cost in _rows(frame, ["price_source", "cost"]):
+    for key, source, cost in zip(_keys(frame), frame["price_source"].astype(object), frame["cost"]):
         i = index[key]
         name = None if pd.isna(source) else str(source)
         rank = (float(cost), "" if name is None else name)
@@ -205,7 +219,7 @@ def _main_price_source(frame: pd.DataFrame, index: dict, k: int) -> list:
     return out
 
 
-def _idle_pods(frame: pd.DataFrame, index: dict, k: int, settings: Settings) -> list[list[dict]]:
+def _idle_pods(frame: pd.DataFrame, k: int, settings: Settings) -> list[list[dict]]:
     """Per workload: its pods that were idle (``idle_share`` of their known time), largest cost first.
 
     A pod counts only when it held at least ``min_hours`` GPU-hours and its utilisation was
@@ -213,30 +227,31 @@ def _idle_pods(frame: pd.DataFrame, index: dict, k: int, settings: Settings) -> 
     list (the workload-level ``idle`` covers them).
     """
     out: list[list[dict]] = [[] for _ in range(k)]
-    pods_per_workload = np.zeros(k, np.int64)
-    rows = list(_rows(frame, ["pod", "held_seconds", "known_seconds", "idle_seconds", "cost", "memory_max_bytes"]))
-    for key, *_ in rows:
-        pods_per_workload[index[key]] += 1
-    for key, pod, held, known, idle, cost, memory in rows:
-        i = index[key]
-        if (pods_per_workload[i] >= 2 and held >= settings.min_hours * 3600 and known > 0
-                and known >= settings.min_util_known_share * held and idle >= settings.idle_share * known):
-            out[i].append({"pod": str(pod), "gpu_hours": float(held / 3600), "cost": float(cost),
-                           "idle_share": float(idle / known),
-                           "memory_max_bytes": None if pd.isna(memory) else float(memory)})
+    w = frame["w"].to_numpy(np.int64)
+    pods_per_workload = np.bincount(w, minlength=k)
+    held, known, idle, cost = (frame[c].to_numpy(np.float64) for c in ("held_seconds", "known_seconds",
+                                                                        "idle_seconds", "cost"))
+    memory = frame["memory_max_bytes"].to_numpy(np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chosen = ((pods_per_workload[w] >= 2) & (held >= settings.min_hours * 3600) & (known > 0)
+                  & (known >= settings.min_util_known_share * held) & (idle >= settings.idle_share * known))
+    names = frame["pod"].astype(object).to_numpy()
+    for i in np.flatnonzero(chosen):
+        out[int(w[i])].append({"pod": str(names[i]), "gpu_hours": float(held[i] / 3600), "cost": float(cost[i]),
+                               "idle_share": float(idle[i] / known[i]),
+                               "memory_max_bytes": None if np.isnan(memory[i]) else float(memory[i])})
     for pods in out:
         pods.sort(key=lambda d: (-d["cost"], d["pod"]))
     return out
 
 
-def _idle_gpus(frame: pd.DataFrame, index: dict) -> "pd.DataFrame | None":
+def _idle_gpus(frame: pd.DataFrame) -> "pd.DataFrame | None":
     """Per device of each multi-GPU pod: its workload's row (``w``), the pod (``p``), GPU-seconds
     known and idle, and memory peak (0 where never reported)."""
     if frame.empty:
         return None
-    pods = {uid: i for i, uid in enumerate(pd.unique(frame["pod_uid"].astype(object)))}
     return pd.DataFrame({
-        "w": [index[key] for key in _keys(frame)], "p": [pods[u] for u in frame["pod_uid"].astype(object)],
+        "w": frame["w"].to_numpy(np.int64), "p": frame["p"].to_numpy(np.int64),
         "known": frame["known_seconds"].to_numpy(np.float64), "idle": frame["idle_seconds"].to_numpy(np.float64),
         "mem": np.nan_to_num(frame["memory_max_bytes"].to_numpy(np.float64, na_value=np.nan), nan=0.0)})
 

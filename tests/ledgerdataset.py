@@ -17,8 +17,27 @@ import pyarrow.parquet as pq
 from recommenders.ledger_schema import node_dirname
 
 
+def write_day_dataset(ledger: Path, root: Path) -> list[Path]:
+    """``ledger`` as one file per UTC date (``<root>/date=YYYY-MM-DD/day.parquet``, rows in
+    time order): a compacted dataset; returns the files written."""
+    table = pq.read_table(ledger)
+    minute = table.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
+    order = np.argsort(minute, kind="stable")
+    table = table.take(pa.array(order))
+    day = minute[order] // 86400
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(day)) + 1))
+    ends = np.concatenate((starts[1:], [len(day)]))
+    written = []
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        folder = root / f"date={time.strftime('%Y-%m-%d', time.gmtime(int(day[lo]) * 86400))}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.slice(lo, hi - lo), folder / "day.parquet", row_group_size=1 << 20)
+        written.append(folder / "day.parquet")
+    return written
+
+
 def write_dataset(ledger: Path, root: Path) -> list[Path]:
-    """Split ``ledger`` (a ledger.parquet) into ``root``; returns the files written."""
+    """Split ``ledger`` (a ledger.parquet) into ``root``, one file per node-hour; returns the files written."""
     table = pq.read_table(ledger)
     minute = table.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
     hour = minute // 3600

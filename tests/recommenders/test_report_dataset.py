@@ -326,3 +326,34 @@ def test_a_bad_s3_dataset_exits_2_with_one_line_naming_it(small, tmp_path, s3_se
     assert done.stderr.startswith("gpuledger: error:") and done.stderr.count("\n") == 1, done.stderr
     assert ("zz-broken.parquet" if where == "broken-file" else url) in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("column, value, says", [
+    ("cost", -5.0, "expected a number from 0 to 1e+15, got -5"),
+    ("used_gpu_seconds", 1e6, "expected used_gpu_seconds + util_unknown_gpu_seconds of at most allocated_gpu_seconds"),
+    ("allocated_gpu_seconds", float("nan"), "expected a number from 0 to 1e+08, got null"),
+])
+def test_a_dataset_row_a_ledger_may_not_hold_is_refused_naming_column_date_and_node(small, tmp_path, column, value,
+                                                                                      says):
+    """The values a ledger file's rows are checked for when loaded, checked where a dataset's
+    rows lie: one line naming the partition, the column, the node and the minute; exit 2."""
+    import shutil
+
+    _, ds = small
+    copy = tmp_path / "ds"
+    shutil.copytree(ds, copy)
+    victim = sorted((copy / "date=2025-12-02").glob("*.parquet"))[0]
+    table = pq.read_table(victim)
+    values = table.column(column).to_pylist()
+    values[3] = value
+    table = table.set_column(table.schema.get_field_index(column), column,
+                             pa.array(values, table.schema.field(column).type))
+    pq.write_table(table, victim)
+    done = report_cmd("--ledger", str(copy), "--out", str(tmp_path / "out"), "--since", "3d")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and says in done.stderr and "date=2025-12-02" in done.stderr, done.stderr
+    assert f"field {column}" in done.stderr or column in done.stderr, done.stderr
+    node = table.column("node")[3].as_py()
+    assert f"node {node}" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
