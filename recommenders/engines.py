@@ -1,0 +1,41 @@
+"""The history engines a gathered dataset can be read with, by name: ``duckdb`` (embedded,
+the default) and ``spark`` (a local or cluster Spark session).
+
+Both define the same view ``ledger`` over the window's partitions and run the same SQL
+(:mod:`recommenders.queries`), so the report is the same whichever reads it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from recommenders.history import LedgerError
+
+ENGINES = ("duckdb", "spark")
+DEFAULT = "duckdb"
+
+
+@contextmanager
+def open_engine(kind: str, root: str | Path, master: str | None = None) -> Iterator:
+    """An engine over the dataset at ``root``, closed afterwards: DuckDB's
+    (:func:`recommenders.dataset.engine`) or Spark's (:class:`recommenders.spark_engine.SparkEngine`
+    on ``master``, default ``local[2]``). ``master`` applies to Spark only."""
+    if kind == "duckdb":
+        if master is not None:
+            raise LedgerError("applies to --engine spark only", file="", field="--spark-master")
+        from recommenders.dataset import engine
+
+        with engine(root) as e:
+            yield e
+    elif kind == "spark":
+        from recommenders.spark_engine import MASTER, SparkEngine
+
+        e = SparkEngine(root, master or MASTER)
+        try:
+            yield e
+        finally:
+            e.close()
+    else:
+        raise LedgerError(f"expected one of {', '.join(ENGINES)}, got {kind!r}", file="", field="--engine")
