@@ -21,6 +21,7 @@ the DuckDB engine's.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -40,6 +41,7 @@ APP_NAME = "gpuledger-report"
 #: Spark's type of each ledger column kind (ledger_schema.Column.kind)
 SPARK_TYPES = {"minute": "TIMESTAMP", "string": "STRING", "float": "DOUBLE", "int": "BIGINT"}
 _GLOB = "\\{}[]*?"  # characters Hadoop reads as a glob in a path
+_MAX_MESSAGE = 600
 
 
 def settings(master: str) -> dict[str, str]:
@@ -107,14 +109,24 @@ def _last_line(path: Path) -> str:
     return f" (JVM: {_one_line(Exception(lines[-1]))})" if lines else ""
 
 
+_WRAPPERS = ("Exception thrown in awaitResult", "Job aborted due to stage failure")
+
+
 def _spark_message(err: Exception) -> str:
-    """A Spark error in one line: its message without the JVM's stack trace."""
-    text = str(err)
-    for cut in ("\nJVM stacktrace:", "\n\tat ", "\n\nJVM stacktrace"):
-        text = text.split(cut, 1)[0]
-    if text.startswith("An error occurred while calling"):  # py4j: the Java exception follows
-        text = text.split("\n", 1)[-1] or text
-    return _one_line(Exception(text))
+    """A Spark error in one line: the messages of the Java exception's causes (what failed,
+    then why: ``[FAILED_READ_FILE.NO_HINT] ... file:///.../x.parquet: corrupted file: ...``),
+    without the stack traces, the wrappers around them and the SQL states."""
+    said: list[str] = []
+    java = getattr(err, "java_exception", None)  # py4j's Py4JJavaError: the JVM's exception
+    while java is not None and len(said) < 8:
+        text = java.getMessage()
+        if text and not text.startswith(_WRAPPERS):
+            said.append(text)
+        java = java.getCause()
+    if not said:  # pyspark's own errors (an AnalysisException, a gateway that exited)
+        said = [str(err).split("JVM stacktrace:", 1)[0]]
+    text = ": ".join(re.sub(r"\s*SQLSTATE: \w+\s*$", "", " ".join(t.split())).rstrip(". ") for t in said)
+    return text[:_MAX_MESSAGE] or type(err).__name__
 
 
 def _path(file: Path) -> str:
