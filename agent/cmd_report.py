@@ -50,6 +50,7 @@ def parse_time(text: str, flag: str = "--until") -> float:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to the CLI's subparsers."""
+    from recommenders.engines import DEFAULT as DEFAULT_ENGINE, ENGINES
     from recommenders.settingfields import add_flags
     from recommenders.settings import Settings  # no pandas: building the CLI stays light
 
@@ -82,6 +83,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="rate card with a `commitments` section for reserved-capacity prices "
                    "(default: the bundled snapshot)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the report files into")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="with --ledger DATASET: what runs its SQL, embedded DuckDB (default) or Spark "
+                   "(needs pyspark and Java 17+; see docs/fleet.md, 'Spark')")
+    p.add_argument("--spark-master", metavar="URL",
+                   help="with --engine spark: the Spark master, e.g. spark://host:7077, yarn, k8s://https://host "
+                   "(default local[2], in this process)")
     group = p.add_argument_group("recommendation settings (docs/recommendations.md)")
     add_flags(group, Settings)
     p.set_defaults(handler=run)
@@ -143,6 +150,11 @@ def build(args: argparse.Namespace):
     prometheus = getattr(args, "prometheus", None)
     if getattr(args, "region", None) and not prometheus:
         raise InputError("applies to --prometheus only", field="--region")
+    engine_flag = "--engine" if getattr(args, "engine", "duckdb") != "duckdb" else (
+        "--spark-master" if getattr(args, "spark_master", None) else None)
+    if engine_flag and (prometheus or not any(is_dataset(p) for p in args.ledger)):
+        raise InputError("applies to a gathered dataset only (--ledger DIR of date=YYYY-MM-DD partitions)",
+                         field=engine_flag)
     notes: list[str] = []
     if prometheus:
         history, notes = prometheus_history(args, since, settings.commitment_days, until)
@@ -151,7 +163,8 @@ def build(args: argparse.Namespace):
     else:
         try:
             if any(is_dataset(p) for p in args.ledger):
-                history = dataset_history(args.ledger, since, settings.commitment_days, until)
+                history = dataset_history(args.ledger, since, settings.commitment_days, until,
+                                          getattr(args, "engine", "duckdb"), getattr(args, "spark_master", None))
                 first, end = history.first_minute, history.end
             else:
                 paths = ledger_paths(args.ledger)
@@ -180,15 +193,18 @@ def window_end(first: float, end: float, until: float | None) -> float:
     return min(end, float(int(until // 60) * 60))
 
 
-def dataset_history(given: Sequence[str], since: float, commitment_days: float, until: float | None):
+def dataset_history(given: Sequence[str], since: float, commitment_days: float, until: float | None,
+                    kind: str = "duckdb", master: str | None = None):
     """The History of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``), read with
-    DuckDB: the window's partitions only (:mod:`recommenders.dataset`)."""
-    from recommenders.dataset import dataset_end, engine, load_window
+    DuckDB or Spark (``kind``, :mod:`recommenders.engines`): the window's partitions only
+    (:mod:`recommenders.dataset`)."""
+    from recommenders.dataset import dataset_end, load_window
+    from recommenders.engines import open_engine
 
     if len(given) != 1:
         raise InputError("give a gathered dataset alone (one directory of date=YYYY-MM-DD partitions)",
                          field="--ledger")
-    with engine(given[0]) as e:
+    with open_engine(kind, given[0], master) as e:
         first, end = dataset_end(e)
         end = window_end(first, end, until)
         start = min(end - 2 * since, end - commitment_days * 86400)
