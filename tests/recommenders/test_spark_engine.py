@@ -307,3 +307,19 @@ def test_report_without_java_exits_2_in_one_line(dataset, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpuledger: error: ") and "needs Java 17" in lines[0], lines
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_files_that_differ_in_columns_are_read_by_name(dataset, spark, tmp_path):
+    """A gatherer upgraded within the window: the first day's files lack util_peak (a 1.0
+    ledger), the later ones have it; both engines read it as null there, the same figures."""
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset[1], copy)
+    for path in (copy / "date=2025-11-26").glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["util_peak"]), path)
+    for name in ("workload_percentiles", "rows"):
+        want, got = both(name, copy, spark)
+        assert differences(want, got) == [], name
+    nulls = want.filter(pa.compute.less(want.column("minute"), T0 + 2 * 86400)).column("util_peak").null_count
+    assert nulls > 0
