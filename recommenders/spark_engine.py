@@ -183,13 +183,16 @@ class SparkEngine:
         self._tmp = None
         if session is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="gpuledger-spark-")
-            session = start_session(master, log_dir or self._tmp.name)
-            self.spark = session
+            try:
+                self.spark = start_session(master, log_dir or self._tmp.name)
+            except BaseException:
+                self._tmp.cleanup()
+                raise
         else:
             self.spark = session.newSession()
-        for key, value in settings(master).items():
-            if key.startswith("spark.sql."):
-                self.spark.conf.set(key, value)
+            for key, value in settings(session.sparkContext.master).items():
+                if key.startswith("spark.sql."):  # the settings a session has of its own
+                    self.spark.conf.set(key, value)
 
     def close(self) -> None:
         try:
