@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from recommenders.history import LedgerError
-
 ENGINES = ("duckdb", "spark")
 DEFAULT = "duckdb"
 
@@ -21,7 +19,11 @@ DEFAULT = "duckdb"
 def open_engine(kind: str, root: str | Path, master: str | None = None) -> Iterator:
     """An engine over the dataset at ``root``, closed afterwards: DuckDB's
     (:func:`recommenders.dataset.engine`) or Spark's (:class:`recommenders.spark_engine.SparkEngine`
-    on ``master``, default ``local[2]``). ``master`` applies to Spark only."""
+    on ``master``, default ``local[2]``). ``master`` applies to Spark only.
+
+    This module imports nothing heavy (the CLI reads :data:`ENGINES` for its flag)."""
+    from recommenders.history import LedgerError
+
     if kind == "duckdb":
         if master is not None:
             raise LedgerError("applies to --engine spark only", file="", field="--spark-master")
