@@ -50,6 +50,7 @@ def parse_time(text: str, flag: str = "--until") -> float:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to the CLI's subparsers."""
+    from recommenders.engines import DEFAULT as DEFAULT_ENGINE, ENGINES
     from recommenders.settingfields import add_flags
     from recommenders.settings import Settings  # no pandas: building the CLI stays light
 
@@ -86,6 +87,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="rate card with a `commitments` section for reserved-capacity prices "
                    "(default: the bundled snapshot)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the report files into")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="with --ledger DATASET: what runs its SQL, embedded DuckDB (default) or Spark "
+                   "(needs pyspark and Java 17+; see docs/fleet.md, 'Spark')")
+    p.add_argument("--spark-master", metavar="URL",
+                   help="with --engine spark: the Spark master, e.g. spark://host:7077, yarn, k8s://https://host "
+                   "(default local[2], in this process)")
     group = p.add_argument_group("recommendation settings (docs/recommendations.md)")
     add_flags(group, Settings)
     p.set_defaults(handler=run)
@@ -149,6 +156,11 @@ def build(args: argparse.Namespace):
         raise InputError("applies to --prometheus only", field="--region")
     if getattr(args, "s3_endpoint", None) and not any(str(p).startswith("s3://") for p in args.ledger or ()):
         raise InputError("applies to an s3:// --ledger only", field="--s3-endpoint")
+    engine_flag = "--engine" if getattr(args, "engine", "duckdb") != "duckdb" else (
+        "--spark-master" if getattr(args, "spark_master", None) else None)
+    if engine_flag and (prometheus or not any(is_dataset(p) for p in args.ledger)):
+        raise InputError("applies to a gathered dataset only (--ledger DIR of date=YYYY-MM-DD partitions)",
+                         field=engine_flag)
     notes: list[str] = []
     if prometheus:
         history, notes = prometheus_history(args, since, settings.commitment_days, until)
@@ -160,7 +172,8 @@ def build(args: argparse.Namespace):
         try:
             if any(is_dataset(p) for p in args.ledger):
                 return dataset_report(args.ledger, since, until, settings, card, pools, spot,
-                                      getattr(args, "s3_endpoint", None), rates=args.rates)
+                                      getattr(args, "s3_endpoint", None), rates=args.rates,
+                                      kind=getattr(args, "engine", "duckdb"), master=getattr(args, "spark_master", None))
             paths = ledger_paths(args.ledger)
             first, end = ledger_end(paths)
             end = window_end(first, end, until)
@@ -188,17 +201,19 @@ def window_end(first: float, end: float, until: float | None) -> float:
 
 
 def dataset_report(given: Sequence[str], since: float, until: float | None, settings, card, pools, spot,
-                   s3_endpoint: str | None = None, rates: str | None = None):
+                   s3_endpoint: str | None = None, rates: str | None = None, kind: str = "duckdb",
+                   master: str | None = None):
     """The report of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``, a directory or an
-    object-store URL): every figure a query run by DuckDB over the window's partitions
-    (:mod:`recommenders.dataset`); no ledger row is held in memory."""
-    from recommenders.dataset import dataset_end, engine
+    object-store URL): every figure a query run by DuckDB or Spark (``kind``,
+    :mod:`recommenders.engines`) over the window's partitions; no ledger row is held in memory."""
+    from recommenders.dataset import dataset_end
+    from recommenders.engines import open_engine
     from recommenders.report import report_from
 
     if len(given) != 1:
         raise InputError("give a gathered dataset alone (one directory of date=YYYY-MM-DD partitions)",
                          field="--ledger")
-    with engine(given[0], s3_endpoint=s3_endpoint) as e:
+    with open_engine(kind, given[0], master, s3_endpoint) as e:
         first, end = dataset_end(e)
         end = window_end(first, end, until)
         e.check(max(first, min(end - 2 * since, end - settings.commitment_days * 86400)), end)

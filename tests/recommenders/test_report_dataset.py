@@ -12,16 +12,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recommenders import queries
 from recommenders.dataset import engine, is_dataset, load_window
 from recommenders.history import ensure_categorical
 from recommenders.ledger_schema import NAMES, arrow_schema
 from recommenders.report import UNALLOCATED, daily_cost_by_team
-from recommenders.workloads import KEY, workload_stats
+from recommenders.workloads import workload_stats
 from tests.ledgerdataset import write_dataset
 from tests.recommenders.test_report_rows import T0, gpu_minutes
 
@@ -135,33 +135,39 @@ def test_percentile_cont_is_numpys_linear_interpolation():
         np.testing.assert_allclose(row[1:], np.quantile(mine, qs), rtol=1e-15)
 
 
-def test_sql_workload_percentiles_and_daily_team_cost_equal_the_pandas_path(small):
+def test_workload_evidence_and_daily_cost_equal_a_direct_numpy_computation(small):
+    """The SQL's figures against numpy on the same rows, computed here by hand: GPU-hours,
+    the p95 and max of known minute peaks (float32, as the report holds them), the p99 of
+    memory peaks, and each team's cost per UTC day."""
     ledger, ds = small
     from recommenders.history import load_history
 
     start, end = T0, T0 + 9 * 86400
     rows = load_history([ledger], start, end).rows
-    stats = workload_stats(rows, 9 * 24).set_index(list(KEY))
-    with engine(ds) as e:
-        e.window(start, end)
-        sql = e.query(queries.workload_percentiles()).to_pandas().set_index(list(KEY))
-        daily = e.query(queries.daily_team_cost()).to_pandas()
-    assert len(sql) == len(stats) == 2
-    sql = sql.loc[stats.index]
-    np.testing.assert_allclose(sql["gpu_hours"], stats["gpu_hours"], rtol=1e-12)
-    # the pandas path holds peaks and memory as float32 (recommenders.history.READINGS)
-    for a, b in (("util_p95", "util_p95"), ("util_p99", "util_p99"), ("memory_p99_bytes", "memory_p99_bytes")):
-        np.testing.assert_allclose(sql[a].to_numpy(float), stats[b].to_numpy(float), rtol=1e-6)
+    stats = workload_stats(rows, 9 * 24)
+    assert len(stats) == 2
+    for w in stats.to_dict("records"):
+        mine = rows[(rows["workload_name"].astype(object) == w["workload_name"]) & rows["pod_uid"].notna()]
+        alloc = mine["allocated_gpu_seconds"].to_numpy(float)
+        known = mine["util_unknown_gpu_seconds"].to_numpy(float) <= 0
+        mean = (mine["used_gpu_seconds"].to_numpy(float) / alloc).astype(np.float32)
+        peak = mine["util_peak"].to_numpy(np.float32)
+        peak = np.where(np.isnan(peak), mean, peak)[known].astype(float)
+        assert w["gpu_hours"] == pytest.approx(alloc.sum() / 3600, rel=1e-12)
+        assert w["util_p95"] == pytest.approx(np.quantile(peak, 0.95), rel=1e-12)
+        assert w["util_max"] == pytest.approx(peak.max(), rel=1e-12)
+        assert len(w["peaks"]) == len(peak) and w["peaks"].quantile(0.5) == pytest.approx(np.quantile(peak, 0.5))
+        memory = mine["memory_used_max_bytes"].to_numpy(np.float32).astype(float)
+        assert w["memory_p99_bytes"] == pytest.approx(np.quantile(memory[~np.isnan(memory)], 0.99), rel=1e-12)
     want = daily_cost_by_team(ensure_categorical(rows), start, end)
-    got: dict[str, dict[int, float]] = {}
-    for r in daily.itertuples(index=False):
-        team = UNALLOCATED if not r.allocated else (r.team or "(none)")
-        got.setdefault(team, {})
-        got[team][r.day] = got[team].get(r.day, 0.0) + r.cost
+    money = (rows["cost"] + rows["unallocated_cost"]).to_numpy(float)
+    day = rows["minute"].to_numpy(np.int64) // 86400
+    team = np.where(rows["pod_uid"].isna(), UNALLOCATED, rows["team"].astype(object).fillna("(none)"))
+    direct = pd.DataFrame({"day": day, "team": team, "cost": money}).groupby(["team", "day"])["cost"].sum()
     days = [int(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) // 86400
             for d in want["days"]]
-    for team, series in want["teams"].items():
-        np.testing.assert_allclose([got[team].get(d, 0.0) for d in days], series, rtol=1e-12, atol=1e-12)
+    for name, series in want["teams"].items():
+        np.testing.assert_allclose([direct.get((name, d), 0.0) for d in days], series, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.slow
