@@ -78,6 +78,7 @@ def test_every_accept_header_gets_prometheus_clients_format():
         assert _form(choose_encoder(accept)[0]) == form, accept
 
 
+@pytest.mark.slow
 def test_the_rendered_families_are_prometheus_clients_text_scrape_after_scrape(trace: Path):
     """Label sets appear and go (pods, devices), values move; each scrape equals the authority."""
     metrics, steps = _metrics(trace)
