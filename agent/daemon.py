@@ -366,13 +366,9 @@ def ledger_endpoint(agent: Agent):
 def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
     """The server for /metrics, /healthz, /readyz and /ledger, GET and HEAD (OSError when
     the address is taken); see :mod:`agent.httpserver` for how it bounds its threads."""
-    from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-    from prometheus_client.exposition import choose_encoder
+    from agent.exposition import Exposition
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(agent.metrics)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
+    metrics = Exposition(agent.metrics)
     ledger = ledger_endpoint(agent)
 
     class Handler(BaseHTTPRequestHandler):
@@ -388,8 +384,8 @@ def http_server(agent: Agent, host: str, port: int) -> BoundedHTTPServer:
             path = self.path.split("?", 1)[0]
             text = "text/plain; charset=utf-8"
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                return 200, encoder(registry), content_type
+                body, content_type = metrics.answer(self.headers.get("Accept", ""))
+                return 200, body, content_type
             if path == "/healthz":
                 return 200, b"ok\n", text
             if path == "/readyz":

@@ -128,6 +128,17 @@ class AgentMetrics(Collector):
     # ------------------------------------------------------------------ scrape
 
     def collect(self) -> Iterator:
+        """prometheus_client's families, built from :meth:`snapshot`."""
+        for m, samples in self.snapshot():
+            family = _build(m)
+            for labels, value in samples:
+                family.add_metric(labels, value)
+            yield family
+
+    def snapshot(self) -> list[tuple[Metric, list[tuple[tuple[str, ...], float]]]]:
+        """What a scrape shows: each family shown, in exposition order, with its samples as
+        (label values in the declared order, value). :meth:`collect` makes prometheus_client's
+        families of it; ``agent/exposition.py`` renders it as text directly."""
         with self._lock:
             workloads = {k: list(v) for k, v in self._workloads.items()}
             unallocated = {k: list(v) for k, v in self._unallocated.items()}
@@ -135,63 +146,56 @@ class AgentMetrics(Collector):
             pods = sorted(self._pods)
             readings = list(self._readings.values())
             samples, last_ts = self.samples, self.last_sample_ts
+        out: list[tuple[Metric, list[tuple[tuple[str, ...], float]]]] = []
         for declared_counters, values_by_key in ((WORKLOAD_COUNTERS, workloads), (UNALLOCATED_COUNTERS, unallocated),
                                                  (SERVING_COUNTERS, serving)):
             for j, m in enumerate(declared_counters):
-                family = _build(m)
-                for key, values in values_by_key.items():
-                    if not math.isnan(values[j]):  # energy never measured for the label set
-                        family.add_metric(key, values[j])
-                yield family
-        info = _build(POD_INFO)
-        for labels in pods:
-            info.add_metric(list(labels), 1.0)
-        yield info
-        yield from _device_families(readings, self.currency)
-        yield _counter("gpuledger_samples", samples)
-        errors = _build(declared("gpuledger_collector_errors"))
+                # NaN: energy never measured for the label set
+                out.append((m, [(key, values[j]) for key, values in values_by_key.items()
+                                if not math.isnan(values[j])]))
+        out.append((POD_INFO, [(labels, 1.0) for labels in pods]))
+        out += _device_families(readings, self.currency)
+        out.append(_one("gpuledger_samples", samples))
         counts = dict(self.faults.counts())
         for source, count in self.price_faults().items():
             counts[("pricing", f"{source}_failed")] = count
-        for (collector, reason), count in sorted(counts.items()):
-            errors.add_metric([collector, reason], count)
-        yield errors
+        out.append((declared("gpuledger_collector_errors"),
+                    [((collector, reason), count) for (collector, reason), count in sorted(counts.items())]))
         if last_ts is not None:
-            yield _gauge("gpuledger_last_sample_timestamp_seconds", last_ts)
+            out.append(_one("gpuledger_last_sample_timestamp_seconds", last_ts))
         age = self.price_age()
         if age is not None:
-            yield _gauge("gpuledger_price_age_seconds", age)
-        yield _counter("gpuledger_ledger_writes", self.ledger_writes)
+            out.append(_one("gpuledger_price_age_seconds", age))
+        out.append(_one("gpuledger_ledger_writes", self.ledger_writes))
         if self.ledger_through is not None:
-            yield _gauge("gpuledger_ledger_written_through_timestamp_seconds", self.ledger_through)
+            out.append(_one("gpuledger_ledger_written_through_timestamp_seconds", self.ledger_through))
         status = self.serving_status()
         if status is not None:
-            yield _gauge("gpuledger_serving_endpoints", status[0])
-            yield _counter("gpuledger_serving_rounds", status[1])
-        info = _build(declared("gpuledger_build_info"))
-        info.add_metric([self.version, self.mode], 1.0)
-        yield info
+            out.append(_one("gpuledger_serving_endpoints", status[0]))
+            out.append(_one("gpuledger_serving_rounds", status[1]))
+        out.append((declared("gpuledger_build_info"), [((self.version, self.mode), 1.0)]))
+        return out
 
 
-def _device_families(readings: list[Reading], currency: str) -> Iterator:
-    util, used, total, price = (_build(m) for m in (GPU_UTILIZATION, GPU_MEMORY_USED, GPU_MEMORY_TOTAL,
-                                                   GPU_HOURLY_PRICE))
+def _device_families(readings: list[Reading], currency: str) -> list[tuple[Metric, list]]:
+    util: list = []
+    used: list = []
+    total: list = []
     prices: dict[tuple[str, ...], float] = {}
     for r in sorted(readings, key=lambda r: (r.slot.node, r.slot.uuid)):
         s = r.slot
-        holder = [r.holder.namespace, r.holder.name] if r.holder is not None else ["", ""]
-        labels = [s.node, s.model, s.uuid] + holder
+        holder = (r.holder.namespace, r.holder.name) if r.holder is not None else ("", "")
+        labels = (s.node, s.model, s.uuid) + holder
         if r.util is not None:
-            util.add_metric(labels, r.util / 100.0)
+            util.append((labels, r.util / 100.0))
         if r.mem_used_bytes is not None:
-            used.add_metric(labels, r.mem_used_bytes)
+            used.append((labels, r.mem_used_bytes))
         if s.memory_total_bytes is not None:
-            total.add_metric([s.node, s.model, s.uuid], s.memory_total_bytes)
+            total.append(((s.node, s.model, s.uuid), s.memory_total_bytes))
         prices[(s.node, s.model, s.instance_type or "", s.region or "", s.capacity_type or "", s.price_source,
                 currency)] = s.gpu_hourly_price
-    for key, value in prices.items():
-        price.add_metric(list(key), value)
-    return iter((util, used, total, price))
+    return [(GPU_UTILIZATION, util), (GPU_MEMORY_USED, used), (GPU_MEMORY_TOTAL, total),
+            (GPU_HOURLY_PRICE, list(prices.items()))]
 
 
 def _add(values: dict, pending: dict, key: tuple, amounts: list[float]) -> None:
@@ -229,11 +233,9 @@ def _build(m: Metric) -> CounterMetricFamily | GaugeMetricFamily:
     return kind(m.name, m.help, labels=m.labels)
 
 
-def _counter(name: str, value: float) -> CounterMetricFamily:
+def _one(name: str, value: float) -> tuple[Metric, list[tuple[tuple[str, ...], float]]]:
+    """An unlabelled family's one sample; a gauge that is not finite shows NaN."""
     m = declared(name)
-    return CounterMetricFamily(m.name, m.help, value=value)
-
-
-def _gauge(name: str, value: float) -> GaugeMetricFamily:
-    m = declared(name)
-    return GaugeMetricFamily(m.name, m.help, value=value if math.isfinite(value) else float("nan"))
+    if m.type != COUNTER and not math.isfinite(value):
+        value = math.nan
+    return m, [((), value)]

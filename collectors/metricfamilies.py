@@ -22,9 +22,9 @@ exporter yields it) and paste ``metrics_markdown(section)`` into ``docs/metrics.
 * A per-workload or unallocated counter of a ledger sum, or a serving counter of a
   counted field, needs nothing more: ``column`` names the sum or the count and the
   exporter adds it to every row's label set.
-* Any other metric needs the line in ``AgentMetrics.collect`` that gives its value, and
-  that line takes the family from here by name (``_build(declared(name))``, or
-  ``_counter``/``_gauge`` for one unlabelled value); a test fails while a declared family
+* Any other metric needs the line in ``AgentMetrics.snapshot`` that gives its value, and
+  that line takes the family from here by name (``declared(name)`` with its samples, or
+  ``_one(name, value)`` for one unlabelled value); a test fails while a declared family
   is not exposed or an exposed one is not declared.
 
 Rules the declarations keep (tested): names start ``gpuledger_``; a counter's name is
