@@ -136,8 +136,8 @@ IDLE = "known = 1 AND active <= 0"
 
 def workload_sums() -> str:
     """Per workload: GPU-seconds held, known, active and idle, cost, memory, pods, and the
-    percentiles of memory peaks, minute means and minute peaks."""
-    known_peak = "CASE WHEN known = 1 THEN peak32 END"
+    percentiles of memory peaks and minute means (those of minute peaks come from
+    :func:`workload_peaks`, counted)."""
     return (
         "SELECT w, SUM(alloc) AS held_seconds, SUM(cost) AS cost, SUM(idle_cost) AS idle_cost, "
         "SUM(CASE WHEN known = 1 THEN alloc ELSE 0 END) AS known_seconds, "
@@ -147,10 +147,7 @@ def workload_sums() -> str:
         "MAX(gpu_mem) AS gpu_memory_bytes, SUM(CASE WHEN default_priced = 1 THEN cost ELSE 0 END) AS default_cost, "
         "COUNT(DISTINCT p) AS pods, "
         "PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY mem) AS memory_p99_bytes, MAX(mem) AS memory_max_bytes, "
-        "PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN known = 1 THEN used / alloc END) AS util_p50, "
-        f"PERCENTILE_CONT(0.95) WITHIN GROUP (ORDER BY {known_peak}) AS util_p95, "
-        f"PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY {known_peak}) AS util_p99, "
-        f"MAX({known_peak}) AS util_max "
+        "PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN known = 1 THEN used / alloc END) AS util_p50 "
         "FROM held GROUP BY w")
 
 
@@ -208,10 +205,12 @@ def multi_gpu_pod_devices() -> str:
 def workload_shared_seconds() -> str:
     """Per workload, the GPU-seconds it held on a device another pod held in the same minute
     (only devices that more than one pod held are looked at minute by minute)."""
-    return ("WITH shared AS (SELECT d AS shared_device FROM held GROUP BY d HAVING MIN(p) < MAX(p)), "
-            "crowded AS (SELECT d AS crowded_device, minute AS crowded_minute FROM held "
-            "JOIN shared ON d = shared_device GROUP BY d, minute HAVING COUNT(*) > 1) "
-            "SELECT w, SUM(alloc) AS shared_seconds FROM held "
+    return ("WITH shared AS (SELECT d AS shared_device FROM (SELECT DISTINCT d, p FROM held) dp GROUP BY d "
+            "HAVING COUNT(*) > 1), "
+            "on_shared AS (SELECT w, d, minute, alloc FROM held JOIN shared ON d = shared_device), "
+            "crowded AS (SELECT d AS crowded_device, minute AS crowded_minute FROM on_shared "
+            "GROUP BY d, minute HAVING COUNT(*) > 1) "
+            "SELECT w, SUM(alloc) AS shared_seconds FROM on_shared "
             "JOIN crowded ON d = crowded_device AND minute = crowded_minute GROUP BY w")
 
 
@@ -341,6 +340,13 @@ def bad_rows() -> str:
 
 
 def first_bad_row(condition: str, column: str) -> str:
-    """One row failing ``condition``: its minute, node and value (to name it in the error)."""
+    """The first minute with a row failing ``condition``, the first node with such a row in
+    it, and the value of one of that node's (to name it in the error). Aggregates, not a WHERE: a filter may be pushed
+    down to Parquet statistics, which leave NaN out."""
     _names([column])
-    return f"SELECT minute, node, {column} AS value FROM ledger WHERE {condition} ORDER BY minute, node LIMIT 1"
+    first = f"(SELECT MIN(CASE WHEN {condition} THEN minute END) FROM ledger)"
+    node = f"(SELECT MIN(CASE WHEN {condition} AND minute = {first} THEN node END) FROM ledger)"
+    at = f"{condition} AND minute = {first} AND node = {node}"
+    return (f"SELECT MIN(minute) AS minute, MIN(node) AS node, MIN(value) AS value FROM "
+            f"(SELECT CASE WHEN {at} THEN minute END AS minute, CASE WHEN {at} THEN node END AS node, "
+            f"CASE WHEN {at} THEN {column} END AS value FROM ledger) t")

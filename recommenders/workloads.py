@@ -115,8 +115,7 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
 
     num = by_w(queries.workload_sums(), [
         "held_seconds", "cost", "idle_cost", "known_seconds", "active_seconds", "idle_seconds", "idle_memory_max_bytes",
-        "gpu_memory_bytes", "default_cost", "pods", "memory_p99_bytes", "memory_max_bytes", "util_p50", "util_p95",
-        "util_p99", "util_max"])
+        "gpu_memory_bytes", "default_cost", "pods", "memory_p99_bytes", "memory_max_bytes", "util_p50"])
     with np.errstate(invalid="ignore", divide="ignore"):
         out["gpu_hours"] = num["held_seconds"] / 3600.0
         out["cost"] = num["cost"]
@@ -127,13 +126,15 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
         out["idle_share"] = num["idle_seconds"] / num["known_seconds"]
         out["default_price_share"] = np.nan_to_num(num["default_cost"] / num["cost"])
         out["memory_max_fraction"] = num["memory_max_bytes"] / num["gpu_memory_bytes"]
-    for c in ("idle_memory_max_bytes", "gpu_memory_bytes", "memory_p99_bytes", "memory_max_bytes", "util_p50",
-              "util_p95", "util_p99", "util_max"):
+    for c in ("idle_memory_max_bytes", "gpu_memory_bytes", "memory_p99_bytes", "memory_max_bytes", "util_p50"):
         out[c] = num[c]
     out["pods"] = num["pods"].astype(np.int64)
     out["price_source"] = _main_price_source(ledger.sql(queries.workload_price_sources()), index, k)
     out["idle_pods"] = _objects(_idle_pods(ledger.sql(queries.workload_pods()), k, settings))
-    out["peaks"] = _objects(_counted(ledger.sql(queries.workload_peaks()), k))
+    peaks = _counted(ledger.sql(queries.workload_peaks()), k)
+    out["peaks"] = _objects(peaks)
+    for name, q in (("util_p95", 0.95), ("util_p99", 0.99), ("util_max", 1.0)):
+        out[name] = [p.quantile(q) for p in peaks]
 
     out["gpus_per_pod"] = by_w(queries.workload_gpus_per_pod(), ["gpus_per_pod"])["gpus_per_pod"]
     seen = by_w(queries.workload_replicas(), ["replicas", "pod_minutes", "minutes", "first_minute", "last_minute"])
