@@ -143,7 +143,7 @@ def pull_agent(agent: str, known: dict[str, dict[str, Any]], dataset: Dataset, t
                timeout: float) -> Pulled:
     """Pull one agent's closed hours that ``known`` (node_dir -> checkpoint entry) lacks, a node-day
     at a time: its new hours are read, then written into the node-day's file in one replacement."""
-    from agent.rollup_table import rollup_table
+    from agent.rollup_table import BadRollup, rollup_tables
 
     out = Pulled(agent)
     mine = [e["hour"] for e in known.values() if e.get("agent") == agent]
@@ -171,21 +171,19 @@ def pull_agent(agent: str, known: dict[str, dict[str, Any]], dataset: Dataset, t
         for hour, entry in todo:
             days.setdefault(day_name(node_dir, hour), []).append((hour, entry))
         for _name, day in sorted(days.items()):
-            pieces, marks, stop = [], [], None
+            got, stop = [], None
             for hour, entry in day:
                 try:
-                    data = _get(agent + entry["path"], token, timeout)
-                    pieces.append((hour, rollup_table(data, entry["path"])))
+                    got.append((_get(agent + entry["path"], token, timeout), entry["path"]))
                 except (OSError, http.client.HTTPException) as err:
-                    stop, out.failed = "agent", _reason(err)  # the agent went away
+                    stop, out.failed = "agent", _reason(err)  # the agent went away: what came is written
                     break
-                except ValueError as err:  # a damaged rollup (or one rewritten as we read it)
-                    stop, out.failed = "node", str(err)[:200]  # this node waits here: retried next run
-                    break
-                marks.append({"node": entry.get("node"), "hour": hour,
-                              "hour_iso": datetime.fromtimestamp(hour, timezone.utc).strftime("%Y-%m-%dT%H:00:00Z"),
-                              "sha256": hashlib.sha256(data).hexdigest(), "agent": agent})
-            if pieces:
+            try:
+                tables = rollup_tables(got)
+            except BadRollup as err:  # a damaged rollup (or one rewritten as we read it): the node waits there
+                tables, stop, out.failed = err.good, "node", str(err)[:200]
+            if tables:
+                pieces = [(hour, t) for (hour, _), t in zip(day, tables)]
                 try:
                     dataset.write_day(node_dir, pieces)
                 except OSError as err:
@@ -196,8 +194,12 @@ def pull_agent(agent: str, known: dict[str, dict[str, Any]], dataset: Dataset, t
                     break
                 out.files += 1
                 out.hours += len(pieces)
-                out.rows += sum(t.num_rows for _, t in pieces)
-                out.checkpoint[node_dir] = marks[-1]
+                out.rows += sum(t.num_rows for t in tables)
+                hour, entry = day[len(tables) - 1]
+                out.checkpoint[node_dir] = {
+                    "node": entry.get("node"), "hour": hour,
+                    "hour_iso": datetime.fromtimestamp(hour, timezone.utc).strftime("%Y-%m-%dT%H:00:00Z"),
+                    "sha256": hashlib.sha256(got[len(tables) - 1][0]).hexdigest(), "agent": agent}
             if stop == "agent":
                 return out
             if stop == "node":

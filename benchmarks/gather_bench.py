@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -96,11 +97,15 @@ with ThreadPoolExecutor(min(WORKERS, len(agents))) as pool:
 """
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Wall seconds of a child, and this process's CPU seconds meanwhile (the agents serving it)."""
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float, subprocess.CompletedProcess]:
+    """Wall seconds of a child, its CPU seconds, and this process's CPU seconds meanwhile (the
+    agents serving it)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = time.process_time(), time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
-    return time.perf_counter() - t0, time.process_time() - cpu0, done
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, cpu, done
 
 
 def main() -> int:
@@ -130,22 +135,22 @@ def main() -> int:
         rounds = []
         for r in range(args.repeat):
             out = tmp_path / f"dataset-{r}"
-            base_s, _, base = timed([sys.executable, "-c", DOWNLOAD, urls], env)
+            base_s, base_cpu, _, base = timed([sys.executable, "-c", DOWNLOAD, urls], env)
             if base.returncode != 0:
                 print(base.stderr, file=sys.stderr)
                 return 1
             runs = []
             for _ in range(2):
-                wall, cpu, done = timed([sys.executable, "-m", "agent.cli", "gather", "--agents", urls, "--out",
-                                         str(out)], env)
-                runs.append((wall, cpu, done.stdout.strip() or done.stderr.strip()))
+                wall, own, cpu, done = timed([sys.executable, "-m", "agent.cli", "gather", "--agents", urls,
+                                              "--out", str(out)], env)
+                runs.append((wall, cpu, done.stdout.strip() or done.stderr.strip(), own))
                 if done.returncode != 0:
                     print(done.stderr, file=sys.stderr)
                     return 1
-            rounds.append({"baseline_s": base_s, "downloaded_bytes": int(base.stdout), "first_run_s": runs[0][0],
-                           "agents_cpu_s": runs[0][1], "second_run_s": runs[1][0], "second_run": runs[1][2]})
-            print(f"round {r + 1}: download {base_s:.2f} s, gather {runs[0][0]:.2f} s (agents' CPU "
-                  f"{runs[0][1]:.2f} s), again {runs[1][0]:.2f} s", flush=True)
+            rounds.append({"baseline_s": base_s, "baseline_cpu_s": base_cpu, "downloaded_bytes": int(base.stdout),
+                           "first_run_s": runs[0][0], "gather_cpu_s": runs[0][3], "agents_cpu_s": runs[0][1], "second_run_s": runs[1][0], "second_run": runs[1][2]})
+            print(f"round {r + 1}: download {base_s:.2f} s (CPU {base_cpu:.2f} s), gather {runs[0][0]:.2f} s (CPU "
+                  f"{runs[0][3]:.2f} s, agents' CPU {runs[0][1]:.2f} s), again {runs[1][0]:.2f} s", flush=True)
         for s in servers:
             s.shutdown()
             s.server_close()
@@ -164,6 +169,8 @@ def main() -> int:
             "downloaded_bytes": rounds[0]["downloaded_bytes"], "dataset_files": len(parquet),
             "dataset_bytes": size, "bytes_per_row": round(size / rows, 1),
             "baseline_download_s": round(statistics.median(r["baseline_s"] for r in rounds), 2),
+            "baseline_cpu_s": round(statistics.median(r["baseline_cpu_s"] for r in rounds), 2),
+            "gather_cpu_s": round(statistics.median(r["gather_cpu_s"] for r in rounds), 2),
             "first_run_s": round(first, 2), "first_runs_s": [round(r["first_run_s"], 2) for r in rounds],
             "node_hours_per_s": round(node_hours / first, 1), "rows_per_s": round(rows / first),
             "agent_cpu_ms_per_rollup": round(1000 * cpu / node_hours, 2),
