@@ -63,8 +63,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     def every_arg(text: str) -> float:
         seconds = duration_arg(text)
-        if seconds < 10:
-            raise argparse.ArgumentTypeError(f"expected at least 10s, got {text!r}")
+        if seconds < 1:
+            raise argparse.ArgumentTypeError(f"expected at least 1s, got {text!r}")
         return seconds
 
     p = subparsers.add_parser(
@@ -98,7 +98,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=duration_arg, default=30.0, metavar="DURATION",
                    help="how long one agent request may take (default 30s)")
     p.add_argument("--every", type=every_arg, default=None, metavar="DURATION",
-                   help="run in a loop, a gather every DURATION (start to start; at least 10s, e.g. 15m), "
+                   help="run in a loop, a gather every DURATION (start to start, e.g. 15m), "
                    "instead of once: the agents are found again each time, one that fails is counted in "
                    "gpuledger_gather_agent_failures_total and logged when it starts and stops failing, and "
                    "the counts are served on --listen's /metrics. SIGTERM ends it after the gather in progress")

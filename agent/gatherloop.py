@@ -61,13 +61,11 @@ class GatherMetrics:
         self.lock = threading.Lock()
         self.values = {name: 0.0 for name in (*COUNTERS, *GAUGES)}
 
-    def add(self, **amounts: float) -> None:
+    def record(self, added: dict[str, float], values: dict[str, float]) -> None:
+        """One gather's numbers, at once (a scrape never sees half of them)."""
         with self.lock:
-            for name, amount in amounts.items():
+            for name, amount in added.items():
                 self.values[name] += amount
-
-    def set(self, **values: float) -> None:
-        with self.lock:
             self.values.update(values)
 
     def collect(self):
@@ -140,17 +138,18 @@ def run_every(args: argparse.Namespace, gather: Callable[[], Any], stop: threadi
             began = time.monotonic()
             try:
                 done = gather()
-            except (Unavailable, InputError, OSError) as err:
-                metrics.add(runs=1, run_failures=1)
-                metrics.set(last_run_seconds=time.monotonic() - began)
-                log.warning("gather failed, retried in %gs: %s", args.every, str(err).splitlines()[0][:300])
+            except Exception as err:  # noqa: BLE001 - the loop outlives any one gather
+                metrics.record({"runs": 1, "run_failures": 1}, {"last_run_seconds": time.monotonic() - began})
+                expected = isinstance(err, (Unavailable, InputError, OSError))
+                log.warning("gather failed, retried in %gs: %s", args.every,
+                            (str(err).splitlines() or [type(err).__name__])[0][:300], exc_info=not expected)
             else:
                 down = {r.agent: r.failed for r in done.down}
-                metrics.add(runs=1, agent_failures=len(down), **{
-                    k: sum(getattr(r, attr) for r in done.results)
-                    for k, attr in (("node_hours", "hours"), ("rows", "rows"), ("files_written", "files"))})
-                metrics.set(agents=done.agents, agents_failing=len(down), last_run_seconds=time.monotonic() - began,
-                            last_success_timestamp_seconds=time.time())
+                metrics.record(
+                    {"runs": 1, "agent_failures": len(down), "node_hours": sum(r.hours for r in done.results),
+                     "rows": sum(r.rows for r in done.results), "files_written": sum(r.files for r in done.results)},
+                    {"agents": done.agents, "agents_failing": len(down), "last_run_seconds": time.monotonic() - began,
+                     "last_success_timestamp_seconds": time.time()})
                 for agent, why in sorted(down.items()):
                     if agent not in failing:
                         log.warning("agent %s failed, retried every %gs (logged again when it answers): %s",
@@ -158,7 +157,7 @@ def run_every(args: argparse.Namespace, gather: Callable[[], Any], stop: threadi
                 present = {r.agent for r in done.results}
                 for agent in sorted(set(failing) - set(down)):
                     log.info("agent %s %s", agent, "answers again" if agent in present else "is no longer listed")
-                failing = {a: why for a, why in down.items()}
+                failing = down
                 log.info("%s", done.line(args.out))
             stop.wait(max(0.0, args.every - (time.monotonic() - began)))
     finally:

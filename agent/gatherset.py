@@ -15,6 +15,7 @@ OUT is a directory or an object-store URL (``s3://bucket/prefix``), through ``py
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import time
@@ -35,6 +36,21 @@ CURRENCY_KEY = b"gpuledger.currency"
 def day_name(node_dir: str, hour: int) -> str:
     """``date=YYYY-MM-DD/<node_dir>.parquet``: the file of a node's day that holds ``hour``."""
     return f"date={time.strftime('%Y-%m-%d', time.gmtime(hour))}/{node_dir}.parquet"
+
+
+STALE_S = 3600.0  # a temporary file older than this is a killed gatherer's, not one being written
+
+
+def _sweep(final: Path) -> None:
+    """Remove what a gatherer killed while writing ``final`` left: its temporary files (hidden
+    names that readers skip) older than :data:`STALE_S`."""
+    now = time.time()
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_S:
+                tmp.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove: harmless either way
 
 
 class Dataset:
@@ -89,6 +105,7 @@ class Dataset:
                 f.write(data)
             return
         write_bytes(final, data, durable=True)
+        _sweep(Path(final))
 
     def read(self, relative: str) -> bytes | None:
         import pyarrow.fs as pafs

@@ -252,9 +252,13 @@ def test_hours_pulled_again_replace_their_rows(night, tmp_path):
         (out / "_gather_checkpoint.json").unlink()
         leftover = files[0].parent / f".{files[0].name}.0123456789abcdef.tmp"
         leftover.write_bytes(files[0].read_bytes()[:100])  # half a file, as a SIGKILL leaves it
+        os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+        young = files[1].parent / f".{files[1].name}.fedcba9876543210.tmp"  # maybe another gatherer's
+        young.write_bytes(b"x")
         again = gather(out, "--agents", url)
         assert again.returncode == 0 and again.stdout.startswith(f"gathered {NODES * HOURS} node-hours"), again.stdout
         assert sorted(out.glob("date=*/*.parquet")) == files
+        assert not leftover.exists() and young.exists()  # the stale one swept, the young one left
         assert_same_ledger(dataset_rows(out), night["rows"])
 
         # the agent rewrites a node's newest hour (one row fewer): the gatherer takes the new version
