@@ -26,7 +26,7 @@ from recommenders.ledger_schema import (COLUMNS, COUNTED, HOUR, MAXED, MEASURED,
 if TYPE_CHECKING:
     import pyarrow as pa
 
-_SEPARATOR = b'": '  # json.dumps' key separator: how the agent writes each of a row's keys
+_NULL = b'": null'  # a key's null, as json.dumps writes it
 _INT_LIMIT = 2.0 ** 63  # Python reads a larger integer as an int that Arrow's from_pydict refuses as a double
 _FLOATS = tuple(c.name for c in COLUMNS if c.kind == "float")
 _CHECK_FINITE = tuple(c.name for c in COLUMNS if c.kind == "float" and c.name in (*SUMS, *MAXED, *COUNTED))
@@ -111,7 +111,8 @@ def _prepared(data: bytes) -> tuple[int, str, bytes, int] | None:
     inflate = zlib.decompressobj(31)
     try:
         raw = inflate.decompress(data)
-        raw.decode("utf-8")
+        if not raw.isascii():  # (what the agent writes: json.dumps escapes the rest)
+            raw.decode("utf-8")
     except (zlib.error, UnicodeDecodeError):
         return None
     if not inflate.eof or inflate.unused_data or b"\r" in raw or b"\\" in raw:
@@ -130,12 +131,10 @@ def _prepared(data: bytes) -> tuple[int, str, bytes, int] | None:
     if not body.endswith(b"\n"):
         body += b"\n"
     lines = body.count(b"\n")
-    # Every line an object of its own (one that is not would be a row of nulls to Arrow's reader)
-    # with every column's key: with no backslash, each '": ' closes a key; Arrow refuses a key
-    # twice in a row, one it does not know and a nested object, so as many keys as lines times
-    # columns means each row has all of them (a missing key would read as null, which the
-    # agent's reader refuses for the row's identity).
-    if not body.startswith(b"{") or body.count(b"\n{") != lines - 1 or body.count(_SEPARATOR) != lines * len(NAMES):
+    # Every line an object of its own: a line of JSON null would be a row of nulls to Arrow's
+    # reader (a first one crashes it), any other value is an error there, a blank line is
+    # skipped (and the row count below differs).
+    if not body.startswith(b"{") or b"\nn" in body or b"\n " in body or b"\n\t" in body:
         return None
     return hour, header["currency"], body, lines
 
@@ -159,6 +158,11 @@ def _fast(files: list[bytes]) -> "tuple[pa.Table, list[int]] | None":
     except (pa.ArrowException, ValueError):
         return None
     if table.num_rows != sum(lines):
+        return None
+    # Every null from a null the file holds, none from a key it lacks (which Arrow's reader also
+    # reads as null, and the agent's reader refuses for the row's identity): with no backslash,
+    # '": null' is a key and its null, and Arrow refuses a key twice in a row or one it does not know.
+    if sum(column.null_count for column in table.columns) != body.count(_NULL):
         return None
     minute = table.column("minute")
     if minute.null_count:

@@ -176,6 +176,7 @@ def main() -> int:
             "agent_cpu_ms_per_rollup": round(1000 * cpu / node_hours, 2),
             "second_run_s": round(statistics.median(r["second_run_s"] for r in rounds), 2),
             "second_run": rounds[-1]["second_run"], "setup_s": round(made, 1), "files_per_node": files,
+            "load_average_1m_end": round(os.getloadavg()[0], 1),
         }
     for k, v in figures.items():
         print(f"{k:>18}: {v}")
