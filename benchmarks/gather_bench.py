@@ -9,7 +9,9 @@ hard-linked copy of them as ``--agents`` nodes, each from its own agent HTTP ser
 this process. Each of ``--repeat`` rounds runs, as child processes: the baseline (listing
 every agent and downloading every rollup with as many agents at a time as gather, the bytes
 thrown away), then ``gpuledger gather`` into a fresh directory twice (the first run pulls
-every node-hour, the second finds nothing new). Prints the medians: wall time, node-hours
+every node-hour, the second finds nothing new), then the hourly run at the end of a day
+(into another fresh directory: a gather while the agents serve all but their last hour,
+then, timed, the gather that adds the last hour to every node-day's file). Prints the medians: wall time, node-hours
 and rows per second, the dataset's files and bytes per row, and the agents' CPU (this
 process's, which serves them) per rollup served; ``--json FILE`` writes them.
 """
@@ -64,8 +66,11 @@ def one_node_day(directory: Path, gpus: int, hours: int) -> int:
     return sum(1 for _ in directory.rglob("*.jsonl.gz"))
 
 
+CLOSED = {"before": math.inf}  # hours that end at or before this are served: the last hour held back, then not
+
+
 def serve(directory: Path) -> BoundedHTTPServer:
-    endpoint = LedgerEndpoint(directory, lambda: math.inf)
+    endpoint = LedgerEndpoint(directory, lambda: CLOSED["before"])
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -147,10 +152,23 @@ def main() -> int:
                 if done.returncode != 0:
                     print(done.stderr, file=sys.stderr)
                     return 1
+            # the hourly run at the end of a day: each node-day's file holds 23 hours, the 24th arrives
+            hourly = tmp_path / f"hourly-{r}"
+            CLOSED["before"] = (args.hours - 1) * 3600
+            gather_cmd = [sys.executable, "-m", "agent.cli", "gather", "--agents", urls, "--out", str(hourly)]
+            primed = timed(gather_cmd, env)[3]
+            CLOSED["before"] = math.inf
+            last_s, last_cpu, _, last = timed(gather_cmd, env)
+            if primed.returncode or last.returncode:
+                print(primed.stderr, last.stderr, file=sys.stderr)
+                return 1
             rounds.append({"baseline_s": base_s, "baseline_cpu_s": base_cpu, "downloaded_bytes": int(base.stdout),
-                           "first_run_s": runs[0][0], "gather_cpu_s": runs[0][3], "agents_cpu_s": runs[0][1], "second_run_s": runs[1][0], "second_run": runs[1][2]})
+                           "first_run_s": runs[0][0], "gather_cpu_s": runs[0][3], "agents_cpu_s": runs[0][1],
+                           "second_run_s": runs[1][0], "second_run": runs[1][2], "last_hour_s": last_s,
+                           "last_hour_cpu_s": last_cpu, "last_hour": last.stdout.strip()})
             print(f"round {r + 1}: download {base_s:.2f} s (CPU {base_cpu:.2f} s), gather {runs[0][0]:.2f} s (CPU "
-                  f"{runs[0][3]:.2f} s, agents' CPU {runs[0][1]:.2f} s), again {runs[1][0]:.2f} s", flush=True)
+                  f"{runs[0][3]:.2f} s, agents' CPU {runs[0][1]:.2f} s), again {runs[1][0]:.2f} s, the day's last "
+                  f"hour {last_s:.2f} s (CPU {last_cpu:.2f} s)", flush=True)
         for s in servers:
             s.shutdown()
             s.server_close()
@@ -175,7 +193,10 @@ def main() -> int:
             "node_hours_per_s": round(node_hours / first, 1), "rows_per_s": round(rows / first),
             "agent_cpu_ms_per_rollup": round(1000 * cpu / node_hours, 2),
             "second_run_s": round(statistics.median(r["second_run_s"] for r in rounds), 2),
-            "second_run": rounds[-1]["second_run"], "setup_s": round(made, 1), "files_per_node": files,
+            "second_run": rounds[-1]["second_run"],
+            "last_hour_s": round(statistics.median(r["last_hour_s"] for r in rounds), 2),
+            "last_hour_cpu_s": round(statistics.median(r["last_hour_cpu_s"] for r in rounds), 2),
+            "last_hour": rounds[-1]["last_hour"], "setup_s": round(made, 1), "files_per_node": files,
             "load_average_1m_end": round(os.getloadavg()[0], 1),
         }
     for k, v in figures.items():
