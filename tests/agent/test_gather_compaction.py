@@ -187,12 +187,14 @@ def test_killed_gatherers_and_a_reader_during_hours_arriving(night, tmp_path, st
     # slow enough that the hours close one by one while gatherers come and go
     proc, port = start_agent(night["trace"], tmp_path / "ledger", "--speed", "2500", "--interval", "100ms")
     try:
-        wait_for(lambda: isinstance(listing(port), list), 30, "the agent to listen", proc)
+        wait_for(lambda: len(listing(port)) >= NODES, 60, "the first hour to close", proc)
         command, env = _gather_command(out, port, endpoint)
+        first = ["after a write", "mid-write", "any moment", "after a write"]  # then at random
         while True:
             done_before = len(listing(port)) == hours
             run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            when = rng.choice(["never", "any moment", "mid-write", "after a write"] if not done_before else ["never"])
+            when = "never" if done_before else first.pop(0) if first else rng.choice(
+                ["never", "any moment", "mid-write", "after a write"])
             if when == "any moment":
                 time.sleep(rng.uniform(0.3, 1.6))  # from the imports to the last write
                 run.kill()

@@ -165,7 +165,7 @@ def test_random_damage_reads_as_the_agents_reader_reads_it(files):
     rng = random.Random(7)
     alphabet = b'{}[]":, \n\r\\0123456789.eE+-naultrue'
     kinds = {"table": 0, "error": 0}
-    for _ in range(400):
+    for _ in range(250):
         damaged = bytearray(text)
         for _ in range(rng.randint(1, 3)):
             at = rng.randrange(len(damaged))
