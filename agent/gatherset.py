@@ -61,7 +61,7 @@ class Dataset:
 
         self.out = out
         self.local = "://" not in out
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, threading.Lock] = {}  # per node: two agents serving one node take turns
         self._guard = threading.Lock()
         try:
             if self.local:
@@ -116,9 +116,9 @@ class Dataset:
         with self.fs.open_input_stream(self.path(relative)) as f:
             return f.read()
 
-    def _lock(self, relative: str) -> threading.Lock:
+    def _lock(self, node_dir: str) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault(relative, threading.Lock())
+            return self._locks.setdefault(node_dir, threading.Lock())
 
     def write_day(self, node_dir: str, pieces: list[tuple[int, "pa.Table"]]) -> int:
         """Put the hours ``pieces`` (hour, its rows: one node, one UTC date) into the node-day's file,
@@ -132,7 +132,7 @@ class Dataset:
         relative = day_name(node_dir, hours[0])
         assert all(day_name(node_dir, h) == relative for h in hours), "one node-day at a time"
         new = pa.concat_tables([t for _, t in sorted(pieces, key=lambda p: p[0])])
-        with self._lock(relative):
+        with self._lock(node_dir):
             old = self._read_day(relative, new.schema)
             if old is not None and old.num_rows:
                 minute = old.column("minute")
