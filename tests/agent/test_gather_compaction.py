@@ -37,6 +37,7 @@ from tests.agentrun import ROOT, assert_same_ledger, free_port, keyed, start_age
 START = 1764100800 - 3 * 3600  # 2025-11-25T17:00Z: the trace crosses midnight
 HOURS = 9
 NODES = 4
+BUCKET = "killed-gatherers"  # moto keeps its buckets for the whole process: not the other S3 tests' bucket
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def moto_s3():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket="ledger")
+                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
     try:
         yield endpoint
     finally:
@@ -132,7 +133,7 @@ def s3_store(endpoint: str):
                            region="us-east-1")
 
     def list_files() -> list[str]:
-        infos = fs.get_file_info(pafs.FileSelector("ledger/fleet", recursive=True, allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/fleet", recursive=True, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
                       and "/date=" in i.path)
 
@@ -166,10 +167,10 @@ def test_killed_gatherers_and_a_reader_during_hours_arriving(night, tmp_path, st
     endpoint = request.getfixturevalue("moto_s3") if store == "s3" else None
     if endpoint:
         list_files, read_file, fs = s3_store(endpoint)
-        out = "s3://ledger/fleet"
+        out = f"s3://{BUCKET}/fleet"
 
         def versions() -> dict:
-            infos = fs.get_file_info(pafs.FileSelector("ledger/fleet", recursive=True, allow_not_found=True))
+            infos = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/fleet", recursive=True, allow_not_found=True))
             return {i.path: (i.size, i.mtime_ns) for i in infos if i.path.endswith(".parquet")}
     else:
         out = str(tmp_path / "dataset")
