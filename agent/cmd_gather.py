@@ -1,22 +1,23 @@
 """``gpuledger gather``: pull the fleet's closed ledger rollups into one Parquet dataset.
 
-Run once per invocation (a Kubernetes CronJob in the chart): find the agents (a static
-``--agents`` list, or ``--kubernetes``: the agent pods the API server lists by a label
-selector), ask each for the closed hours it holds since what the dataset already has
-(``GET /ledger?since=``, :mod:`agent.ledgerserve`), pull the new ones and write each
-node-hour as one Parquet file, ``OUT/date=YYYY-MM-DD/<node_dir>-<HH>.parquet``, with the
-ledger's Arrow schema (:func:`recommenders.ledger_schema.arrow_schema`). OUT is a
-directory or an object-store URL (``s3://bucket/prefix``).
+Find the agents (a static ``--agents`` list, or ``--kubernetes``: the agent pods the API
+server lists by a label selector), ask each for the closed hours it holds since what the
+dataset already has (``GET /ledger?since=``, :mod:`agent.ledgerserve`), pull the new ones,
+read each with :func:`agent.rollup_table.rollup_table` (the agent's reader's checks, at
+Arrow's speed) and put them into the node's file of their UTC date,
+``OUT/date=YYYY-MM-DD/<node_dir>.parquet`` (:mod:`agent.gatherset`: the file is replaced
+whole, so the dataset stays one file per node-day). OUT is a directory or an object-store
+URL (``s3://bucket/prefix``). Agents are pulled :data:`WORKERS` at a time.
 
-Idempotent: a node-hour pulled again replaces its file (written under a temporary name
-and moved, or one PUT on an object store), and ``OUT/_gather_checkpoint.json`` records,
-per node, the newest hour gathered and its sha256; it is written last, so a gather that
-stops midway pulls the rest next time. A node's hours are taken oldest first and its
-checkpoint only moves past hours that were written, so an agent that is down, restarts
-or fails mid-pull is retried on the next run with nothing lost or doubled. Agents that
-could not be reached are counted in the one-line summary; the exit status is 0 when at
-least one agent answered (or there were none), 1 when every agent was down, 2 for a
-mistake in the flags. See docs/fleet.md.
+Once (a Kubernetes CronJob), or with ``--every DURATION`` in a loop that serves its counts
+on ``/metrics`` (a Deployment). Idempotent: a node-hour pulled again replaces its rows, and
+``OUT/_gather_checkpoint.json`` records, per node, the newest hour gathered and its sha256;
+it is written last, so a gather that stops midway pulls the rest next time. A node's hours
+are taken oldest first and its checkpoint only moves past hours that were written, so an
+agent that is down, restarts or fails mid-pull is retried with nothing lost or doubled.
+Agents that could not be reached are counted in the one-line summary; the exit status is 0
+when at least one agent answered (or there were none), 1 when every agent was down, 2 for
+a mistake in the flags. See docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -24,43 +25,57 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import io
 import json
 import logging
-import os
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from agent.gatherset import Dataset, day_name
 from agent.ledgerserve import load_token
-from collectors.atomicfile import write_bytes
 from collectors.errors import InputError, Unavailable
 
 log = logging.getLogger("gpuledger.gather")
 CHECKPOINT = "_gather_checkpoint.json"
 CHECKPOINT_KEY = "gpuledger_gather"
 SELECTOR = "app.kubernetes.io/name=gpuledger"
-WORKERS = 8
+WORKERS = 16  # agents pulled at once: their requests wait on the network, zlib and Arrow without the GIL
+LISTEN = ("0.0.0.0", 9401)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from agent.agent_settings import _listen
     from agent.durations import duration_arg
+
+    def listen_arg(text: str) -> tuple[str, int]:
+        try:
+            return _listen(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    def every_arg(text: str) -> float:
+        seconds = duration_arg(text)
+        if seconds < 1:
+            raise argparse.ArgumentTypeError(f"expected at least 1s, got {text!r}")
+        return seconds
 
     p = subparsers.add_parser(
         "gather", help="pull the agents' closed ledger rollups into one Parquet dataset (docs/fleet.md)",
         description="Pull every agent's closed hourly ledger rollups (GET /ledger on the agents' listen "
         "address) that the dataset does not hold yet, and write them as one Parquet dataset partitioned by "
-        "date: OUT/date=YYYY-MM-DD/<node>-<HH>.parquet, one file per node-hour, with the ledger's schema "
-        "(docs/ledger.md). Runs once (a CronJob); safe to run again at any time: it pulls only what is new, "
-        "and an hour pulled again replaces its file. Agents that are down are counted in the summary line "
-        "and retried on the next run. See docs/fleet.md.")
+        "date: OUT/date=YYYY-MM-DD/<node>.parquet, one file per node and day that is replaced whole as its "
+        "hours arrive, with the ledger's schema (docs/ledger.md). Runs once (a CronJob), or with --every in a "
+        "loop (a Deployment) that serves its counts on /metrics. Safe to run again at any time: it pulls only "
+        "what is new, and an hour pulled again replaces its rows. Agents that are down are counted and "
+        "retried on the next run. See docs/fleet.md.")
     p.add_argument("--out", required=True, metavar="DIR|URL",
                    help="the dataset: a directory, or s3://bucket/prefix (any URL pyarrow.fs reads)")
     p.add_argument("--agents", metavar="URL,URL", default=None,
@@ -82,112 +97,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="S3 endpoint for an s3:// --out (default: $AWS_ENDPOINT_URL, else AWS)")
     p.add_argument("--timeout", type=duration_arg, default=30.0, metavar="DURATION",
                    help="how long one agent request may take (default 30s)")
+    p.add_argument("--every", type=every_arg, default=None, metavar="DURATION",
+                   help="run in a loop, a gather every DURATION (start to start, e.g. 15m), "
+                   "instead of once: the agents are found again each time, one that fails is counted in "
+                   "gpuledger_gather_agent_failures_total and logged when it starts and stops failing, and "
+                   "the counts are served on --listen's /metrics. SIGTERM ends it after the gather in progress")
+    p.add_argument("--listen", type=listen_arg, default=LISTEN, metavar="HOST:PORT",
+                   help="with --every: address of /metrics and /healthz (default 0.0.0.0:9401)")
     p.set_defaults(handler=run)
     return p
-
-
-# --------------------------------------------------------------------------- the dataset
-
-
-class Dataset:
-    """Where the Parquet files and the checkpoint go: a pyarrow filesystem and a root in it."""
-
-    def __init__(self, out: str, s3_endpoint: str | None) -> None:
-        import pyarrow.fs as pafs
-
-        self.out = out
-        self.local = "://" not in out
-        try:
-            if self.local:
-                path = Path(out)
-                if path.exists() and not path.is_dir():
-                    raise InputError("expected a directory for the dataset, found a file", file=out, field="--out")
-                self.fs, self.root = pafs.LocalFileSystem(), str(path.resolve())
-            elif out.startswith("s3://"):
-                endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
-                parts = urlsplit(out)
-                if not parts.netloc:
-                    raise InputError("expected s3://BUCKET/PREFIX", file=out, field="--out")
-                options: dict[str, Any] = {}
-                if endpoint:
-                    scheme = urlsplit(endpoint).scheme
-                    options.update(endpoint_override=endpoint, scheme=scheme or "https")
-                region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                if region:
-                    options["region"] = region
-                self.fs = pafs.S3FileSystem(**options)
-                self.root = (parts.netloc + parts.path).rstrip("/")
-            else:
-                self.fs, self.root = pafs.FileSystem.from_uri(out)
-                self.root = self.root.rstrip("/")
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
-            raise InputError(f"cannot use it as the dataset: {str(err).splitlines()[0][:200]}", file=out,
-                             field="--out") from None
-
-    def path(self, *parts: str) -> str:
-        return "/".join((self.root,) + parts)
-
-    def write(self, relative: str, data: bytes) -> None:
-        """Write a file whole: a temporary name and a move on a disk, one PUT on an object store."""
-        final = self.path(relative)
-        folder = final.rsplit("/", 1)[0]
-        self.fs.create_dir(folder, recursive=True)
-        if not self.local:
-            with self.fs.open_output_stream(final) as f:
-                f.write(data)
-            return
-        write_bytes(final, data, durable=True)
-
-    def read(self, relative: str) -> bytes | None:
-        import pyarrow.fs as pafs
-
-        info = self.fs.get_file_info(self.path(relative))
-        if info.type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(self.path(relative)) as f:
-            return f.read()
-
-
-def dataset_name(node_dir: str, hour: int) -> str:
-    """``date=YYYY-MM-DD/<node_dir>-<HH>.parquet``: where a node-hour goes in the dataset."""
-    stamp = time.gmtime(hour)
-    return f"date={time.strftime('%Y-%m-%d', stamp)}/{node_dir}-{stamp.tm_hour:02d}.parquet"
-
-
-def rollup_to_parquet(data: bytes, where: str) -> tuple[bytes, int]:
-    """One rollup file's bytes as Parquet bytes with the ledger's schema, and its row count,
-    read by the agent's own rollup reader (agent/rollups.py); ValueError when damaged."""
-    import gzip
-    import zlib
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from agent.rollups import checked_rows, parse_rollup
-    from recommenders.ledger_schema import NAMES, arrow_schema
-
-    try:
-        with gzip.open(io.BytesIO(data), "rt", encoding="utf-8") as text:  # as read_rollup reads a file
-            header, rows = parse_rollup(text, where)
-        checked_rows(header, rows)  # every row of the file's hour, with numbers where numbers belong
-    except (OSError, EOFError, RecursionError, zlib.error, gzip.BadGzipFile) as err:
-        raise ValueError(f"{where}: not a readable ledger rollup: {err}") from None
-    except ValueError as err:  # UnicodeDecodeError and JSON errors included
-        message = str(err)
-        raise ValueError(message if message.startswith(f"{where}:") else f"{where}: {message}") from None
-    currency = header.get("currency")
-    if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
-        raise ValueError(f"{where}: line 1: expected a three-letter currency code")
-    schema = arrow_schema(currency)
-    try:
-        table = pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in NAMES}, schema=schema)
-    except (pa.ArrowException, TypeError, OverflowError) as err:
-        raise ValueError(f"{where}: {str(err).splitlines()[0][:160]}") from None
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes(), table.num_rows
 
 
 # --------------------------------------------------------------------------- the agents
@@ -195,11 +113,12 @@ def rollup_to_parquet(data: bytes, where: str) -> tuple[bytes, int]:
 
 @dataclass
 class Pulled:
-    """What one agent gave: node-hours written, rows, checkpoint entries, or why it failed."""
+    """What one agent gave: node-hours and rows gathered, files written, checkpoint entries, or why it failed."""
 
     agent: str
-    files: int = 0
+    hours: int = 0
     rows: int = 0
+    files: int = 0
     checkpoint: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: str | None = None
 
@@ -222,7 +141,10 @@ def _reason(err: BaseException) -> str:
 
 def pull_agent(agent: str, known: dict[str, dict[str, Any]], dataset: Dataset, token: str | None,
                timeout: float) -> Pulled:
-    """Pull one agent's closed hours that ``known`` (node_dir -> checkpoint entry) lacks."""
+    """Pull one agent's closed hours that ``known`` (node_dir -> checkpoint entry) lacks, a node-day
+    at a time: its new hours are read, then written into the node-day's file in one replacement."""
+    from agent.rollup_table import BadRollup, rollup_tables
+
     out = Pulled(agent)
     mine = [e["hour"] for e in known.values() if e.get("agent") == agent]
     query = f"?{urlencode({'since': min(mine)})}" if mine else ""
@@ -239,26 +161,49 @@ def pull_agent(agent: str, known: dict[str, dict[str, Any]], dataset: Dataset, t
         return out
     for node_dir, entries in sorted(by_node.items()):
         have = known.get(node_dir)
-        for entry in sorted(entries, key=lambda e: e["hour"]):
+        todo = []
+        for entry in sorted(entries, key=lambda e: int(e["hour"])):
             hour = int(entry["hour"])
             if have and (hour < have["hour"] or (hour == have["hour"] and entry["sha256"] == have["sha256"])):
                 continue
+            todo.append((hour, entry))
+        days: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for hour, entry in todo:
+            days.setdefault(day_name(node_dir, hour), []).append((hour, entry))
+        for _name, day in sorted(days.items()):
+            got, stop = [], None
+            for hour, entry in day:
+                try:
+                    got.append((_get(agent + entry["path"], token, timeout), entry["path"]))
+                except (OSError, http.client.HTTPException) as err:
+                    stop, out.failed = "agent", _reason(err)  # the agent went away: what came is written
+                    break
             try:
-                data = _get(agent + entry["path"], token, timeout)
-                parquet, rows = rollup_to_parquet(data, entry["path"])
-                dataset.write(dataset_name(node_dir, hour), parquet)
-            except (OSError, http.client.HTTPException) as err:
-                out.failed = _reason(err)
-                return out  # the agent went away: what was written is in out.checkpoint
-            except ValueError as err:  # a damaged rollup (or one rewritten as we read it)
-                out.failed = str(err)[:200]
-                break  # this node waits here: retried next run
-            out.files += 1
-            out.rows += rows
-            have = out.checkpoint[node_dir] = {
-                "node": entry.get("node"), "hour": hour,
-                "hour_iso": datetime.fromtimestamp(hour, timezone.utc).strftime("%Y-%m-%dT%H:00:00Z"),
-                "sha256": hashlib.sha256(data).hexdigest(), "agent": agent}
+                tables = rollup_tables(got)
+            except BadRollup as err:  # a damaged rollup (or one rewritten as we read it): the node waits there
+                tables, stop, out.failed = err.good, "node", str(err)[:200]
+            if tables:
+                pieces = [(hour, t) for (hour, _), t in zip(day, tables)]
+                try:
+                    dataset.write_day(node_dir, pieces)
+                except OSError as err:
+                    out.failed = f"writing {day_name(node_dir, pieces[0][0])}: {_reason(err)}"
+                    return out
+                except ValueError as err:  # the node-day's file there is not ours: left as it is
+                    out.failed = str(err)[:200]
+                    break
+                out.files += 1
+                out.hours += len(pieces)
+                out.rows += sum(t.num_rows for t in tables)
+                hour, entry = day[len(tables) - 1]
+                out.checkpoint[node_dir] = {
+                    "node": entry.get("node"), "hour": hour,
+                    "hour_iso": datetime.fromtimestamp(hour, timezone.utc).strftime("%Y-%m-%dT%H:00:00Z"),
+                    "sha256": hashlib.sha256(got[len(tables) - 1][0]).hexdigest(), "agent": agent}
+            if stop == "agent":
+                return out
+            if stop == "node":
+                break
     return out
 
 
@@ -334,6 +279,46 @@ def _checkpoint_bytes(nodes: dict[str, dict[str, Any]]) -> bytes:
 # --------------------------------------------------------------------------- the command
 
 
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Gathered:
+    """One gather over every agent."""
+
+    agents: int
+    results: list[Pulled]
+
+    @property
+    def down(self) -> list[Pulled]:
+        return [r for r in self.results if r.failed]
+
+    def line(self, out: str) -> str:
+        hours, rows, files = (sum(getattr(r, k) for r in self.results) for k in ("hours", "rows", "files"))
+        text = (f"gathered {hours} node-hours ({rows:,} rows, {files} files written) from "
+                f"{self.agents - len(self.down)} of {self.agents} agents into {out}")
+        if self.down:
+            text += f"; {len(self.down)} failed, retried next run: " + ", ".join(
+                f"{r.agent} ({r.failed})" for r in self.down)
+        return text
+
+
+def gather_once(args: argparse.Namespace, static: list[str], token: str | None, dataset: Dataset) -> Gathered:
+    """Find the agents, pull what is new from each, then write the checkpoint (only when it moved)."""
+    known = load_checkpoint(dataset)
+    agents = sorted(set(static + (kubernetes_agents(args) if args.kubernetes else [])))
+    with ThreadPoolExecutor(min(WORKERS, max(1, len(agents))), thread_name_prefix="gather") as pool:
+        results = list(pool.map(lambda a: pull_agent(a, known, dataset, token, args.timeout), agents))
+    nodes = dict(known)
+    for r in results:
+        nodes.update(r.checkpoint)
+    if nodes != known:
+        dataset.write(CHECKPOINT, _checkpoint_bytes(nodes))
+    return Gathered(len(agents), results)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.agents and not args.kubernetes:
         raise InputError("expected --agents URL,URL or --kubernetes to find the agents", field="--agents")
@@ -342,20 +327,11 @@ def run(args: argparse.Namespace) -> int:
     static = _static_agents(args.agents) if args.agents else []
     token = load_token(args.token_file, "--token-file").read().decode() if args.token_file else None
     dataset = Dataset(args.out, args.s3_endpoint)
-    known = load_checkpoint(dataset)
-    agents = sorted(set(static + (kubernetes_agents(args) if args.kubernetes else [])))
-    with ThreadPoolExecutor(min(WORKERS, max(1, len(agents)))) as pool:
-        results = list(pool.map(lambda a: pull_agent(a, known, dataset, token, args.timeout), agents))
-    nodes = dict(known)
-    for r in results:
-        nodes.update(r.checkpoint)
-    if nodes != known:
-        dataset.write(CHECKPOINT, _checkpoint_bytes(nodes))
-    down = [r for r in results if r.failed]
-    files, rows = sum(r.files for r in results), sum(r.rows for r in results)
-    line = (f"gathered {files} node-hours ({rows:,} rows) from {len(agents) - len(down)} of {len(agents)} "
-            f"agents into {args.out}")
-    if down:
-        line += f"; {len(down)} failed, retried next run: " + ", ".join(f"{r.agent} ({r.failed})" for r in down)
-    print(line)
-    return 1 if agents and len(down) == len(agents) else 0
+    if args.every is not None:
+        from agent.gatherloop import run_every
+
+        load_checkpoint(dataset)  # a damaged checkpoint is a mistake to fix before the loop starts
+        return run_every(args, lambda: gather_once(args, static, token, dataset))
+    done = gather_once(args, static, token, dataset)
+    print(done.line(args.out))
+    return 1 if done.agents and len(done.down) == done.agents else 0

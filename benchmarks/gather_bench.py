@@ -1,14 +1,19 @@
 """``gpuledger gather`` against a fleet of agents, each serving a day of hourly rollups.
 
-    python benchmarks/gather_bench.py [--agents 50] [--gpus 8] [--hours 24] [--json FILE]
+    python benchmarks/gather_bench.py [--agents 200] [--gpus 8] [--hours 24] [--repeat 3] [--json FILE]
 
 Writes one node's day of real rollups with the agent's own code (``RollupBook``: 8 GPUs,
 10-second samples, one pod per GPU, so two rows per GPU-minute at most), then serves a
 hard-linked copy of them as ``--agents`` nodes, each from its own agent HTTP server
 (``BoundedHTTPServer`` with the agent's ``/ledger`` endpoint, ``agent/ledgerserve.py``) in
-this process. Runs ``gpuledger gather`` as a child process into a fresh directory, twice:
-the first run pulls every node-hour, the second finds nothing new. Prints the wall time,
-node-hours and rows per second, and the dataset's bytes per row; ``--json FILE`` writes them.
+this process. Each of ``--repeat`` rounds runs, as child processes: the baseline (listing
+every agent and downloading every rollup with as many agents at a time as gather, the bytes
+thrown away), then ``gpuledger gather`` into a fresh directory twice (the first run pulls
+every node-hour, the second finds nothing new), then the hourly run at the end of a day
+(into another fresh directory: a gather while the agents serve all but their last hour,
+then, timed, the gather that adds the last hour to every node-day's file). Prints the medians: wall time, node-hours
+and rows per second, the dataset's files and bytes per row, and the agents' CPU (this
+process's, which serves them) per rollup served; ``--json FILE`` writes them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import json
 import math
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,8 +66,11 @@ def one_node_day(directory: Path, gpus: int, hours: int) -> int:
     return sum(1 for _ in directory.rglob("*.jsonl.gz"))
 
 
+CLOSED = {"before": math.inf}  # hours that end at or before this are served: the last hour held back, then not
+
+
 def serve(directory: Path) -> BoundedHTTPServer:
-    endpoint = LedgerEndpoint(directory, lambda: math.inf)
+    endpoint = LedgerEndpoint(directory, lambda: CLOSED["before"])
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -79,9 +89,34 @@ def serve(directory: Path) -> BoundedHTTPServer:
     return server
 
 
+DOWNLOAD = """
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+from agent.cmd_gather import WORKERS, _get
+agents = sys.argv[1].split(",")
+def pull(agent):
+    listing = json.loads(_get(agent + "/ledger", None, 30))
+    return sum(len(_get(agent + e["path"], None, 30)) for e in listing)
+with ThreadPoolExecutor(min(WORKERS, len(agents))) as pool:
+    print(sum(pool.map(pull, agents)))
+"""
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float, subprocess.CompletedProcess]:
+    """Wall seconds of a child, its CPU seconds, and this process's CPU seconds meanwhile (the
+    agents serving it)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, cpu, done
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--hours", type=int, default=24)
     parser.add_argument("--json", default=None)
@@ -101,16 +136,39 @@ def main() -> int:
                 os.link(path, target)
             servers.append(serve(node.parent))
         urls = ",".join(f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
-        out = tmp_path / "dataset"
-        runs = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "agent.cli", "gather", "--agents", urls, "--out", str(out)],
-                                  cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-            runs.append((time.perf_counter() - t0, done.stdout.strip() or done.stderr.strip()))
-            if done.returncode != 0:
-                print(done.stderr, file=sys.stderr)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        rounds = []
+        for r in range(args.repeat):
+            out = tmp_path / f"dataset-{r}"
+            base_s, base_cpu, _, base = timed([sys.executable, "-c", DOWNLOAD, urls], env)
+            if base.returncode != 0:
+                print(base.stderr, file=sys.stderr)
                 return 1
+            runs = []
+            for _ in range(2):
+                wall, own, cpu, done = timed([sys.executable, "-m", "agent.cli", "gather", "--agents", urls,
+                                              "--out", str(out)], env)
+                runs.append((wall, cpu, done.stdout.strip() or done.stderr.strip(), own))
+                if done.returncode != 0:
+                    print(done.stderr, file=sys.stderr)
+                    return 1
+            # the hourly run at the end of a day: each node-day's file holds 23 hours, the 24th arrives
+            hourly = tmp_path / f"hourly-{r}"
+            CLOSED["before"] = (args.hours - 1) * 3600
+            gather_cmd = [sys.executable, "-m", "agent.cli", "gather", "--agents", urls, "--out", str(hourly)]
+            primed = timed(gather_cmd, env)[3]
+            CLOSED["before"] = math.inf
+            last_s, last_cpu, _, last = timed(gather_cmd, env)
+            if primed.returncode or last.returncode:
+                print(primed.stderr, last.stderr, file=sys.stderr)
+                return 1
+            rounds.append({"baseline_s": base_s, "baseline_cpu_s": base_cpu, "downloaded_bytes": int(base.stdout),
+                           "first_run_s": runs[0][0], "gather_cpu_s": runs[0][3], "agents_cpu_s": runs[0][1],
+                           "second_run_s": runs[1][0], "second_run": runs[1][2], "last_hour_s": last_s,
+                           "last_hour_cpu_s": last_cpu, "last_hour": last.stdout.strip()})
+            print(f"round {r + 1}: download {base_s:.2f} s (CPU {base_cpu:.2f} s), gather {runs[0][0]:.2f} s (CPU "
+                  f"{runs[0][3]:.2f} s, agents' CPU {runs[0][1]:.2f} s), again {runs[1][0]:.2f} s, the day's last "
+                  f"hour {last_s:.2f} s (CPU {last_cpu:.2f} s)", flush=True)
         for s in servers:
             s.shutdown()
             s.server_close()
@@ -120,13 +178,26 @@ def main() -> int:
         rows = sum(pq.read_metadata(p).num_rows for p in parquet)
         size = sum(p.stat().st_size for p in parquet)
         rollup_bytes = sum(p.stat().st_size for p in source.rglob("*.jsonl.gz")) * args.agents
+        node_hours = files * args.agents
+        first = statistics.median(r["first_run_s"] for r in rounds)
+        cpu = statistics.median(r["agents_cpu_s"] for r in rounds)
         figures = {
-            "agents": args.agents, "gpus_per_node": args.gpus, "hours": args.hours,
-            "node_hours": len(parquet), "rows": rows, "rollup_bytes": rollup_bytes, "dataset_bytes": size,
-            "bytes_per_row": round(size / rows, 1), "first_run_s": round(runs[0][0], 2),
-            "node_hours_per_s": round(len(parquet) / runs[0][0], 1), "rows_per_s": round(rows / runs[0][0]),
-            "second_run_s": round(runs[1][0], 2), "second_run": runs[1][1], "setup_s": round(made, 1),
-            "files_per_node": files,
+            "agents": args.agents, "gpus_per_node": args.gpus, "hours": args.hours, "repeat": args.repeat,
+            "node_hours": node_hours, "rows": rows, "rollup_bytes": rollup_bytes,
+            "downloaded_bytes": rounds[0]["downloaded_bytes"], "dataset_files": len(parquet),
+            "dataset_bytes": size, "bytes_per_row": round(size / rows, 1),
+            "baseline_download_s": round(statistics.median(r["baseline_s"] for r in rounds), 2),
+            "baseline_cpu_s": round(statistics.median(r["baseline_cpu_s"] for r in rounds), 2),
+            "gather_cpu_s": round(statistics.median(r["gather_cpu_s"] for r in rounds), 2),
+            "first_run_s": round(first, 2), "first_runs_s": [round(r["first_run_s"], 2) for r in rounds],
+            "node_hours_per_s": round(node_hours / first, 1), "rows_per_s": round(rows / first),
+            "agent_cpu_ms_per_rollup": round(1000 * cpu / node_hours, 2),
+            "second_run_s": round(statistics.median(r["second_run_s"] for r in rounds), 2),
+            "second_run": rounds[-1]["second_run"],
+            "last_hour_s": round(statistics.median(r["last_hour_s"] for r in rounds), 2),
+            "last_hour_cpu_s": round(statistics.median(r["last_hour_cpu_s"] for r in rounds), 2),
+            "last_hour": rounds[-1]["last_hour"], "setup_s": round(made, 1), "files_per_node": files,
+            "load_average_1m_end": round(os.getloadavg()[0], 1),
         }
     for k, v in figures.items():
         print(f"{k:>18}: {v}")

@@ -99,7 +99,10 @@ def test_gathered_dataset_is_replays_ledger_and_a_second_run_changes_nothing(sma
         done = gather(out, "--agents", f"http://127.0.0.1:{port}", "--token-file", str(token))
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("gathered 8 node-hours") and "from 1 of 1 agents" in done.stdout
-        assert sorted(p.parent.name for p in out.glob("date=*/*.parquet")) == ["date=2025-11-25"] * 8
+        nodes = sorted({r["node"] for r in reference["rows"].values()})
+        # one file per node-day: the trace's 4 nodes, each 2 hours of one date
+        assert sorted(str(p.relative_to(out)) for p in out.glob("date=*/*.parquet")) == [
+            f"date=2025-11-25/{n}.parquet" for n in nodes]
         assert_same_ledger(dataset_rows(out), reference["rows"])
         checkpoint = json.loads((out / "_gather_checkpoint.json").read_text())
         assert sorted(checkpoint["nodes"]) == sorted({r["node"] for r in reference["rows"].values()})
@@ -125,7 +128,7 @@ def test_an_agent_down_or_restarted_is_retried_with_nothing_lost_or_doubled(smal
         wait_for(lambda: len(listing(port)) >= 4, 60, "the first hour to close", proc)
         first = gather(out, "--agents", f"http://127.0.0.1:{port}")
         assert first.returncode == 0, first.stderr
-        assert len(list(out.glob("date=*/*.parquet"))) >= 4
+        assert len(list(out.glob("date=*/*.parquet"))) == 4  # the 4 nodes' first hours, one file each
     finally:
         stop(proc, signal.SIGKILL)  # no goodbye: the ledger on disk is all there is
     # the same ledger directory: the agent continues it, and the gatherer the dataset
@@ -194,7 +197,7 @@ def test_an_s3_dataset_through_motos_server(small_trace, reference, tmp_path):
         names = sorted(f.path for f in files if f.type == pafs.FileType.File)
         assert "ledger/fleet/_gather_checkpoint.json" in names
         parquet = [n for n in names if n.endswith(".parquet")]
-        assert len(parquet) == 8 and all(n.startswith("ledger/fleet/date=2025-11-25/") for n in parquet)
+        assert len(parquet) == 4 and all(n.startswith("ledger/fleet/date=2025-11-25/") for n in parquet)
         rows = ds.dataset(parquet, filesystem=fs, format="parquet").to_table().to_pylist()
         for row in rows:
             row["minute"] = int(row["minute"].timestamp())
@@ -295,7 +298,7 @@ def test_a_connection_lost_mid_pull_is_retried_with_nothing_lost_or_doubled(smal
         second = gather(out, "--agents", url)
         assert second.returncode == 0 and "from 1 of 1 agents" in second.stdout, second.stdout
         assert dropped == [victim["path"]]
-        assert len(list(out.glob("date=*/*.parquet"))) == 8
+        assert len(list(out.glob("date=*/*.parquet"))) == 4
         assert_same_ledger(dataset_rows(out), reference["rows"])
     finally:
         server.shutdown()

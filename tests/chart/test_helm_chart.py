@@ -84,6 +84,8 @@ CASES: dict[str, dict[str, Any]] = {
     "report-prometheus-beside-gather": {"report": {"enabled": True, "source": "prometheus",
                                                    "prometheusUrl": "http://prometheus:9090"},
                                         "gather": {"enabled": True, "existingClaim": "fleet-ledger"}},
+    "gather-every": {"gather": {"enabled": True, "every": "15m", "existingClaim": "fleet-ledger"},
+                     "ledger": {"token": {"secretName": "ledger-token"}}},
     "gather-dry-run": {"dryRun": {"enabled": True}, "gather": {"enabled": True},
                        "ledger": {"token": {"secretName": "ledger-token"}}},
     "processes-on": {"agent": {"processes": True}},
@@ -939,6 +941,7 @@ def test_schema_knows_every_value():
      lambda objs: one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]),
     ("gather", "gather",
      lambda objs: one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]),
+    ("gather", "gather-every", lambda objs: _gather_deployment(objs)["spec"]["template"]["spec"]["containers"][0]),
 ])
 def test_rendered_flags_exist_in_the_cli(rendered, command, case, container_of):
     args = container_of(rendered[case])["args"]
@@ -1004,6 +1007,36 @@ def test_gather_to_s3_and_off_by_default(rendered):
     assert not [o for o in defaults if o["metadata"]["name"].endswith("-gather")]
     assert "--ledger-token-file" not in flags(agent_container(defaults)["args"])
     assert flags(agent_container(defaults)["args"])["--ledger-keep-days"] == "35"
+
+
+def _gather_deployment(objs: list[dict]) -> dict:
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gather")]
+    return deployment
+
+
+def test_gather_every_is_one_looping_gatherer_with_metrics_instead_of_the_cronjob(rendered):
+    objs = rendered["gather-every"]
+    assert not [o for o in objs if o["kind"] == "CronJob" and o["metadata"]["name"].endswith("-gather")]
+    deployment = _gather_deployment(objs)
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert pod["restartPolicy"] == "Always"
+    (container,) = pod["containers"]
+    args = flags(container["args"])
+    assert args["--every"] == "15m" and args["--listen"] == "0.0.0.0:9401" and args["--kubernetes"] is True
+    assert args["--out"] == "/dataset" and args["--token-file"] == "/etc/gpuledger-ledger-token/token"
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9401}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert {v["name"]: v for v in pod["volumes"]}["dataset"]["persistentVolumeClaim"]["claimName"] == "fleet-ledger"
+    # the agents are still found through the API server: the same Role, bound to the same account
+    role = one(objs, "Role")
+    assert one(objs, "RoleBinding")["subjects"][0]["name"] == pod["serviceAccountName"] == role["metadata"]["name"]
+    # the CronJob's pod is the same but for the loop's flags, port and probes
+    cron = _gather_pod(rendered["gather"])
+    assert cron["restartPolicy"] == "Never" and "ports" not in cron["containers"][0]
+    assert "--every" not in flags(cron["containers"][0]["args"])
 
 
 def test_chart_refuses_kubernetes_older_than_1_27(helm):
