@@ -16,12 +16,10 @@ OUT is a directory or an object-store URL (``s3://bucket/prefix``), through ``py
 from __future__ import annotations
 
 import glob
-import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from collectors.atomicfile import write_bytes
 from collectors.errors import InputError
@@ -57,40 +55,16 @@ class Dataset:
     """Where the Parquet files and the checkpoint go: a pyarrow filesystem and a root in it."""
 
     def __init__(self, out: str, s3_endpoint: str | None) -> None:
-        import pyarrow.fs as pafs
+        from collectors.objectstore import open_location
 
         self.out = out
-        self.local = "://" not in out
         self._locks: dict[str, threading.Lock] = {}  # per node: two agents serving one node take turns
         self._guard = threading.Lock()
         try:
-            if self.local:
-                path = Path(out)
-                if path.exists() and not path.is_dir():
-                    raise InputError("expected a directory for the dataset, found a file", file=out, field="--out")
-                self.fs, self.root = pafs.LocalFileSystem(), str(path.resolve())
-            elif out.startswith("s3://"):
-                endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
-                parts = urlsplit(out)
-                if not parts.netloc:
-                    raise InputError("expected s3://BUCKET/PREFIX", file=out, field="--out")
-                options: dict[str, Any] = {}
-                if endpoint:
-                    scheme = urlsplit(endpoint).scheme
-                    options.update(endpoint_override=endpoint, scheme=scheme or "https")
-                region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                if region:
-                    options["region"] = region
-                self.fs = pafs.S3FileSystem(**options)
-                self.root = (parts.netloc + parts.path).rstrip("/")
-            else:
-                self.fs, self.root = pafs.FileSystem.from_uri(out)
-                self.root = self.root.rstrip("/")
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
-            raise InputError(f"cannot use it as the dataset: {str(err).splitlines()[0][:200]}", file=out,
-                             field="--out") from None
+            where = open_location(out, s3_endpoint)
+        except ValueError as err:
+            raise InputError(str(err), file=out, field="--out") from None
+        self.fs, self.root, self.local = where.fs, where.root, where.local
 
     def path(self, *parts: str) -> str:
         return "/".join((self.root,) + parts)
