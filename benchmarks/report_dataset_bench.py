@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/report_dataset_bench.py [--source simulator|synthetic] [--gpus 1024]
                                                            [--days 7] [--repeat 3] [--dataset DIR]
-                                                           [--layout node-hour|day]
+                                                           [--layout node-day|node-hour]
 
 Generates the fleet-shaped ledger of ``report_bench.py`` (~10 M rows for the defaults),
 splits it into the gatherer's layout (``tests/ledgerdataset.py``), then runs ``gpuledger
@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--source", choices=("simulator", "synthetic"), default="simulator")
     parser.add_argument("--dataset", type=Path, help="use this dataset instead of generating one")
-    parser.add_argument("--layout", choices=("node-hour", "day"), default="node-hour",
-                        help="node-hour: one file per node and hour, as the gatherer first writes them; day: one "
-                        "file per date, as after compaction")
+    parser.add_argument("--layout", choices=("node-day", "node-hour"), default="node-day",
+                        help="node-day: one file per node and date, as the gatherer keeps them (default); node-hour: "
+                        "one file per node and hour, as the first gatherer wrote them")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpuledger-dataset-bench-"))
     dataset = args.dataset
@@ -57,7 +57,7 @@ def main() -> None:
         rows = subprocess.run([sys.executable, str(HERE / "report_bench.py"), "--gpus", str(args.gpus), "--days",
                                str(args.days), "--source", args.source, "--generate-to", str(ledger)], check=True,
                               capture_output=True, text=True).stdout.strip()
-        writer = "write_dataset" if args.layout == "node-hour" else "write_day_dataset"
+        writer = "write_dataset" if args.layout == "node-hour" else "write_day_dataset"  # node-day
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from tests.ledgerdataset import "
                         f"{writer}; {writer}(Path(sys.argv[1]), Path(sys.argv[2]))", str(ledger),
                         str(dataset)], check=True)

@@ -1,7 +1,9 @@
-"""Helper (no tests here): a gathered ledger dataset written from a ledger file, as the gatherer lays it out.
+"""Helper (no tests here): a gathered ledger dataset written from a ledger file.
 
-``<root>/date=YYYY-MM-DD/<node>-<HH>.parquet``: the ledger's rows split by UTC date and
-by node and hour, one file per node-hour, the ledger's columns and metadata kept.
+:func:`write_day_dataset` lays it out as the gatherer does, ``<root>/date=YYYY-MM-DD/<node>.parquet``
+(one file per node-day); :func:`write_dataset` as the first gatherer did, one file per
+node-hour, ``<node>-<HH>.parquet``, which readers still take. The ledger's columns and
+metadata are kept.
 """
 
 from __future__ import annotations
@@ -18,21 +20,27 @@ from recommenders.ledger_schema import node_dirname
 
 
 def write_day_dataset(ledger: Path, root: Path) -> list[Path]:
-    """``ledger`` as one file per UTC date (``<root>/date=YYYY-MM-DD/day.parquet``, rows in
-    time order): a compacted dataset; returns the files written."""
+    """``ledger`` as the gatherer keeps it: one file per node and UTC date
+    (``<root>/date=YYYY-MM-DD/<node>.parquet``, rows in time order); returns the files written."""
     table = pq.read_table(ledger)
     minute = table.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
-    order = np.argsort(minute, kind="stable")
+    node_codes = pc.dictionary_encode(table.column("node").cast(pa.string())).combine_chunks()
+    names = node_codes.dictionary.to_pylist()
+    day = minute // 86400
+    key = day * len(names) + node_codes.indices.to_numpy(zero_copy_only=False)
+    order = np.lexsort((minute, key))
     table = table.take(pa.array(order))
-    day = minute[order] // 86400
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(day)) + 1))
-    ends = np.concatenate((starts[1:], [len(day)]))
+    key = key[order]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1))
+    ends = np.concatenate((starts[1:], [len(key)]))
     written = []
     for lo, hi in zip(starts.tolist(), ends.tolist()):
-        folder = root / f"date={time.strftime('%Y-%m-%d', time.gmtime(int(day[lo]) * 86400))}"
+        d, n = divmod(int(key[lo]), len(names))
+        folder = root / f"date={time.strftime('%Y-%m-%d', time.gmtime(d * 86400))}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.slice(lo, hi - lo), folder / "day.parquet", row_group_size=1 << 20)
-        written.append(folder / "day.parquet")
+        path = folder / f"{node_dirname(names[n])}.parquet"
+        pq.write_table(table.slice(lo, hi - lo), path)
+        written.append(path)
     return written
 
 
