@@ -622,7 +622,9 @@ def not_judged(stats: pd.DataFrame, recs: Iterable[Recommendation], settings: Se
                         "workload_kind": w["workload_kind"], "workload_name": w["workload_name"],
                         "gpu_model": w["gpu_model"], "mig_profile": w["mig_profile"],
                         "gpu_hours": float(w["gpu_hours"]), "cost": float(w["cost"]), "reason": "; ".join(reasons)})
-    out.sort(key=lambda d: (-d["cost"], str(d["namespace"]), str(d["workload_name"])))
+    # cost rounded to micro-units: equal costs summed in another order differ in their last bits,
+    # and the order must not depend on how the engine added them up
+    out.sort(key=lambda d: (-round(d["cost"], 6), str(d["namespace"]), str(d["workload_name"]), str(d["gpu_model"])))
     return out
 
 

@@ -10,6 +10,7 @@ rows came from: a ledger file loaded into pandas, a gathered dataset, a Spark ta
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
@@ -18,6 +19,7 @@ import pandas as pd
 from recommenders import ledger_schema as schema
 from recommenders.history import READINGS
 
+MEMORY_LIMIT = "1GB"  # DuckDB's own buffers beside the rows in memory (as recommenders.dataset)
 SQL_TYPES = {"string": "VARCHAR", "float": "DOUBLE", "int": "BIGINT", "minute": "BIGINT"}
 
 
@@ -45,10 +47,14 @@ class FrameLedger:
     read in place by embedded DuckDB; :meth:`window` narrows the view to a time range, as
     a dataset engine's does."""
 
-    def __init__(self, rows: pd.DataFrame) -> None:
+    def __init__(self, rows: pd.DataFrame, memory_limit: str = MEMORY_LIMIT) -> None:
         import duckdb
 
-        self.db = duckdb.connect(config={"preserve_insertion_order": False})
+        # the tables the evidence keeps are copies beside the rows: under the limit they spill
+        # to a temporary directory instead of doubling the report's memory
+        self._tmp = tempfile.TemporaryDirectory(prefix="gpuledger-duckdb-")
+        self.db = duckdb.connect(config={"preserve_insertion_order": False, "memory_limit": memory_limit,
+                                         "temp_directory": self._tmp.name})
         self.db.register("ledger_frame", rows)
         self._columns = ", ".join(view_columns(rows.columns, "CAST(minute AS BIGINT)"))
         self.db.execute(f"CREATE VIEW ledger_all AS SELECT {self._columns} FROM ledger_frame")
@@ -67,7 +73,10 @@ class FrameLedger:
         self.db.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {text}")
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        finally:
+            self._tmp.cleanup()
 
     def __enter__(self) -> "FrameLedger":
         return self
