@@ -21,6 +21,7 @@ import pytest
 from recommenders.ledger_schema import arrow_schema
 from tests.agentrun import (ROOT, assert_same_ledger, free_port, keyed, reference, small_trace, start_agent, stop,
                             wait_for)
+from tests.s3server import S3_ENV, s3_fs, s3_server
 
 __all__ = ["reference", "small_trace"]  # fixtures
 FAST = ("--speed", "5000", "--interval", "100ms")
@@ -171,40 +172,30 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_an_s3_dataset_through_motos_server(small_trace, reference, tmp_path):
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
     import pyarrow.fs as pafs
 
-    s3_port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
     proc, port = start_agent(small_trace, tmp_path / "ledger", *FAST)
     try:
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket="ledger")
-        wait_for(lambda: finished(port, 8), 60, "the trace's 8 node-hours to close", proc)
-        done = gather("s3://ledger/fleet", "--agents", f"http://127.0.0.1:{port}", "--s3-endpoint", endpoint,
-                      env=creds)
-        assert done.returncode == 0 and done.stdout.startswith("gathered 8 node-hours"), done.stderr
-        again = gather("s3://ledger/fleet", "--agents", f"http://127.0.0.1:{port}", env=dict(
-            creds, AWS_ENDPOINT_URL=endpoint))  # the endpoint from the environment
-        assert again.returncode == 0 and again.stdout.startswith("gathered 0 node-hours"), again.stderr
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing",
-                               secret_key="testing", region="us-east-1")
-        files = fs.get_file_info(pafs.FileSelector("ledger/fleet", recursive=True))
-        names = sorted(f.path for f in files if f.type == pafs.FileType.File)
-        assert "ledger/fleet/_gather_checkpoint.json" in names
-        parquet = [n for n in names if n.endswith(".parquet")]
-        assert len(parquet) == 4 and all(n.startswith("ledger/fleet/date=2025-11-25/") for n in parquet)
-        rows = ds.dataset(parquet, filesystem=fs, format="parquet").to_table().to_pylist()
+        with s3_server("ledger") as endpoint:
+            wait_for(lambda: finished(port, 8), 60, "the trace's 8 node-hours to close", proc)
+            done = gather("s3://ledger/fleet", "--agents", f"http://127.0.0.1:{port}", "--s3-endpoint", endpoint,
+                          env=S3_ENV)
+            assert done.returncode == 0 and done.stdout.startswith("gathered 8 node-hours"), done.stderr
+            again = gather("s3://ledger/fleet", "--agents", f"http://127.0.0.1:{port}", env=dict(
+                S3_ENV, AWS_ENDPOINT_URL=endpoint))  # the endpoint from the environment
+            assert again.returncode == 0 and again.stdout.startswith("gathered 0 node-hours"), again.stderr
+            fs = s3_fs(endpoint)
+            files = fs.get_file_info(pafs.FileSelector("ledger/fleet", recursive=True))
+            names = sorted(f.path for f in files if f.type == pafs.FileType.File)
+            assert "ledger/fleet/_gather_checkpoint.json" in names
+            parquet = [n for n in names if n.endswith(".parquet")]
+            assert len(parquet) == 4 and all(n.startswith("ledger/fleet/date=2025-11-25/") for n in parquet)
+            rows = ds.dataset(parquet, filesystem=fs, format="parquet").to_table().to_pylist()
         for row in rows:
             row["minute"] = int(row["minute"].timestamp())
         assert_same_ledger(keyed(rows), reference["rows"])
     finally:
         stop(proc)
-        server.stop()
 
 
 def _agent_pod(name: str, ip: str | None, labels: dict[str, str], phase: str = "Running") -> dict:

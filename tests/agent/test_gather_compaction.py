@@ -32,7 +32,8 @@ from agent.replay import replay
 from collectors.pricing.ratecard import RateCardPricer, load_snapshot
 from collectors.simulator import simulate
 from tests.agent.test_gather import dataset_rows, gather, listing
-from tests.agentrun import ROOT, assert_same_ledger, free_port, keyed, start_agent, stop, wait_for
+from tests.s3server import s3_server
+from tests.agentrun import ROOT, assert_same_ledger, keyed, start_agent, stop, wait_for
 
 START = 1764100800 - 3 * 3600  # 2025-11-25T17:00Z: the trace crosses midnight
 HOURS = 9
@@ -114,18 +115,8 @@ def local_store(out: Path):
 
 @pytest.fixture
 def moto_s3():
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    try:
+    with s3_server(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 def s3_store(endpoint: str):

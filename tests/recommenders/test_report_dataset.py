@@ -23,6 +23,7 @@ from recommenders.ledger_schema import NAMES, arrow_schema
 from recommenders.report import UNALLOCATED, daily_cost_by_team
 from recommenders.workloads import workload_stats
 from tests.ledgerdataset import write_dataset
+from tests.s3server import S3_ENV, s3_fs, s3_server
 from tests.recommenders.test_report_rows import T0, gpu_minutes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,39 +247,21 @@ def test_the_whole_report_model_from_dataset_equals_the_ledgers(small, tmp_path)
 
 
 @pytest.fixture()
-def s3_server():
+def s3_endpoint():
     """A real S3 protocol endpoint (moto's server over HTTP) with an empty bucket ``ledger``."""
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    from tests.agentrun import free_port
-
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket="ledger")
+    with s3_server("ledger") as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
 def upload(ds: Path, endpoint: str, prefix: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing", secret_key="testing",
-                           region="us-east-1")
+    fs = s3_fs(endpoint)
     for path in sorted(ds.rglob("*.parquet")):
         with fs.open_output_stream(f"{prefix}/{path.relative_to(ds).as_posix()}") as out:
             out.write(path.read_bytes())
 
 
 @pytest.mark.slow
-def test_report_from_an_s3_dataset_equals_report_from_the_directory(small, tmp_path, s3_server, monkeypatch):
+def test_report_from_an_s3_dataset_equals_report_from_the_directory(small, tmp_path, s3_endpoint):
     """The same dataset in a bucket (moto's S3 server) and on disk: the same report; one file of
     the bucket's window lacking util_peak (an older ledger) is read by column name."""
     import os
@@ -289,10 +272,10 @@ def test_report_from_an_s3_dataset_equals_report_from_the_directory(small, tmp_p
     shutil.copytree(ds, copy)
     first = sorted((copy / "date=2025-11-28").glob("*.parquet"))[0]
     pq.write_table(pq.read_table(first).drop_columns(["util_peak"]), first)
-    upload(copy, s3_server, "ledger/fleet")
+    upload(copy, s3_endpoint, "ledger/fleet")
     env = dict(os.environ, **S3_ENV)
     outs = {}
-    for name, given in (("dir", [str(copy)]), ("s3", ["s3://ledger/fleet", "--s3-endpoint", s3_server])):
+    for name, given in (("dir", [str(copy)]), ("s3", ["s3://ledger/fleet", "--s3-endpoint", s3_endpoint])):
         outs[name] = tmp_path / name
         done = subprocess.run([sys.executable, "-m", "agent.cmd_report", "--ledger", *given, "--out", str(outs[name]),
                                "--since", "3d"], capture_output=True, text=True, cwd=ROOT, env=env)
@@ -304,28 +287,24 @@ def test_report_from_an_s3_dataset_equals_report_from_the_directory(small, tmp_p
     # the endpoint from the environment, as the gatherer takes it
     again = subprocess.run([sys.executable, "-m", "agent.cmd_report", "--ledger", "s3://ledger/fleet", "--out",
                             str(tmp_path / "env"), "--since", "3d"], capture_output=True, text=True, cwd=ROOT,
-                           env=dict(env, AWS_ENDPOINT_URL=s3_server))
+                           env=dict(env, AWS_ENDPOINT_URL=s3_endpoint))
     assert again.returncode == 0, again.stderr
     assert close(ja, json.loads((tmp_path / "env" / "recommendations.json").read_text())) == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["no-such-bucket", "empty-prefix", "broken-file", "no-bucket-name"])
-def test_a_bad_s3_dataset_exits_2_with_one_line_naming_it(small, tmp_path, s3_server, where):
+def test_a_bad_s3_dataset_exits_2_with_one_line_naming_it(small, tmp_path, s3_endpoint, where):
     import os
 
     _, ds = small
     url = {"no-such-bucket": "s3://missing/fleet", "empty-prefix": "s3://ledger/nothing-here",
            "broken-file": "s3://ledger/fleet", "no-bucket-name": "s3:///fleet"}[where]
     if where == "broken-file":
-        upload(ds, s3_server, "ledger/fleet")
-        import pyarrow.fs as pafs
-
-        fs = pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", access_key="testing", secret_key="testing",
-                               region="us-east-1")
-        with fs.open_output_stream("ledger/fleet/date=2025-12-03/zz-broken.parquet") as out:
+        upload(ds, s3_endpoint, "ledger/fleet")
+        with s3_fs(s3_endpoint).open_output_stream("ledger/fleet/date=2025-12-03/zz-broken.parquet") as out:
             out.write(b"PAR1 not a parquet file")
-    done = subprocess.run([sys.executable, "-m", "agent.cmd_report", "--ledger", url, "--s3-endpoint", s3_server,
+    done = subprocess.run([sys.executable, "-m", "agent.cmd_report", "--ledger", url, "--s3-endpoint", s3_endpoint,
                            "--out", str(tmp_path / "out"), "--since", "2d"], capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, **S3_ENV))
     assert done.returncode == 2, done.stderr
