@@ -128,20 +128,31 @@ def prepare(engine) -> None:
         engine.materialize(table, getattr(queries, name)())
 
 
-def both(name: str, root: Path, session, start=START, end=END) -> tuple[pa.Table, pa.Table]:
-    text = sql_of(name)
+def run_both(names: list[str], root: Path, session, start=START, end=END) -> dict[str, tuple[pa.Table, pa.Table]]:
+    """Each query's result on DuckDB and on Spark, over the same window (the evidence's
+    tables kept once per engine)."""
+    texts = {name: sql_of(name) for name in names}
     with duckdb_engine(root) as d:
         d.window(start, end)
         prepare(d)
-        want = d.query(text)
+        want = {name: d.query(text) for name, text in texts.items()}
     s = spark_engine(root, session)
     try:
         s.window(start, end)
         prepare(s)
-        got = s.query(text)
+        got = {name: s.query(text) for name, text in texts.items()}
     finally:
         s.close()
-    return want, got
+    return {name: (want[name], got[name]) for name in names}
+
+
+def both(name: str, root: Path, session, start=START, end=END) -> tuple[pa.Table, pa.Table]:
+    return run_both([name], root, session, start, end)[name]
+
+
+@pytest.fixture(scope="module")
+def every_query(dataset, spark) -> dict[str, tuple[pa.Table, pa.Table]]:
+    return run_both(query_functions(), dataset[1], spark)
 
 
 def sorted_rows(table: pa.Table) -> list[tuple]:
@@ -191,8 +202,8 @@ def test_every_query_is_covered():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", query_functions())
-def test_query_gives_duckdbs_figures(name, dataset, spark):
-    want, got = both(name, dataset[1], spark)
+def test_query_gives_duckdbs_figures(name, every_query):
+    want, got = every_query[name]
     assert want.num_rows > 0, f"queries.{name} gives no row on the test dataset: it checks nothing"
     assert differences(want, got) == []
 
