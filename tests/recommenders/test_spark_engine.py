@@ -23,7 +23,7 @@ from recommenders.dataset import engine as duckdb_engine
 from recommenders.engines import open_engine
 from recommenders.history import LedgerError
 from recommenders.ledger_schema import NAMES
-from tests.ledgerdataset import write_dataset
+from tests.ledgerdataset import write_dataset, write_day_dataset
 from tests.recommenders.test_report_dataset import close, report_cmd, write_ledger
 from tests.recommenders.test_report_rows import T0, gpu_minutes
 from tests.systemtools import missing, require_tool
@@ -97,7 +97,7 @@ def dataset_rows() -> list[dict]:
 def dataset(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("spark")
     ledger = write_ledger(dataset_rows(), work / "ledger.parquet")
-    write_dataset(ledger, work / "ds")
+    write_day_dataset(ledger, work / "ds")
     return ledger, work / "ds"
 
 
