@@ -48,6 +48,17 @@ def parse_time(text: str, flag: str = "--until") -> float:
     return when.timestamp()
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str, flag: str = "--memory-limit") -> str:
+    """'4GB', '512MB', '1.5GiB' as DuckDB takes it; InputError otherwise."""
+    match = _SIZE.fullmatch(text or "")
+    if not match or float(match.group(1)) <= 0:
+        raise InputError(f"expected a size such as 1GB, 4GB or 512MB, got {text!r}", field=flag)
+    return f"{match.group(1)}{match.group(2).upper().replace('I', 'i')}"
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``report`` subcommand to the CLI's subparsers."""
     from recommenders.engines import DEFAULT as DEFAULT_ENGINE, ENGINES
@@ -80,6 +91,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "(for commitment prices that name one)")
     p.add_argument("--prometheus-timeout", default="60s", metavar="DURATION",
                    help="with --prometheus: how long to wait for each answer (default 60s)")
+    p.add_argument("--memory-limit", default="1GB", metavar="SIZE",
+                   help="with a gathered dataset and the DuckDB engine: DuckDB's memory, beyond which its sorts and "
+                   "aggregations spill to a temporary directory, e.g. 1GB (default), 4GB, 512MB. Percentiles keep "
+                   "each workload's values in memory: a fleet's week of 100M rows needs more than 1GB")
     p.add_argument("--s3-endpoint", metavar="URL",
                    help="with an s3:// dataset: the S3 endpoint, for a store that is not AWS (MinIO, Ceph); "
                    "default $AWS_ENDPOINT_URL, else AWS. Credentials come from the usual AWS environment and files")
@@ -156,6 +171,7 @@ def build(args: argparse.Namespace):
         raise InputError("applies to --prometheus only", field="--region")
     if getattr(args, "s3_endpoint", None) and not any(str(p).startswith("s3://") for p in args.ledger or ()):
         raise InputError("applies to an s3:// --ledger only", field="--s3-endpoint")
+    memory_limit = parse_size(getattr(args, "memory_limit", "1GB"))
     engine_flag = "--engine" if getattr(args, "engine", "duckdb") != "duckdb" else (
         "--spark-master" if getattr(args, "spark_master", None) else None)
     if engine_flag and (prometheus or not any(is_dataset(p) for p in args.ledger)):
@@ -172,7 +188,7 @@ def build(args: argparse.Namespace):
         try:
             if any(is_dataset(p) for p in args.ledger):
                 return dataset_report(args.ledger, since, until, settings, card, pools, spot,
-                                      getattr(args, "s3_endpoint", None), rates=args.rates,
+                                      getattr(args, "s3_endpoint", None), rates=args.rates, memory_limit=memory_limit,
                                       kind=getattr(args, "engine", "duckdb"), master=getattr(args, "spark_master", None))
             paths = ledger_paths(args.ledger)
             first, end = ledger_end(paths)
@@ -202,7 +218,7 @@ def window_end(first: float, end: float, until: float | None) -> float:
 
 def dataset_report(given: Sequence[str], since: float, until: float | None, settings, card, pools, spot,
                    s3_endpoint: str | None = None, rates: str | None = None, kind: str = "duckdb",
-                   master: str | None = None):
+                   master: str | None = None, memory_limit: str = "1GB"):
     """The report of a gathered dataset (``<root>/date=YYYY-MM-DD/*.parquet``, a directory or an
     object-store URL): every figure a query run by DuckDB or Spark (``kind``,
     :mod:`recommenders.engines`) over the window's partitions; no ledger row is held in memory."""
@@ -213,7 +229,7 @@ def dataset_report(given: Sequence[str], since: float, until: float | None, sett
     if len(given) != 1:
         raise InputError("give a gathered dataset alone (one directory of date=YYYY-MM-DD partitions)",
                          field="--ledger")
-    with open_engine(kind, given[0], master, s3_endpoint) as e:
+    with open_engine(kind, given[0], master, s3_endpoint, memory_limit) as e:
         first, end = dataset_end(e)
         end = window_end(first, end, until)
         e.check(max(first, min(end - 2 * since, end - settings.commitment_days * 86400)), end)

@@ -16,7 +16,8 @@ DEFAULT = "duckdb"
 
 
 @contextmanager
-def open_engine(kind: str, root: str | Path, master: str | None = None, s3_endpoint: str | None = None) -> Iterator:
+def open_engine(kind: str, root: str | Path, master: str | None = None, s3_endpoint: str | None = None,
+                memory_limit: str = "1GB") -> Iterator:
     """An engine over the dataset at ``root``, closed afterwards: DuckDB's
     (:func:`recommenders.dataset.engine`) or Spark's (:class:`recommenders.spark_engine.SparkEngine`
     on ``master``, default ``local[2]``). ``master`` applies to Spark only.
@@ -29,7 +30,7 @@ def open_engine(kind: str, root: str | Path, master: str | None = None, s3_endpo
             raise LedgerError("applies to --engine spark only", file="", field="--spark-master")
         from recommenders.dataset import engine
 
-        with engine(root, s3_endpoint=s3_endpoint) as e:
+        with engine(root, memory_limit=memory_limit, s3_endpoint=s3_endpoint) as e:
             yield e
     elif kind == "spark":
         from recommenders.spark_engine import MASTER, SparkEngine

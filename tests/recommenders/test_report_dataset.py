@@ -342,3 +342,19 @@ def test_a_dataset_row_a_ledger_may_not_hold_is_refused_naming_column_date_and_n
     node = table.column("node")[3].as_py()
     assert f"node {node}" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+def test_memory_limit_is_duckdbs_and_a_bad_one_is_one_line(small, tmp_path):
+    """Under a small limit DuckDB spills and the report is the same; a size it cannot read is exit 2."""
+    _, ds = small
+    runs = {}
+    for limit in ("1GB", "64MB"):
+        out = tmp_path / limit
+        done = report_cmd("--ledger", str(ds), "--out", str(out), "--since", "3d", "--memory-limit", limit)
+        assert done.returncode == 0, done.stderr
+        runs[limit] = json.loads((out / "recommendations.json").read_text())
+    assert close(runs["1GB"], runs["64MB"]) == []
+    for bad in ("lots", "0GB", "12"):
+        done = report_cmd("--ledger", str(ds), "--out", str(tmp_path / "bad"), "--memory-limit", bad)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--memory-limit" in done.stderr, done.stderr
