@@ -13,8 +13,9 @@ date outside the window is never opened, so a damaged or half-written one there 
 not matter. DuckDB runs out of core: under ``memory_limit`` it spills to
 ``temp_directory``.
 
-The rows the report still needs as a DataFrame come back through the same checks as a
-ledger file's (:func:`recommenders.history._frame`: bounds, types, parts within wholes).
+The rows themselves never come back: the report's queries return small results, and
+:func:`check_values` makes the checks a ledger file's rows get when loaded (bounds, parts
+within wholes) where the rows lie.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pyarrow as pa
 from collectors.objectstore import Location, is_url, open_location
 from recommenders import ledger_schema as schema
 from recommenders import queries
-from recommenders.history import COLUMNS, OPTIONAL, STRINGS, History, LedgerError, _frame, _one_line
+from recommenders.history import OPTIONAL, LedgerError, _one_line
 from recommenders.sqlframe import view_columns
 
 PARTITION = re.compile(r"date=(\d{4}-\d\d-\d\d)")
@@ -196,30 +197,6 @@ class Engine:
         except self._failures as err:
             raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
 
-    def columns(self, text: str, strings: Sequence[str] = (), batch: int = 1 << 20) -> dict[str, pa.ChunkedArray]:
-        """A query's result column by column, read in batches; the ``strings`` columns
-        dictionary-encoded batch by batch (then on one dictionary), so ten million rows of
-        names never exist as plain strings."""
-        try:
-            reader = self.db.sql(text).to_arrow_reader(batch)
-            parts: dict[str, list] = {name: [] for name in reader.schema.names}
-            for b in reader:
-                for name, column in zip(b.schema.names, b.columns):
-                    # new arrays either way: a column kept as DuckDB handed it over keeps DuckDB's
-                    # buffers of the whole batch alive, its strings included (three times the memory)
-                    parts[name].append(column.dictionary_encode() if name in strings else _copy(column))
-        except self._failures as err:
-            raise LedgerError(f"cannot read the dataset: {_one_line(err)}", file=str(self.root)) from None
-        out = {}
-        for name, chunks in parts.items():
-            kind = reader.schema.field(name).type
-            kind = pa.dictionary(pa.int32(), kind) if name in strings else kind
-            column = pa.chunked_array(chunks, kind)
-            if name in strings and column.num_chunks > 1:
-                column = pa.table({name: column}).unify_dictionaries().column(0)
-            out[name] = column
-        return out
-
     def check(self, start: float, end: float) -> None:
         """:func:`check_values` of ``[start, end)``."""
         # DuckDB bounds a column by its Parquet statistics, which leave NaN out, and would fold
@@ -255,15 +232,6 @@ def check_values(e, start: float, end: float) -> None:
             raise LedgerError(f"expected {expected}, got {got} (node {row['node']}, minute {when}; "
                               f"{int(bad):,} such rows)", file=e.where.url(e.where.path(f"date={when[:10]}")),
                               field=column)
-
-
-def _copy(column: pa.Array) -> pa.Array:
-    """A number column in memory of its own (nulls kept)."""
-    import numpy as np
-
-    values = np.array(column.to_numpy(zero_copy_only=False), copy=True)
-    mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
-    return pa.array(values, column.type, mask=mask)
 
 
 def _footer(where: Location, path: str) -> tuple[list[str], str | None]:
@@ -325,21 +293,3 @@ def first_minute(where: Location, files: Sequence[str], midnight: float) -> floa
         except Exception:  # noqa: BLE001 - outside the window, a damaged file does not matter
             continue
     return float(lo if lo is not None else midnight)
-
-
-def load_window(e: Engine, start: float, end: float, first_minute: float) -> History:
-    """The rows with ``start <= minute < end`` as the report's :class:`History` (the pandas path);
-    ``first_minute``: the dataset's (:func:`dataset_end`)."""
-    present = e.window(start, end)
-    data = e.columns(queries.rows([c for c in COLUMNS if c in present]), strings=STRINGS)
-    rows = len(data["minute"])
-
-    def read(name: str) -> pa.ChunkedArray:
-        column = data.pop(name, None)  # handed over once: Arrow's copy is freed as pandas takes each column
-        if column is None:
-            return pa.chunked_array([pa.nulls(rows, pa.string() if name in STRINGS else pa.float64())])
-        return column
-
-    frame = _frame(read, start, end, str(e.root))
-    pa.default_memory_pool().release_unused()
-    return History(frame, float(start), float(end), e.currency, float(first_minute))

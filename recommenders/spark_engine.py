@@ -1,9 +1,9 @@
 """A gathered ledger dataset read with Apache Spark: the same view ``ledger``, the same SQL.
 
 :class:`SparkEngine` offers what :class:`recommenders.dataset.Engine` (DuckDB) offers
-(``window``, ``query``, ``columns``, ``bounds``, ``close``, ``files``, ``root``,
+(``window``, ``query``, ``sql``, ``materialize``, ``check``, ``bounds``, ``close``, ``files``, ``root``,
 ``parts``, ``present``, ``currency``), so :func:`recommenders.dataset.dataset_end` and
-:func:`recommenders.dataset.load_window` and the SQL of :mod:`recommenders.queries` run
+:func:`recommenders.report.report_from` and the SQL of :mod:`recommenders.queries` run
 on either. The view has the same meaning: the Parquet files of the ``date=`` partitions
 the window touches (listed by :func:`recommenders.dataset.partitions`, so a file of
 another date is never opened), read by column name with the ledger's declared types
@@ -27,7 +27,6 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow as pa
 
@@ -278,21 +277,6 @@ class SparkEngine:
     def check(self, start: float, end: float) -> None:
         """:func:`recommenders.dataset.check_values` of ``[start, end)``."""
         check_values(self, start, end)
-
-    def columns(self, text: str, strings: Sequence[str] = (), batch: int = 1 << 20) -> dict[str, pa.ChunkedArray]:
-        """A query's result column by column, the ``strings`` columns dictionary-encoded
-        (one dictionary). Spark hands the result over whole, so unlike DuckDB's engine the
-        plain strings exist once, briefly; ``batch`` is DuckDB's and unused here."""
-        table = self.query(text)
-        out = {}
-        for name in table.column_names:
-            column = table.column(name)
-            if name in strings:
-                column = column.dictionary_encode()
-                if column.num_chunks > 1:
-                    column = pa.table({name: column}).unify_dictionaries().column(0)
-            out[name] = column
-        return out
 
     def bounds(self, start: float, end: float) -> tuple[float | None, float | None]:
         self.window(start, end)

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recommenders.dataset import engine, is_dataset, load_window
+from recommenders import queries
+from recommenders.dataset import engine, is_dataset
 from recommenders.history import ensure_categorical
 from recommenders.ledger_schema import NAMES, arrow_schema
 from recommenders.report import UNALLOCATED, daily_cost_by_team
@@ -107,14 +108,15 @@ def test_report_from_dataset_equals_report_from_ledger(small, tmp_path):
 
 
 def test_window_rows_equal_the_ledgers(small):
-    """The DataFrame the dataset gives equals the ledger file's rows of the window, row for row."""
+    """The view the dataset gives equals the ledger file's rows of the window, row for row."""
     from recommenders.history import load_history
 
     ledger, ds = small
     start, end = T0 + 2 * 86400 + 3600, T0 + 6 * 86400 + 120
     want = load_history([ledger], start, end).rows
     with engine(ds) as e:
-        got = load_window(e, start, end, T0).rows
+        e.window(start, end)
+        got = e.sql(queries.rows(list(want.columns)))
     want, got = (f.assign(_d=f["device_uuid"].astype(str)).sort_values(["minute", "_d"], kind="stable")
                  .drop(columns="_d").reset_index(drop=True) for f in (want, got))
     assert list(got.columns) == list(want.columns)
@@ -221,7 +223,8 @@ def test_files_of_two_ledger_versions_are_matched_by_column_name(small, tmp_path
     old = pq.read_table(files[0])
     pq.write_table(old.drop_columns(["util_peak"]), files[0])
     with engine(copy) as e:
-        rows = load_window(e, T0, T0 + 9 * 86400, T0).rows
+        e.window(T0, T0 + 9 * 86400)
+        rows = e.sql(queries.rows(["minute", "node", "pod_uid", "util_peak"]))
     first = set(old.column("minute").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_pylist())
     in_first = rows["minute"].isin(first) & rows["node"].astype(str).eq(old.column("node")[0].as_py())
     assert in_first.sum() == old.num_rows

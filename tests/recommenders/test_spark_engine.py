@@ -219,8 +219,7 @@ def test_the_view_is_the_windows_rows(dataset, spark):
         assert START <= first < START + 60 * 31 and END - 60 * 31 <= last < END
         assert s.query("SELECT minute FROM ledger LIMIT 1").schema.field("minute").type == pa.int64()
         assert s.files(START, END) and all("date=2025-11-25" not in str(f) for f in s.files(START, END))
-        names = s.columns(queries.rows(["minute", "team", "cost"]), strings=["team"])
-        assert pa.types.is_dictionary(names["team"].type) and len(names["minute"]) == count
+        assert len(s.sql(queries.rows(["minute", "team", "cost"]))) == count
         with duckdb_engine(dataset[1]) as d:
             assert s.bounds(T0, T0 + 86400) == d.bounds(T0, T0 + 86400)
         assert s.bounds(T0, T0 + 86400)[0] == T0  # the first day, whole: every pod's minute 0
