@@ -111,6 +111,10 @@ class Engine:
         if temp_directory:
             config["temp_directory"] = temp_directory
         self.db = duckdb.connect(config=config)
+        # every query of a window binds its view again, and reading the files by column name
+        # reads every footer each time: keep the footers once read (the files do not change
+        # during a report)
+        self.db.execute("SET parquet_metadata_cache = true")
         # DuckDB's errors, and the reader's: a damaged file or one of another schema surfaces
         # as OSError or an Arrow error from the batches DuckDB hands over
         self._failures = (duckdb.Error, OSError, pa.ArrowException)

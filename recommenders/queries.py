@@ -7,9 +7,10 @@ Spark) defines ``ledger`` as the rows of the report's window, with ``minute`` as
 made (which files, which partitions, the minute filter) is the engine's business; the
 queries here are plain standard SQL that both DuckDB and Spark SQL accept: no
 ``GROUP BY ALL``, no ``*`` modifiers, integer division as ``CAST(FLOOR(x / n) AS
-BIGINT)``, percentiles as the ordered-set aggregate ``PERCENTILE_CONT(q) WITHIN GROUP
-(ORDER BY x)``, which interpolates linearly between the two nearest ranks: numpy's (and
-so :mod:`recommenders.quantiles`') default definition.
+BIGINT)``, percentiles from the values counted and a running sum (:func:`counted_quantiles`,
+which spills to disk), interpolated linearly between the two nearest ranks as
+``PERCENTILE_CONT`` does: numpy's (and so :mod:`recommenders.quantiles`') default
+definition.
 
 Each query is a function returning the text, so a column list or a percentile can be
 filled in without string formatting at the call site.
@@ -60,8 +61,8 @@ def scan(columns: Sequence[str]) -> str:
 # Most figures group by workload and pod or minute, so the window's held rows are first
 # put in a table of their own (:func:`held_table`, which the engine materialises) with
 # the workload, the pod and the device as small integers (:func:`workload_table`,
-# :func:`pod_table`, :func:`device_table`): the groupings that follow hash integers, not
-# seven strings.
+# :func:`pod_table`, :func:`device_table`, all read from the one pass of
+# :func:`held_keys_table`): the groupings that follow hash integers, not seven strings.
 
 HELD = "pod_uid IS NOT NULL AND allocated_gpu_seconds > 0"
 KNOWN = "util_unknown_gpu_seconds <= 0"
@@ -96,38 +97,83 @@ def hour_of_week(spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
             f"+ CAST(FLOOR(({local} % 86400) / 3600) AS BIGINT))")
 
 
+def counted_quantiles(source: str, groups: Sequence[tuple[str, str]], value: str, qs: dict[str, float],
+                      where: str = "") -> str:
+    """Per group, each quantile of ``qs`` (name: q) of ``value`` over the rows of ``source``
+    (``groups``: (name, expression) pairs; NULL values are left out), as ``PERCENTILE_CONT``
+    defines it: linear between the two nearest ranks, numpy's default. Also ``n``, the
+    values counted.
+
+    Computed from the values counted, as (value, n) pairs, and a running sum of n in value
+    order: a grouping and a window, which both engines spill to disk, where
+    ``PERCENTILE_CONT`` holds every value of a group in memory at once (a fleet's week of
+    memory readings is far more than that). The value at rank r (from 0) is the least
+    value whose running count passes r."""
+    names = ", ".join(name for name, _ in groups)
+    keyed = ", ".join(f"{expr} AS {name}" for name, expr in groups)
+    cond = f"({value}) IS NOT NULL" + (f" AND ({where})" if where else "")
+    picks = []
+    for i, q in enumerate(qs.values()):
+        at = f"{float(q)!r} * (total - 1)"
+        picks.append(f"MIN(CASE WHEN upto > FLOOR({at}) THEN value END) AS lo_{i}, "
+                     f"MIN(CASE WHEN upto > CEIL({at}) THEN value END) AS hi_{i}, "
+                     f"MAX({at} - FLOOR({at})) AS frac_{i}")
+    out = ", ".join(f"lo_{i} + (hi_{i} - lo_{i}) * frac_{i} AS {name}" for i, name in enumerate(qs))
+    return (f"WITH v AS (SELECT {keyed}, {value} AS value FROM {source} WHERE {cond}), "
+            f"c AS (SELECT {names}, value, COUNT(*) AS n FROM v GROUP BY {names}, value), "
+            f"r AS (SELECT {names}, value, SUM(n) OVER (PARTITION BY {names} ORDER BY value "
+            f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS upto, SUM(n) OVER (PARTITION BY {names}) AS total "
+            f"FROM c), "
+            f"p AS (SELECT {names}, MAX(total) AS n, {', '.join(picks)} FROM r GROUP BY {names}) "
+            f"SELECT {names}, CAST(n AS BIGINT) AS n, {out} FROM p")
+
+
+def held_keys_table() -> str:
+    """Each (workload, pod, device, price source) of the window's held rows, with the pod's
+    name and the cost priced: one pass over the rows, from which the numbering tables
+    below (and :func:`workload_price_sources`) are read."""
+    return (f"SELECT {_key()}, pod_uid, device_uuid, price_source, MAX(pod) AS pod, SUM(cost) AS cost FROM ledger "
+            f"WHERE {HELD} GROUP BY {_key()}, pod_uid, device_uuid, price_source")
+
+
 def workload_table() -> str:
-    """The workloads of the window's held rows, numbered ``w`` in key order (missing parts first)."""
+    """The workloads of the window's held rows, numbered ``w`` in key order (missing parts
+    first; needs ``held_keys``)."""
     order = ", ".join(f"{c} NULLS FIRST" for c in KEY)
     return (f"SELECT {_key()}, CAST(ROW_NUMBER() OVER (ORDER BY {order}) - 1 AS BIGINT) AS w "
-            f"FROM (SELECT DISTINCT {_key()} FROM ledger WHERE {HELD}) k")
+            f"FROM (SELECT DISTINCT {_key()} FROM held_keys) k")
 
 
 def pod_table() -> str:
-    """The pods of the window's held rows, numbered ``p``, with their names."""
-    return (f"SELECT pod_uid, MAX(pod) AS pod, CAST(ROW_NUMBER() OVER (ORDER BY pod_uid) - 1 AS BIGINT) AS p "
-            f"FROM ledger WHERE {HELD} GROUP BY pod_uid")
+    """The pods of the window's held rows, numbered ``p``, with their names (needs ``held_keys``)."""
+    return ("SELECT pod_uid, MAX(pod) AS pod, CAST(ROW_NUMBER() OVER (ORDER BY pod_uid) - 1 AS BIGINT) AS p "
+            "FROM held_keys GROUP BY pod_uid")
 
 
 def device_table() -> str:
-    """The devices of the window's held rows, numbered ``d``."""
-    return (f"SELECT device_uuid, CAST(ROW_NUMBER() OVER (ORDER BY device_uuid) - 1 AS BIGINT) AS d "
-            f"FROM (SELECT DISTINCT device_uuid FROM ledger WHERE {HELD}) k")
+    """The devices of the window's held rows, numbered ``d`` (needs ``held_keys``)."""
+    return ("SELECT device_uuid, CAST(ROW_NUMBER() OVER (ORDER BY device_uuid) - 1 AS BIGINT) AS d "
+            "FROM (SELECT DISTINCT device_uuid FROM held_keys) k")
 
 
 def held_table() -> str:
-    """The window's held rows, numbered (needs the tables ``workloads``, ``pods`` and
-    ``devices`` of the three queries above): the columns the evidence reads."""
-    same = " AND ".join(f"l.{c} IS NOT DISTINCT FROM k.{c}" for c in KEY)
+    """The window's held rows, numbered (needs the tables ``held_keys``, ``workloads``,
+    ``pods`` and ``devices`` of the queries above): the columns the evidence reads. The
+    numbers are joined to the few (workload, pod, device) keys first, so the rows are
+    joined once."""
+    same = " AND ".join(f"hk.{c} IS NOT DISTINCT FROM k.{c}" for c in KEY)
+    numbered = (f"SELECT DISTINCT {', '.join(f'hk.{c}' for c in KEY)}, hk.pod_uid, hk.device_uuid, k.w, pods.p, devices.d "
+                f"FROM held_keys hk JOIN workloads k ON {same} JOIN pods ON hk.pod_uid = pods.pod_uid "
+                f"JOIN devices ON hk.device_uuid = devices.device_uuid")
+    same = " AND ".join(f"l.{c} IS NOT DISTINCT FROM n.{c}" for c in KEY)
     return (
-        "SELECT k.w, pods.p, devices.d, l.minute, l.allocated_gpu_seconds AS alloc, l.used_gpu_seconds AS used, "
+        "SELECT n.w, n.p, n.d, l.minute, l.allocated_gpu_seconds AS alloc, l.used_gpu_seconds AS used, "
         "CASE WHEN l.util_unknown_gpu_seconds <= 0 THEN 1 ELSE 0 END AS known, "
         "l.active_gpu_seconds AS active, l.cost, l.idle_cost, CAST(l.memory_used_max_bytes AS DOUBLE) AS mem, "
         "CAST(l.gpu_memory_total_bytes AS DOUBLE) AS gpu_mem, CAST(l.util_peak AS DOUBLE) AS peak, "
         "CAST(COALESCE(l.util_peak, CAST(l.used_gpu_seconds / l.allocated_gpu_seconds AS FLOAT)) AS DOUBLE) AS peak32, "
         "l.requests, CASE WHEN l.price_source = 'default' THEN 1 ELSE 0 END AS default_priced "
-        f"FROM ledger l JOIN workloads k ON {same} JOIN pods ON l.pod_uid = pods.pod_uid "
-        f"JOIN devices ON l.device_uuid = devices.device_uuid "
+        f"FROM ledger l JOIN ({numbered}) n ON {same} AND l.pod_uid = n.pod_uid AND l.device_uuid = n.device_uuid "
         f"WHERE l.pod_uid IS NOT NULL AND l.allocated_gpu_seconds > 0")
 
 
@@ -135,9 +181,9 @@ IDLE = "known = 1 AND active <= 0"
 
 
 def workload_sums() -> str:
-    """Per workload: GPU-seconds held, known, active and idle, cost, memory, pods, and the
-    percentiles of memory peaks and minute means (those of minute peaks come from
-    :func:`workload_peaks`, counted)."""
+    """Per workload: GPU-seconds held, known, active and idle, cost, memory, pods (the
+    percentiles are :func:`workload_memory_p99`, :func:`workload_util_p50` and, counted,
+    :func:`workload_peaks`)."""
     return (
         "SELECT w, SUM(alloc) AS held_seconds, SUM(cost) AS cost, SUM(idle_cost) AS idle_cost, "
         "SUM(CASE WHEN known = 1 THEN alloc ELSE 0 END) AS known_seconds, "
@@ -145,10 +191,17 @@ def workload_sums() -> str:
         f"SUM(CASE WHEN {IDLE} THEN alloc ELSE 0 END) AS idle_seconds, "
         f"MAX(CASE WHEN {IDLE} THEN mem END) AS idle_memory_max_bytes, "
         "MAX(gpu_mem) AS gpu_memory_bytes, SUM(CASE WHEN default_priced = 1 THEN cost ELSE 0 END) AS default_cost, "
-        "COUNT(DISTINCT p) AS pods, "
-        "PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY mem) AS memory_p99_bytes, MAX(mem) AS memory_max_bytes, "
-        "PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN known = 1 THEN used / alloc END) AS util_p50 "
-        "FROM held GROUP BY w")
+        "COUNT(DISTINCT p) AS pods, MAX(mem) AS memory_max_bytes FROM held GROUP BY w")
+
+
+def workload_memory_p99() -> str:
+    """Per workload, the 99th percentile of its rows' memory peaks."""
+    return counted_quantiles("held", [("w", "w")], "mem", {"memory_p99_bytes": 0.99})
+
+
+def workload_util_p50() -> str:
+    """Per workload, the median of its rows' minute means (where utilisation was known)."""
+    return counted_quantiles("held", [("w", "w")], "CASE WHEN known = 1 THEN used / alloc END", {"util_p50": 0.5})
 
 
 def workload_peaks() -> str:
@@ -157,9 +210,10 @@ def workload_peaks() -> str:
 
 
 def workload_price_sources() -> str:
-    """Per workload and price source, the cost it priced."""
-    return (f"SELECT {_key()}, price_source, SUM(cost) AS cost FROM ledger WHERE {HELD} "
-            f"GROUP BY {_key()}, price_source")
+    """Per workload and price source, the cost it priced (needs ``held_keys`` and ``workloads``)."""
+    same = " AND ".join(f"hk.{c} IS NOT DISTINCT FROM k.{c}" for c in KEY)
+    return (f"SELECT k.w, hk.price_source, SUM(hk.cost) AS cost FROM held_keys hk JOIN workloads k ON {same} "
+            "GROUP BY k.w, hk.price_source")
 
 
 def workload_pods() -> str:
@@ -173,25 +227,31 @@ def workload_pods() -> str:
 
 
 def pod_minutes_table() -> str:
-    """Per pod and minute (with its workload): the GPUs it held, its requests, and its
-    highest known peak (over its GPUs)."""
+    """Per pod and minute (with its workload): the GPUs it held, its requests (and of how
+    many rows they were counted), its highest known peak (over its GPUs), and its demand:
+    the busy GPU-equivalents of its rows (a row of unknown utilisation counts as fully busy)."""
     return ("SELECT w, p, minute, COUNT(*) AS gpus, SUM(COALESCE(requests, 0)) AS requests, "
-            "MAX(CASE WHEN known = 1 THEN COALESCE(peak, used / GREATEST(alloc, 1e-12)) END) AS peak "
+            "COUNT(requests) AS counted, "
+            "MAX(CASE WHEN known = 1 THEN COALESCE(peak, used / GREATEST(alloc, 1e-12)) END) AS peak, "
+            "SUM(CASE WHEN known = 1 THEN COALESCE(peak, used / alloc) ELSE 1.0 END) AS demand "
             "FROM held GROUP BY w, p, minute")
 
 
 def workload_gpus_per_pod() -> str:
     """Per workload, the median over its pods of the most GPUs a pod held at once (needs ``pod_minutes``)."""
-    return ("WITH pods AS (SELECT w, p, MAX(gpus) AS gpus FROM pod_minutes GROUP BY w, p) "
-            "SELECT w, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY gpus) AS gpus_per_pod FROM pods GROUP BY w")
+    return counted_quantiles("(SELECT w, p, MAX(gpus) AS gpus FROM pod_minutes GROUP BY w, p) pods", [("w", "w")],
+                             "gpus", {"gpus_per_pod": 0.5})
 
 
 def workload_replicas() -> str:
-    """Per workload, over the minutes it held GPUs: pods at once (median, mean), minutes, first and last."""
-    return ("WITH wm AS (SELECT w, minute, COUNT(*) AS pods FROM pod_minutes GROUP BY w, minute) "
-            "SELECT w, PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY pods) AS replicas, "
-            "CAST(SUM(pods) AS BIGINT) AS pod_minutes, "
-            "COUNT(*) AS minutes, MIN(minute) AS first_minute, MAX(minute) AS last_minute FROM wm GROUP BY w")
+    """Per workload, the median over the minutes it held GPUs of its pods at once (needs ``workload_minutes``)."""
+    return counted_quantiles("workload_minutes", [("w", "w")], "pods", {"replicas": 0.5})
+
+
+def workload_presence() -> str:
+    """Per workload, over the minutes it held GPUs: pod-minutes, minutes, first and last (needs ``workload_minutes``)."""
+    return ("SELECT w, CAST(SUM(pods) AS BIGINT) AS pod_minutes, COUNT(*) AS minutes, MIN(minute) AS first_minute, "
+            "MAX(minute) AS last_minute FROM workload_minutes GROUP BY w")
 
 
 def multi_gpu_pod_devices() -> str:
@@ -214,31 +274,27 @@ def workload_shared_seconds() -> str:
             "JOIN crowded ON d = crowded_device AND minute = crowded_minute GROUP BY w")
 
 
-def demand_minutes_table() -> str:
-    """Per workload and minute, its demand: the busy GPU-equivalents of all its pods (a row of
-    unknown utilisation counts as fully busy)."""
-    return ("SELECT w, minute, SUM(CASE WHEN known = 1 THEN COALESCE(peak, used / alloc) ELSE 1.0 END) AS demand "
-            "FROM held GROUP BY w, minute")
+def workload_minutes_table() -> str:
+    """Per workload and minute (needs ``pod_minutes``): its pods, its demand (the busy
+    GPU-equivalents of all its pods), and its requests (and of how many rows they were counted)."""
+    return ("SELECT w, minute, COUNT(*) AS pods, SUM(demand) AS demand, SUM(requests) AS requests, "
+            "CAST(SUM(counted) AS BIGINT) AS counted FROM pod_minutes GROUP BY w, minute")
 
 
 def workload_demand() -> str:
-    """Per workload, its per-minute demand counted (needs ``demand_minutes``)."""
-    return "SELECT w, demand AS value, COUNT(*) AS n FROM demand_minutes dm GROUP BY w, demand"
+    """Per workload, its per-minute demand counted (needs ``workload_minutes``)."""
+    return "SELECT w, demand AS value, COUNT(*) AS n FROM workload_minutes GROUP BY w, demand"
 
 
 def workload_demand_by_hour(q: float = 0.95, spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
-    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand (needs ``demand_minutes``)."""
-    return (f"SELECT w, {hour_of_day(spans)} AS hour, "
-            f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY demand) AS demand FROM demand_minutes dm "
-            f"GROUP BY w, {hour_of_day(spans)}")
+    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand (needs ``workload_minutes``)."""
+    return counted_quantiles("workload_minutes", [("w", "w"), ("hour", hour_of_day(spans))], "demand", {"demand": q})
 
 
 def workload_requests(q: float = 0.95) -> str:
     """Per workload, over the minutes its servers counted requests: how many, and the ``q``
-    quantile of its requests per second."""
-    return ("WITH r AS (SELECT w, minute, SUM(requests) / 60.0 AS rps FROM held WHERE requests IS NOT NULL "
-            f"GROUP BY w, minute) SELECT w, COUNT(*) AS minutes, "
-            f"PERCENTILE_CONT({float(q)!r}) WITHIN GROUP (ORDER BY rps) AS rps_level FROM r GROUP BY w")
+    quantile of its requests per second, ``n`` and ``rps_level`` (needs ``workload_minutes``)."""
+    return counted_quantiles("workload_minutes", [("w", "w")], "requests / 60.0", {"rps_level": q}, where="counted > 0")
 
 
 def workload_replica_capacity(target: float = 0.7) -> str:
@@ -279,30 +335,39 @@ HOUR_SUMS = ("allocated_gpu_seconds", "unallocated_gpu_seconds", "used_gpu_secon
 HOUR_KNOWN_SUMS = ("energy_joules", "energy_cost", "carbon_grams")
 
 
-def hour_rows() -> str:
+def hour_rows(cuts: Sequence[int] = ()) -> str:
     """Each hour's rows of a device and a workload (pods' or unallocated) added up, with the
-    ledger's column names; ``gpu_hourly_price`` weighted by the GPU-seconds it priced."""
+    ledger's column names; ``gpu_hourly_price`` weighted by the GPU-seconds it priced.
+
+    ``cuts`` (Unix seconds, ascending) split the rows into parts, numbered in ``part``: 0
+    before the first cut, 1 from it to the next, and so on; an hour a cut falls inside
+    has a row on each side. So one pass gives the hour rows of several windows that meet
+    at the cuts (the report's current and previous windows and the commitment look-back)."""
     hour = "CAST(FLOOR(minute / 3600) AS BIGINT) * 3600"
     held = "CASE WHEN pod_uid IS NULL THEN NULL ELSE 'held' END"
     seconds = "allocated_gpu_seconds + unallocated_gpu_seconds"
     keys = _names(HOUR_KEY)
+    part = "CAST(0 AS BIGINT)"  # not a bare 0: GROUP BY 0 would name a column by position
+    if cuts:
+        part = "CASE " + " ".join(f"WHEN minute < {int(c)} THEN {i}" for i, c in enumerate(cuts)) + f" ELSE {len(cuts)} END"
     return (
-        f"SELECT {hour} AS minute, {keys}, {held} AS pod_uid, "
+        f"SELECT {hour} AS minute, {part} AS part, {keys}, {held} AS pod_uid, "
         f"COALESCE(SUM(gpu_hourly_price * ({seconds})) / NULLIF(SUM({seconds}), 0), 0) AS gpu_hourly_price, "
         + ", ".join(f"CAST(SUM({c}) AS BIGINT) AS {c}" if c == "samples" else f"SUM({c}) AS {c}"
                     for c in HOUR_SUMS) + ", "
         + ", ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN SUM({c}) END AS {c}" for c in HOUR_KNOWN_SUMS) + ", "
         f"MAX(gpu_memory_total_bytes) AS gpu_memory_total_bytes, MAX(memory_used_max_bytes) AS memory_used_max_bytes "
-        f"FROM ledger GROUP BY {hour}, {keys}, {held}")
+        f"FROM ledger GROUP BY {hour}, {part}, {keys}, {held}")
 
 
 def utilization_buckets() -> str:
     """GPU-seconds held by pods per utilisation bucket (0: exactly idle, 1–10: tenths) for rows
-    of known utilisation, and per MIG or not for rows of unknown utilisation (bucket NULL)."""
-    bucket = (f"CASE WHEN {KNOWN} THEN GREATEST(0, LEAST(10, CAST(CEIL({MEAN} * 10 - 1e-9) AS BIGINT))) END")
-    mig = "CASE WHEN mig_profile IS NULL THEN 0 ELSE 1 END"
-    return (f"SELECT {bucket} AS bucket, {mig} AS mig, SUM(allocated_gpu_seconds) AS seconds FROM ledger "
-            f"WHERE {HELD} GROUP BY {bucket}, {mig}")
+    of known utilisation, and per MIG or not for rows of unknown utilisation (bucket NULL)
+    (needs ``held`` and ``workloads``)."""
+    bucket = "CASE WHEN h.known = 1 THEN GREATEST(0, LEAST(10, CAST(CEIL(h.used / h.alloc * 10 - 1e-9) AS BIGINT))) END"
+    mig = "CASE WHEN k.mig_profile IS NULL THEN 0 ELSE 1 END"
+    return (f"SELECT {bucket} AS bucket, {mig} AS mig, SUM(h.alloc) AS seconds FROM held h JOIN workloads k "
+            f"ON h.w = k.w GROUP BY {bucket}, {mig}")
 
 
 # --------------------------------------------------------------------------- checks

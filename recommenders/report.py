@@ -396,14 +396,36 @@ def build_report(
         return report_from(ledger, end, since_s, currency, first_minute, settings, catalog, pool_prices, spot_hourly)
 
 
-def _hours(ledger: Ledger, start: float, end: float) -> pd.DataFrame:
-    """The hour rows (:func:`recommenders.queries.hour_rows`) of ``[start, end)``."""
-    if end <= start:
-        return pd.DataFrame({c: pd.Series(dtype=object if c in queries.HOUR_KEY or c == "pod_uid" else np.float64)
-                             for c in ("minute", *queries.HOUR_KEY, "pod_uid", "gpu_hourly_price", *queries.HOUR_SUMS,
-                                       *queries.HOUR_KNOWN_SUMS)})
-    ledger.window(start, end, allow_empty=True)
-    return ledger.sql(queries.hour_rows())
+HOUR_COLUMNS = ("minute", *queries.HOUR_KEY, "pod_uid", "gpu_hourly_price", *queries.HOUR_SUMS, *queries.HOUR_KNOWN_SUMS)
+
+
+def _no_hours() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object if c in queries.HOUR_KEY or c == "pod_uid" else np.float64)
+                         for c in HOUR_COLUMNS})
+
+
+def hour_windows(ledger: Ledger, windows: Sequence[Window]) -> list[pd.DataFrame]:
+    """The hour rows (:func:`recommenders.queries.hour_rows`) of each window, in one pass over
+    the rows of them all: the windows' starts and ends cut the rows into parts, and each
+    window's rows are the parts it covers (an hour cut by a window's edge is split there,
+    as that window's own pass would cut it)."""
+    live = [w for w in windows if w.end > w.start]
+    if not live:
+        return [_no_hours() for _ in windows]
+    cuts = sorted({int(t) for w in live for t in (w.start, w.end)})
+    ledger.window(cuts[0], cuts[-1], allow_empty=True)
+    rows = ledger.sql(queries.hour_rows(cuts[1:-1]))
+    part = rows["part"].to_numpy(np.int64)
+    rows = rows.drop(columns="part")
+    out = []
+    for w in windows:
+        if w.end <= w.start:
+            out.append(_no_hours())
+            continue
+        # part i holds [cuts[i], cuts[i + 1]) (the view starts at cuts[0])
+        first, last = cuts.index(int(w.start)), cuts.index(int(w.end))
+        out.append(rows[(part >= first) & (part < last)].reset_index(drop=True))
+    return out
 
 
 def report_from(
@@ -427,10 +449,10 @@ def report_from(
     hours = current.hours
     ledger.window(current.start, end, allow_empty=True)
     stats = workload_evidence(ledger, hours, settings)
-    histogram = utilization_histogram(ledger.sql(queries.utilization_buckets()))
-    cur_rows = _hours(ledger, current.start, end)
-    prev_rows = _hours(ledger, previous.start, previous.end)
-    commit_rows = _hours(ledger, commit.start, end)  # commitment_plan counts whole hours before commit.end
+    histogram = utilization_histogram(ledger.sql(queries.utilization_buckets()) if len(stats)
+                                      else pd.DataFrame({"bucket": [], "mig": [], "seconds": []}))
+    # commitment_plan counts whole hours before commit.end
+    cur_rows, prev_rows, commit_rows = hour_windows(ledger, [current, previous, commit])
     recent = pd.concat([prev_rows, cur_rows], ignore_index=True) if len(prev_rows) else cur_rows
     recs = recommend(cur_rows, hours, currency, settings, catalog, stats=stats)
     best = best_per_workload(recs)

@@ -96,18 +96,18 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
 
     if not isinstance(settings, Settings):  # older callers passed the idle memory floor in bytes
         settings = Settings() if settings is None else Settings(idle_memory_floor_gib=float(settings) / GIB)
+    ledger.materialize("held_keys", queries.held_keys_table())
     ledger.materialize("workloads", queries.workload_table())
     workloads = ledger.sql("SELECT * FROM workloads")
     if workloads.empty:
         return pd.DataFrame(columns=[*KEY])
     for name, text in (("pods", queries.pod_table()), ("devices", queries.device_table()),
                        ("held", queries.held_table()), ("pod_minutes", queries.pod_minutes_table()),
-                       ("demand_minutes", queries.demand_minutes_table())):
+                       ("workload_minutes", queries.workload_minutes_table())):
         ledger.materialize(name, text)
     workloads = workloads.sort_values("w").reset_index(drop=True)
     k = len(workloads)
     keys = _keys(workloads)
-    index = {key: i for i, key in enumerate(keys)}
     out = pd.DataFrame({c: [key[j] for key in keys] for j, c in enumerate(KEY)}, dtype=object)
 
     def by_w(text: str, names: list[str]) -> dict[str, np.ndarray]:
@@ -115,7 +115,9 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
 
     num = by_w(queries.workload_sums(), [
         "held_seconds", "cost", "idle_cost", "known_seconds", "active_seconds", "idle_seconds", "idle_memory_max_bytes",
-        "gpu_memory_bytes", "default_cost", "pods", "memory_p99_bytes", "memory_max_bytes", "util_p50"])
+        "gpu_memory_bytes", "default_cost", "pods", "memory_max_bytes"])
+    num["memory_p99_bytes"] = by_w(queries.workload_memory_p99(), ["memory_p99_bytes"])["memory_p99_bytes"]
+    num["util_p50"] = by_w(queries.workload_util_p50(), ["util_p50"])["util_p50"]
     with np.errstate(invalid="ignore", divide="ignore"):
         out["gpu_hours"] = num["held_seconds"] / 3600.0
         out["cost"] = num["cost"]
@@ -129,7 +131,7 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
     for c in ("idle_memory_max_bytes", "gpu_memory_bytes", "memory_p99_bytes", "memory_max_bytes", "util_p50"):
         out[c] = num[c]
     out["pods"] = num["pods"].astype(np.int64)
-    out["price_source"] = _main_price_source(ledger.sql(queries.workload_price_sources()), index, k)
+    out["price_source"] = _main_price_source(ledger.sql(queries.workload_price_sources()), k)
     out["idle_pods"] = _objects(_idle_pods(ledger.sql(queries.workload_pods()), k, settings))
     peaks = _counted(ledger.sql(queries.workload_peaks()), k)
     out["peaks"] = _objects(peaks)
@@ -137,9 +139,9 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
         out[name] = [p.quantile(q) for p in peaks]
 
     out["gpus_per_pod"] = by_w(queries.workload_gpus_per_pod(), ["gpus_per_pod"])["gpus_per_pod"]
-    seen = by_w(queries.workload_replicas(), ["replicas", "pod_minutes", "minutes", "first_minute", "last_minute"])
+    seen = by_w(queries.workload_presence(), ["pod_minutes", "minutes", "first_minute", "last_minute"])
     minutes = np.nan_to_num(seen["minutes"])
-    out["replicas"] = seen["replicas"]
+    out["replicas"] = by_w(queries.workload_replicas(), ["replicas"])["replicas"]
     out["replicas_mean"] = np.nan_to_num(seen["pod_minutes"]) / np.maximum(minutes, 1)
     out["hours_observed"] = minutes / 60.0
     out["coverage"] = np.minimum(out["hours_observed"] / window_hours, 1.0) if window_hours > 0 else 0.0
@@ -158,8 +160,8 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
     table[by_hour["w"].to_numpy(np.int64), by_hour["hour"].to_numpy(np.int64)] = by_hour["demand"].to_numpy(np.float64)
     out["demand_by_hour"] = _objects(list(table))
     if int(span["counted"]) > 0:
-        rps = by_w(queries.workload_requests(settings.demand_percentile), ["minutes", "rps_level"])
-        out["rps_minutes"] = np.nan_to_num(rps["minutes"]).astype(np.int64)
+        rps = by_w(queries.workload_requests(settings.demand_percentile), ["n", "rps_level"])
+        out["rps_minutes"] = np.nan_to_num(rps["n"]).astype(np.int64)
         out["rps_level"] = rps["rps_level"]
         out["serving_share"] = out["rps_minutes"] / np.maximum(minutes, 1)
         out["rps_capacity"] = by_w(queries.workload_replica_capacity(settings.target_utilization),
@@ -207,12 +209,11 @@ def _counted(frame: pd.DataFrame, k: int) -> list[Counted]:
     return [Counted.of(values[bounds[i]:bounds[i + 1]], counts[bounds[i]:bounds[i + 1]]) for i in range(k)]
 
 
-def _main_price_source(frame: pd.DataFrame, index: dict, k: int) -> list:
+def _main_price_source(frame: pd.DataFrame, k: int) -> list:
     """Per workload, the price source that priced most of its cost (ties: the first by name)."""
     best: list[tuple] = [(-np.inf, "")] * k
     out: list = [None] * k
-    for key, source, cost in zip(_keys(frame), frame["price_source"].astype(object), frame["cost"]):
-        i = index[key]
+    for i, source, cost in zip(frame["w"].to_numpy(np.int64), frame["price_source"].astype(object), frame["cost"]):
         name = None if pd.isna(source) else str(source)
         rank = (float(cost), "" if name is None else name)
         if rank[0] > best[i][0] or (rank[0] == best[i][0] and rank[1] < best[i][1]):

@@ -127,20 +127,49 @@ def test_window_rows_equal_the_ledgers(small):
             assert got[c].astype(object).tolist() == want[c].astype(object).tolist(), c
 
 
-def test_percentile_cont_is_numpys_linear_interpolation():
+def test_counted_quantiles_are_numpys_linear_interpolation():
+    """Ties, NULLs, one-value groups and a condition: each quantile equals numpy's on the values
+    left after the condition, and ``n`` counts them."""
     import duckdb
+
+    from recommenders.queries import counted_quantiles
 
     rng = np.random.default_rng(3)
     groups = np.repeat(np.arange(6), [1, 2, 3, 10, 101, 997])
     values = rng.random(len(groups)) * rng.choice([1.0, 1e9], len(groups))
-    qs = (0.0, 0.5, 0.95, 0.99, 1.0)
+    values[rng.random(len(groups)) < 0.3] = 0.25  # many ties
+    keep = rng.random(len(groups)) < 0.9
+    missing = rng.random(len(groups)) < 0.05
+    qs = {"q0": 0.0, "q50": 0.5, "q95": 0.95, "q99": 0.99, "q100": 1.0}
     db = duckdb.connect()
-    db.register("v", pa.table({"g": groups, "x": values}))
-    sql = ("SELECT g, " + ", ".join(f"PERCENTILE_CONT({q!r}) WITHIN GROUP (ORDER BY x)" for q in qs)
-           + " FROM v GROUP BY g ORDER BY g")
-    for row in db.sql(sql).fetchall():
-        mine = values[groups == row[0]]
-        np.testing.assert_allclose(row[1:], np.quantile(mine, qs), rtol=1e-15)
+    db.register("v", pa.table({"g": groups, "x": pa.array(values, mask=missing), "keep": keep}))
+    sql = counted_quantiles("v", [("g", "g")], "x", qs, where="keep")
+    got = db.sql(sql + " ORDER BY g").df()
+    assert list(got["g"]) == [g for g in range(6) if (keep & ~missing)[groups == g].any()]
+    for _, row in got.iterrows():
+        mine = values[(groups == row["g"]) & keep & ~missing]
+        assert row["n"] == len(mine)
+        np.testing.assert_allclose(row[list(qs)].to_numpy(float), np.quantile(mine, list(qs.values())), rtol=1e-15)
+
+
+@pytest.mark.slow
+def test_counted_quantiles_spill_where_percentile_cont_runs_out_of_memory(tmp_path):
+    """Four million distinct values under a 40 MB limit: PERCENTILE_CONT holds a group's values
+    in memory and fails; the counted quantiles spill and give numpy's figure."""
+    import duckdb
+
+    from recommenders.queries import counted_quantiles
+
+    db = duckdb.connect(config={"memory_limit": "40MB", "temp_directory": str(tmp_path), "threads": 2})
+    db.execute("CREATE TABLE t AS SELECT i % 3 AS w, CAST(i * 7919 % 4000000 AS DOUBLE) AS x FROM range(4000000) r(i)")
+    with pytest.raises(duckdb.OutOfMemoryException):
+        db.sql("SELECT w, PERCENTILE_CONT(0.99) WITHIN GROUP (ORDER BY x) FROM t GROUP BY w").fetchall()
+    got = db.sql(counted_quantiles("t", [("w", "w")], "x", {"p99": 0.99}) + " ORDER BY w").fetchall()
+    i = np.arange(4_000_000)
+    x = (i * 7919 % 4_000_000).astype(float)
+    for w, n, p99 in got:
+        assert n == int((i % 3 == w).sum())
+        assert p99 == pytest.approx(np.quantile(x[i % 3 == w], 0.99), rel=1e-15)
 
 
 def test_workload_evidence_and_daily_cost_equal_a_direct_numpy_computation(small):

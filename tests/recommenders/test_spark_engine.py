@@ -42,10 +42,10 @@ ARGS = {
     "first_bad_row": ("allocated_gpu_seconds >= 0", "allocated_gpu_seconds"),
 }
 #: public functions of recommenders.queries that are not queries: parts of queries, and the checks' list
-NOT_QUERIES: set[str] = {"local_seconds", "hour_of_day", "hour_of_week", "value_checks"}
+NOT_QUERIES: set[str] = {"local_seconds", "hour_of_day", "hour_of_week", "value_checks", "counted_quantiles"}
 #: the tables the evidence's queries read, kept by the engine in this order (workload_evidence's)
-TABLES = (("workloads", "workload_table"), ("pods", "pod_table"), ("devices", "device_table"),
-          ("held", "held_table"), ("pod_minutes", "pod_minutes_table"), ("demand_minutes", "demand_minutes_table"))
+TABLES = (("held_keys", "held_keys_table"), ("workloads", "workload_table"), ("pods", "pod_table"), ("devices", "device_table"),
+          ("held", "held_table"), ("pod_minutes", "pod_minutes_table"), ("workload_minutes", "workload_minutes_table"))
 
 
 def query_functions() -> list[str]:
@@ -245,7 +245,7 @@ def test_a_damaged_file_outside_the_window_is_not_read_and_inside_is_one_line(da
     try:
         s.window(T0, T0 + 2 * 86400)  # its footer is not the first's or last's: Spark itself meets it
         with pytest.raises(LedgerError) as err:
-            s.query(queries.utilization_buckets())
+            s.query(queries.bad_rows())
     finally:
         s.close()
     message = err.value.message
