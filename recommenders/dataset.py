@@ -190,6 +190,10 @@ class Engine:
         the temporary directory beyond ``memory_limit``)."""
         self._sql(f"CREATE OR REPLACE TEMP TABLE {name} AS {text}")
 
+    def forget(self, name: str) -> None:
+        """Drop a table kept by :meth:`materialize` (none of that name is fine)."""
+        self._sql(f"DROP TABLE IF EXISTS {name}")
+
     def sql(self, text: str) -> "pd.DataFrame":
         """A query over the current window, its (small) result as a DataFrame."""
         return self.query(text).to_pandas()

@@ -156,16 +156,30 @@ def device_table() -> str:
             "FROM (SELECT DISTINCT device_uuid FROM held_keys) k")
 
 
-def held_table() -> str:
-    """The window's held rows, numbered (needs the tables ``held_keys``, ``workloads``,
-    ``pods`` and ``devices`` of the queries above): the columns the evidence reads. The
-    numbers are joined to the few (workload, pod, device) keys first, so the rows are
-    joined once."""
+def held_ids_table() -> str:
+    """Each (workload, pod, device) of the window's held rows with its numbers ``w``, ``p``
+    and ``d`` (needs ``held_keys``, ``workloads``, ``pods`` and ``devices``): a few thousand
+    rows, so the window's rows are joined to their numbers once."""
     same = " AND ".join(f"hk.{c} IS NOT DISTINCT FROM k.{c}" for c in KEY)
-    numbered = (f"SELECT DISTINCT {', '.join(f'hk.{c}' for c in KEY)}, hk.pod_uid, hk.device_uuid, k.w, pods.p, devices.d "
-                f"FROM held_keys hk JOIN workloads k ON {same} JOIN pods ON hk.pod_uid = pods.pod_uid "
-                f"JOIN devices ON hk.device_uuid = devices.device_uuid")
-    same = " AND ".join(f"l.{c} IS NOT DISTINCT FROM n.{c}" for c in KEY)
+    return (f"SELECT DISTINCT {', '.join(f'hk.{c}' for c in KEY)}, hk.pod_uid, hk.device_uuid, k.w, pods.p, devices.d "
+            f"FROM held_keys hk JOIN workloads k ON {same} JOIN pods ON hk.pod_uid = pods.pod_uid "
+            f"JOIN devices ON hk.device_uuid = devices.device_uuid")
+
+
+def pods_in_two_workloads() -> str:
+    """How many (pod, device) pairs of ``held_ids`` belong to more than one workload (a pod
+    relabelled inside the window): when none does, :func:`held_table` joins on the pod and
+    the device alone."""
+    return ("SELECT COUNT(*) AS n FROM (SELECT pod_uid, device_uuid FROM held_ids GROUP BY pod_uid, device_uuid "
+            "HAVING COUNT(*) > 1) t")
+
+
+def held_table(by_pod_device: bool = False) -> str:
+    """The window's held rows, numbered (needs ``held_ids``): the columns the evidence reads.
+    Joined on the workload's key, the pod and the device; on the pod and the device alone
+    with ``by_pod_device``, which is the same join where each (pod, device) has one
+    workload (:func:`pods_in_two_workloads`) and two strings to hash instead of nine."""
+    same = "".join(f"l.{c} IS NOT DISTINCT FROM n.{c} AND " for c in KEY) if not by_pod_device else ""
     return (
         "SELECT n.w, n.p, n.d, l.minute, l.allocated_gpu_seconds AS alloc, l.used_gpu_seconds AS used, "
         "CASE WHEN l.util_unknown_gpu_seconds <= 0 THEN 1 ELSE 0 END AS known, "
@@ -173,7 +187,7 @@ def held_table() -> str:
         "CAST(l.gpu_memory_total_bytes AS DOUBLE) AS gpu_mem, CAST(l.util_peak AS DOUBLE) AS peak, "
         "CAST(COALESCE(l.util_peak, CAST(l.used_gpu_seconds / l.allocated_gpu_seconds AS FLOAT)) AS DOUBLE) AS peak32, "
         "l.requests, CASE WHEN l.price_source = 'default' THEN 1 ELSE 0 END AS default_priced "
-        f"FROM ledger l JOIN ({numbered}) n ON {same} AND l.pod_uid = n.pod_uid AND l.device_uuid = n.device_uuid "
+        f"FROM ledger l JOIN held_ids n ON {same}l.pod_uid = n.pod_uid AND l.device_uuid = n.device_uuid "
         f"WHERE l.pod_uid IS NOT NULL AND l.allocated_gpu_seconds > 0")
 
 

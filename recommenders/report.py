@@ -22,7 +22,7 @@ from recommenders.rightsizing import Recommendation, best_per_workload, not_judg
 from recommenders.settings import Settings
 from recommenders.unit_costs import unit_costs
 from recommenders import queries
-from recommenders.workloads import KEY, allocated_mask, workload_evidence, workload_ids
+from recommenders.workloads import KEY, allocated_mask, forget_evidence, workload_evidence, workload_ids
 
 REPORT_VERSION = 2
 UNALLOCATED = "(unallocated)"
@@ -382,6 +382,8 @@ class Ledger(Protocol):
 
     def materialize(self, name: str, text: str) -> None: ...
 
+    def forget(self, name: str) -> None: ...
+
 
 def build_report(
     rows: pd.DataFrame, end: float, since_s: float, currency: str, first_minute: float,
@@ -417,6 +419,8 @@ def hour_windows(ledger: Ledger, windows: Sequence[Window]) -> list[pd.DataFrame
     rows = ledger.sql(queries.hour_rows(cuts[1:-1]))
     part = rows["part"].to_numpy(np.int64)
     rows = rows.drop(columns="part")
+    for c in (*queries.HOUR_KEY, "pod_uid"):  # as a ledger file's rows are held: a few names, codes per row
+        rows[c] = rows[c].astype("category")
     out = []
     for w in windows:
         if w.end <= w.start:
@@ -424,7 +428,10 @@ def hour_windows(ledger: Ledger, windows: Sequence[Window]) -> list[pd.DataFrame
             continue
         # part i holds [cuts[i], cuts[i + 1]) (the view starts at cuts[0])
         first, last = cuts.index(int(w.start)), cuts.index(int(w.end))
-        out.append(rows[(part >= first) & (part < last)].reset_index(drop=True))
+        if first == 0 and last == len(cuts) - 1:
+            out.append(rows)  # every part: the frame itself, not a copy (the report's functions do not modify it)
+        else:
+            out.append(rows[(part >= first) & (part < last)].reset_index(drop=True))
     return out
 
 
@@ -451,6 +458,7 @@ def report_from(
     stats = workload_evidence(ledger, hours, settings)
     histogram = utilization_histogram(ledger.sql(queries.utilization_buckets()) if len(stats)
                                       else pd.DataFrame({"bucket": [], "mig": [], "seconds": []}))
+    forget_evidence(ledger)
     # commitment_plan counts whole hours before commit.end
     cur_rows, prev_rows, commit_rows = hour_windows(ledger, [current, previous, commit])
     recent = pd.concat([prev_rows, cur_rows], ignore_index=True) if len(prev_rows) else cur_rows

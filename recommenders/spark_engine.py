@@ -274,6 +274,16 @@ class SparkEngine:
         except Exception as err:  # noqa: BLE001 - as query()
             raise self._error(err) from None
 
+    def forget(self, name: str) -> None:
+        """Uncache and drop a view kept by :meth:`materialize` (none of that name is fine)."""
+        try:
+            if name in self._cached:
+                self.spark.catalog.uncacheTable(name)
+                self._cached.discard(name)
+            self.spark.catalog.dropTempView(name)
+        except Exception as err:  # noqa: BLE001 - as query()
+            raise self._error(err) from None
+
     def check(self, start: float, end: float) -> None:
         """:func:`recommenders.dataset.check_values` of ``[start, end)``."""
         check_values(self, start, end)

@@ -72,6 +72,10 @@ class FrameLedger:
         """Keep a query's result as the table ``name`` for the queries that follow."""
         self.db.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {text}")
 
+    def forget(self, name: str) -> None:
+        """Drop a table kept by :meth:`materialize` (none of that name is fine)."""
+        self.db.execute(f"DROP TABLE IF EXISTS {name}")
+
     def close(self) -> None:
         try:
             self.db.close()

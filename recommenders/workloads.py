@@ -62,11 +62,24 @@ def workload_stats(rows: pd.DataFrame, window_hours: float, settings: Settings |
 
 class Queries(Protocol):
     """Where the evidence's queries run: the view ``ledger`` of the window, a query's (small)
-    result, and a query's result kept as a table for the next queries."""
+    result, and a query's result kept as a table for the next queries (until forgotten)."""
 
     def sql(self, text: str) -> pd.DataFrame: ...
 
     def materialize(self, name: str, text: str) -> None: ...
+
+    def forget(self, name: str) -> None: ...
+
+
+#: the tables :func:`workload_evidence` keeps, in the order it makes them (each reads the ones before)
+EVIDENCE_TABLES = ("held_keys", "workloads", "pods", "devices", "held_ids", "held", "pod_minutes", "workload_minutes")
+
+
+def forget_evidence(ledger: Queries) -> None:
+    """Drop the tables :func:`workload_evidence` kept: they are the size of the window's rows,
+    and the engine's memory is better spent on what comes next."""
+    for name in reversed(EVIDENCE_TABLES):
+        ledger.forget(name)
 
 
 def workload_evidence(ledger: Queries, window_hours: float, settings: Settings | float | None = None) -> pd.DataFrame:
@@ -102,9 +115,12 @@ def workload_evidence(ledger: Queries, window_hours: float, settings: Settings |
     if workloads.empty:
         return pd.DataFrame(columns=[*KEY])
     for name, text in (("pods", queries.pod_table()), ("devices", queries.device_table()),
-                       ("held", queries.held_table()), ("pod_minutes", queries.pod_minutes_table()),
-                       ("workload_minutes", queries.workload_minutes_table())):
+                       ("held_ids", queries.held_ids_table())):
         ledger.materialize(name, text)
+    relabelled = int(ledger.sql(queries.pods_in_two_workloads())["n"].iloc[0])
+    ledger.materialize("held", queries.held_table(by_pod_device=relabelled == 0))
+    ledger.materialize("pod_minutes", queries.pod_minutes_table())
+    ledger.materialize("workload_minutes", queries.workload_minutes_table())
     workloads = workloads.sort_values("w").reset_index(drop=True)
     k = len(workloads)
     keys = _keys(workloads)

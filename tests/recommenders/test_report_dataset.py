@@ -390,3 +390,20 @@ def test_memory_limit_is_duckdbs_and_a_bad_one_is_one_line(small, tmp_path):
     for bad in ("lots", "0GB", "12"):
         done = report_cmd("--ledger", str(ds), "--out", str(tmp_path / "bad"), "--memory-limit", bad)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--memory-limit" in done.stderr, done.stderr
+
+
+def test_a_pod_relabelled_inside_the_window_counts_in_each_workload_once():
+    """A pod whose team label changed after an hour is two workloads, each with its own hour
+    (the held rows are then joined on the whole workload key, not on the pod and device)."""
+    from tests.recommenders.test_report_rows import frame
+
+    rows = frame(gpu_minutes(pod="a", minutes=range(60), util=0.2, team="team-a"),
+                 gpu_minutes(pod="a", minutes=range(60, 120), util=0.8, team="team-b"),
+                 gpu_minutes(pod="b", minutes=range(120), util=0.5, name="other"))
+    stats = workload_stats(rows, window_hours=2.0).set_index(["team", "workload_name"])
+    assert stats.loc[("team-a", "app"), "gpu_hours"] == pytest.approx(1.0)
+    assert stats.loc[("team-b", "app"), "gpu_hours"] == pytest.approx(1.0)
+    assert stats.loc[("team-a", "other"), "gpu_hours"] == pytest.approx(2.0)
+    assert stats.loc[("team-a", "app"), "util_p50"] == pytest.approx(0.2)
+    assert stats.loc[("team-b", "app"), "util_p50"] == pytest.approx(0.8)
+    assert list(stats["pods"]) == [1, 1, 1]
