@@ -378,7 +378,7 @@ class Ledger(Protocol):
 
     def window(self, start: float, end: float, allow_empty: bool = False) -> Any: ...
 
-    def sql(self, text: str) -> pd.DataFrame: ...
+    def sql(self, text: str, categorical: Sequence[str] = ()) -> pd.DataFrame: ...
 
     def materialize(self, name: str, text: str) -> None: ...
 
@@ -416,11 +416,10 @@ def hour_windows(ledger: Ledger, windows: Sequence[Window]) -> list[pd.DataFrame
         return [_no_hours() for _ in windows]
     cuts = sorted({int(t) for w in live for t in (w.start, w.end)})
     ledger.window(cuts[0], cuts[-1], allow_empty=True)
-    rows = ledger.sql(queries.hour_rows(cuts[1:-1]))
+    # the names as categoricals, as a ledger file's rows are held: a few names, codes per row
+    rows = ledger.sql(queries.hour_rows(cuts[1:-1]), categorical=(*queries.HOUR_KEY, "pod_uid"))
     part = rows["part"].to_numpy(np.int64)
     rows = rows.drop(columns="part")
-    for c in (*queries.HOUR_KEY, "pod_uid"):  # as a ledger file's rows are held: a few names, codes per row
-        rows[c] = rows[c].astype("category")
     out = []
     for w in windows:
         if w.end <= w.start:

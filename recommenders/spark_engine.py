@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 
@@ -35,7 +36,7 @@ from recommenders import queries
 from collectors.objectstore import Location, open_location
 from recommenders.dataset import DAY, _date, _day, _footer, check_values, partitions
 from recommenders.history import OPTIONAL, LedgerError, _one_line
-from recommenders.sqlframe import view_columns
+from recommenders.sqlframe import to_frame, view_columns
 
 MASTER = "local[2]"
 APP_NAME = "gpuledger-report"
@@ -259,9 +260,10 @@ class SparkEngine:
             raise self._error(err) from None
         return _plain(table)
 
-    def sql(self, text: str):
-        """A query over the current window, its (small) result as a DataFrame."""
-        return self.query(text).to_pandas()
+    def sql(self, text: str, categorical: Sequence[str] = ()):
+        """A query over the current window, its (small) result as a DataFrame; the columns
+        named in ``categorical`` as categoricals (:func:`recommenders.sqlframe.to_frame`)."""
+        return to_frame(self.query(text), categorical)
 
     def materialize(self, name: str, text: str) -> None:
         """Keep a query's result as the cached temporary view ``name`` for the queries that follow."""

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
+import pyarrow as pa
 
 from recommenders import ledger_schema as schema
+from recommenders.engines import MEMORY_LIMIT  # DuckDB's own buffers beside the rows in memory
 from recommenders.history import READINGS
 
-MEMORY_LIMIT = "1GB"  # DuckDB's own buffers beside the rows in memory (as recommenders.dataset)
 SQL_TYPES = {"string": "VARCHAR", "float": "DOUBLE", "int": "BIGINT", "minute": "BIGINT"}
 
 
@@ -39,6 +40,26 @@ def view_columns(present: Iterable[str], minute: str = "minute", string_type: st
             out.append(f"CAST({c.name} AS FLOAT) AS {c.name}")
         else:
             out.append(c.name)
+    return out
+
+
+def to_frame(table: pa.Table, categorical: Sequence[str] = ()) -> pd.DataFrame:
+    """An engine's Arrow result as a DataFrame, the string columns named in ``categorical``
+    as pandas categoricals (categories in name order, as ``astype("category")`` makes
+    them), encoded in Arrow so no Python string per row is ever made: a fleet's hour
+    rows are millions of rows of a few thousand names."""
+    import pyarrow.compute as pc
+
+    for name in categorical:
+        i = table.schema.get_field_index(name)
+        if i >= 0 and (pa.types.is_string(table.schema.field(i).type) or pa.types.is_large_string(table.schema.field(i).type)):
+            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
+    out = table.to_pandas()
+    for name in categorical:
+        if name in out and isinstance(out[name].dtype, pd.CategoricalDtype):
+            out[name] = out[name].cat.reorder_categories(sorted(out[name].cat.categories))
+        elif name in out:
+            out[name] = out[name].astype("category")
     return out
 
 
@@ -65,7 +86,10 @@ class FrameLedger:
         self.db.execute(f"CREATE OR REPLACE VIEW ledger AS SELECT * FROM ledger_all "
                         f"WHERE minute >= {int(start)} AND minute < {int(end)}")
 
-    def sql(self, text: str) -> pd.DataFrame:
+    def sql(self, text: str, categorical: Sequence[str] = ()) -> pd.DataFrame:
+        """A query's (small) result; the columns named in ``categorical`` as categoricals (:func:`to_frame`)."""
+        if categorical:
+            return to_frame(self.db.sql(text).to_arrow_table(), categorical)
         return self.db.sql(text).df()
 
     def materialize(self, name: str, text: str) -> None:

@@ -407,3 +407,19 @@ def test_a_pod_relabelled_inside_the_window_counts_in_each_workload_once():
     assert stats.loc[("team-a", "app"), "util_p50"] == pytest.approx(0.2)
     assert stats.loc[("team-b", "app"), "util_p50"] == pytest.approx(0.8)
     assert list(stats["pods"]) == [1, 1, 1]
+
+
+def test_a_result_with_categorical_names_equals_astype_category():
+    """The hour rows' names come back as categoricals encoded in Arrow: the same categories
+    (in name order), codes and nulls as pandas' own ``astype("category")``."""
+    from recommenders.sqlframe import to_frame
+
+    table = pa.table({"team": ["b", None, "a", "b", "c"], "cost": [1.0, 2.0, 3.0, 4.0, 5.0],
+                      "node": pa.array(["n2", "n1", "n2", None, "n1"], pa.large_string())})
+    got = to_frame(table, ["team", "node", "absent"])
+    want = table.to_pandas()
+    for c in ("team", "node"):
+        expected = want[c].astype("category")
+        assert list(got[c].cat.categories) == list(expected.cat.categories)
+        assert got[c].cat.codes.tolist() == expected.cat.codes.tolist()
+    assert got["cost"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
