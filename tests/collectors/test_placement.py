@@ -175,7 +175,9 @@ def test_faults_keep_the_last_known_state(world):
     kube.set_down(True)  # and the API server is down
     for t in range(2000, 2005):
         assert source.poll(float(t)) == []  # the last snapshot stands; nothing raised
-    assert source.faults.count("kubelet", "socket_missing") == 5
+    # every call that found no socket: the five List calls and the allocatable refresh due at 2000
+    assert source.faults.count("kubelet", "socket_missing") == 6
+    assert source.faults.count("kubelet", "list_unavailable") == 0
     kube.wait_for(lambda: any(collector == "kubeapi" for collector, _ in source.faults.counts()))
     assert source.poll(2006.0) == []
     kubelet.start()
