@@ -81,6 +81,10 @@ def call(socket_path: str, path: str, message: bytes, timeout_s: float = 5.0, ma
             raise RpcError("deadline_exceeded", f"no answer in {timeout_s:g} s") from None
         except OSError as err:  # the socket gone, refused, reset: the kubelet restarting
             raise RpcError("unavailable", f"{socket_path}: {err.strerror or err}") from None
+        except RpcError:
+            raise
+        except Exception as err:  # noqa: BLE001 - hpack's errors, a short frame: whatever garbage makes them raise
+            raise RpcError("internal", f"a malformed answer: {err}") from None
     finally:
         sock.close()
     return _message(headers, body, max_message)

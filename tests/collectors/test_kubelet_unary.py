@@ -78,7 +78,10 @@ def silent_server(behaviour: str):
             except OSError:
                 return
             conn.recv(65536)
-            if behaviour == "close":
+            if behaviour == "garbage":  # a HEADERS frame of stream 1 whose block is not HPACK
+                conn.sendall(b"\x00\x00\x04\x01\x05\x00\x00\x00\x01\xff\xff\xff\xff")
+                held.append(conn)
+            elif behaviour == "close":
                 conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS, then gone
                 conn.close()
             else:
@@ -113,3 +116,15 @@ def test_a_connection_closed_mid_answer_and_a_missing_socket_are_unavailable(tmp
     with pytest.raises(RpcError) as err:
         call(str(tmp_path / "nobody.sock"), LIST, b"")
     assert err.value.code == "unavailable"
+
+
+def test_an_answer_that_is_not_http2_is_an_internal_error():
+    path, server, held = silent_server("garbage")
+    try:
+        with pytest.raises(RpcError) as err:
+            call(path, LIST, b"", timeout_s=2)
+        assert err.value.code == "internal" and "malformed" in err.value.details
+    finally:
+        server.close()
+        for c in held:
+            c.close()
