@@ -79,19 +79,25 @@ class PodResourcesClient:
         self.timeout_s = timeout_s
         self.faults = faults or FAULTS
         self._lock = threading.Lock()  # one call at a time, as the poller and a scrape may both ask
+        # the last List answer's bytes and what they said: pods change rarely, and turning an
+        # answer into assignments costs more than asking (0.19 ms against 0.25 ms for 50 pods)
+        self._last_list: tuple[bytes, tuple[PodAssignment, ...]] | None = None
 
-    def _ask(self, call_name: str, method: str, request, answer):
-        """``answer`` parsed from the kubelet's reply to ``method``, or None (the fault counted)."""
+    def _call(self, call_name: str, method: str, request) -> bytes | None:
+        """The kubelet's answer to ``method``, serialized, or None (the fault counted)."""
         if not os.path.exists(self.socket_path):
             self.faults.record(COLLECTOR, "socket_missing", self.socket_path)
             return None
         with self._lock:
             try:
-                data = call(self.socket_path, SERVICE + method, request.SerializeToString(), self.timeout_s,
+                return call(self.socket_path, SERVICE + method, request.SerializeToString(), self.timeout_s,
                             _MAX_MESSAGE)
             except RpcError as err:
                 self.faults.record(COLLECTOR, f"{call_name}_{err.code}", err.details)
                 return None
+
+    def _parse(self, call_name: str, data: bytes, answer):
+        """``answer`` parsed from ``data``, or None (a damaged answer, counted)."""
         response = answer()
         try:
             response.ParseFromString(data)
@@ -102,13 +108,23 @@ class PodResourcesClient:
 
     def list(self) -> tuple[PodAssignment, ...] | None:
         """The pods holding GPU devices now, or None when the kubelet cannot be asked."""
-        response = self._ask("list", "List", api_pb2.ListPodResourcesRequest(), api_pb2.ListPodResourcesResponse)
-        return None if response is None else assignments_from_response(response, self.resources)
+        data = self._call("list", "List", api_pb2.ListPodResourcesRequest())
+        if data is None:
+            return None
+        last = self._last_list
+        if last is not None and last[0] == data:  # the same bytes say the same thing
+            return last[1]
+        response = self._parse("list", data, api_pb2.ListPodResourcesResponse)
+        if response is None:
+            return None
+        pods = assignments_from_response(response, self.resources)
+        self._last_list = (data, pods)
+        return pods
 
     def allocatable(self) -> Allocatable | None:
         """The GPU device ids the kubelet can allocate, or None when it cannot be asked."""
-        response = self._ask("allocatable", "GetAllocatableResources", api_pb2.AllocatableResourcesRequest(),
-                             api_pb2.AllocatableResourcesResponse)
+        data = self._call("allocatable", "GetAllocatableResources", api_pb2.AllocatableResourcesRequest())
+        response = None if data is None else self._parse("allocatable", data, api_pb2.AllocatableResourcesResponse)
         return None if response is None else allocatable_from_response(response, self.resources)
 
     def close(self) -> None:

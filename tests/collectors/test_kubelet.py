@@ -154,3 +154,17 @@ def test_resolve_all_deduplicates_replicas_of_one_gpu():
 def test_assignment_records_are_values():
     a = PodAssignment("ns", "p", (ContainerAssignment("c", (GPU0,), ("nvidia.com/gpu",)),))
     assert a == PodAssignment("ns", "p", (ContainerAssignment("c", (GPU0,), ("nvidia.com/gpu",)),))
+
+
+def test_an_unchanged_answer_is_not_parsed_again_and_a_changed_one_is(kubelet):
+    """The same bytes from the kubelet give the very assignments of the last answer (nothing is
+    parsed); a pod that comes or goes changes the bytes and is seen at once."""
+    kubelet.set_pod("research", "train-0", [("pytorch", [("nvidia.com/gpu", [GPU0])])])
+    client = make_client(kubelet.socket_path)
+    first = client.list()
+    assert client.list() is first
+    kubelet.set_pod("research", "train-1", [("pytorch", [("nvidia.com/gpu", [GPU1])])])
+    second = client.list()
+    assert {p.name for p in second} == {"train-0", "train-1"} and second is not first
+    kubelet.remove_pod("research", "train-1")
+    assert client.list() == first
