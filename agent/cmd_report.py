@@ -18,10 +18,10 @@ from typing import Sequence
 
 from agent import durations
 from collectors.errors import InputError
-from recommenders.engines import MEMORY_LIMIT
 from collectors.nodelabels import (
     CAPACITY_LABELS, INSTANCE_TYPE_LABELS, REGION_LABELS, ZONE_LABELS, capacity_type, pricing_labels,
 )
+from recommenders.engines import MEMORY_LIMIT
 
 def parse_duration(text: str, flag: str = "--since") -> float:
     """'7d', '36h', '2w', '90m' (a bare number means days) in seconds; InputError otherwise."""

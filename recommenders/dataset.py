@@ -165,9 +165,8 @@ class Engine:
         columns and the minute filter pushed down (DuckDB's own S3 reader is an extension
         downloaded at run time, which a cluster without egress cannot fetch)."""
         if self.where.local:
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             by_name = "false" if self._same_columns(files) else "true"
-            return f"read_parquet([{listed}], union_by_name = {by_name}, hive_partitioning = false)"
+            return f"read_parquet([{_listed(files)}], union_by_name = {by_name}, hive_partitioning = false)"
         import pyarrow.dataset as ds
 
         try:
@@ -187,9 +186,8 @@ class Engine:
         for the 11,008 files of a 100M-row week, where the plain read holds one."""
         todo = [f for f in files if f not in self._layout]
         if todo:
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in todo)
             rows = self._sql(f"SELECT file_name, string_agg(name || ' ' || type, ',' ORDER BY name) "
-                             f"FROM parquet_schema([{listed}]) GROUP BY file_name").fetchall()
+                             f"FROM parquet_schema([{_listed(todo)}]) GROUP BY file_name").fetchall()
             self._layout.update(rows)
         # a file the footers did not name (a path written another way) counts as different
         return len({self._layout.get(f, f) for f in files}) <= 1
@@ -256,6 +254,11 @@ def check_values(e, start: float, end: float) -> None:
             raise LedgerError(f"expected {expected}, got {got} (node {row['node']}, minute {when}; "
                               f"{int(bad):,} such rows)", file=e.where.url(e.where.path(f"date={when[:10]}")),
                               field=column)
+
+
+def _listed(files: Sequence[str]) -> str:
+    """Paths as a DuckDB list's items, each quoted."""
+    return ", ".join("'" + f.replace("'", "''") + "'" for f in files)
 
 
 def _footer(where: Location, path: str) -> tuple[list[str], str | None]:

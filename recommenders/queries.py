@@ -301,7 +301,8 @@ def workload_demand() -> str:
 
 
 def workload_demand_by_hour(q: float = 0.95, spans: Sequence[tuple[int, int]] = ((0, 0),)) -> str:
-    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand (needs ``workload_minutes``)."""
+    """Per workload and local hour of the day, the ``q`` quantile of its per-minute demand
+    (needs ``workload_minutes``)."""
     return counted_quantiles("workload_minutes", [("w", "w"), ("hour", hour_of_day(spans))], "demand", {"demand": q})
 
 
@@ -363,7 +364,8 @@ def hour_rows(cuts: Sequence[int] = ()) -> str:
     keys = _names(HOUR_KEY)
     part = "CAST(0 AS BIGINT)"  # not a bare 0: GROUP BY 0 would name a column by position
     if cuts:
-        part = "CASE " + " ".join(f"WHEN minute < {int(c)} THEN {i}" for i, c in enumerate(cuts)) + f" ELSE {len(cuts)} END"
+        branches = " ".join(f"WHEN minute < {int(c)} THEN {i}" for i, c in enumerate(cuts))
+        part = f"CASE {branches} ELSE {len(cuts)} END"
     return (
         f"SELECT {hour} AS minute, {part} AS part, {keys}, {held} AS pod_uid, "
         f"COALESCE(SUM(gpu_hourly_price * ({seconds})) / NULLIF(SUM({seconds}), 0), 0) AS gpu_hourly_price, "

@@ -52,7 +52,8 @@ def to_frame(table: pa.Table, categorical: Sequence[str] = ()) -> pd.DataFrame:
 
     for name in categorical:
         i = table.schema.get_field_index(name)
-        if i >= 0 and (pa.types.is_string(table.schema.field(i).type) or pa.types.is_large_string(table.schema.field(i).type)):
+        kind = table.schema.field(i).type if i >= 0 else None
+        if kind is not None and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
     out = table.to_pandas()
     for name in categorical:

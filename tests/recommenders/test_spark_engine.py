@@ -45,7 +45,8 @@ ARGS = {
 NOT_QUERIES: set[str] = {"local_seconds", "hour_of_day", "hour_of_week", "value_checks", "counted_quantiles"}
 #: the tables the evidence's queries read, kept by the engine in this order (workload_evidence's)
 TABLES = (("held_keys", "held_keys_table"), ("workloads", "workload_table"), ("pods", "pod_table"),
-          ("devices", "device_table"), ("held_ids", "held_ids_table"), ("held", "held_table"), ("pod_minutes", "pod_minutes_table"), ("workload_minutes", "workload_minutes_table"))
+          ("devices", "device_table"), ("held_ids", "held_ids_table"), ("held", "held_table"),
+          ("pod_minutes", "pod_minutes_table"), ("workload_minutes", "workload_minutes_table"))
 
 
 def query_functions() -> list[str]:
