@@ -11,6 +11,7 @@ generated from these declarations.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -41,11 +42,13 @@ def _listen(value: Any) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _duration(minimum: float) -> Callable[[Any], float]:
+def _duration(minimum: float, maximum: float = math.inf) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
         seconds = parse_duration(str(value))
         if seconds < minimum:
             raise ValueError(f"expected at least {minimum:g} s, got {value!r}")
+        if seconds > maximum:
+            raise ValueError(f"expected at most {maximum:g} s, got {value!r}")
         return seconds
     return parse
 
@@ -147,6 +150,12 @@ class AgentSettings:
     interval: float = setting(
         1.0, "Time between samples. In dry-run: how often the agent takes the trace's next records (wall time).",
         parse=_duration(0.05), metavar="DURATION", shown_default="`1s`")
+    account_every: float = setting(
+        10.0, "How often the samples taken since the last time are attributed, counted on /metrics and added "
+        "to the minute ledger. Sampling stays at --interval; accounting a batch costs about what accounting one "
+        "sample cycle does, so a longer period saves CPU, and /metrics lags the GPUs by up to this much (at most "
+        "2m; --interval or less: every cycle).",
+        parse=_duration(0.0, 120.0), metavar="DURATION", shown_default="`10s`")
     ledger_dir: str | None = setting(
         None, "Where the minute ledger rollups go (DIR/<node>/<date>/<hour>.jsonl.gz); keep it on the host so a "
         "restart loses nothing. A restart continues the ledger there if it came from the same source (this live "

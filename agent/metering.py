@@ -1,11 +1,12 @@
-"""The live agent's driver of the engine: each cycle's records in, its row parts out.
+"""The live agent's driver of the engine: a batch of polled records in, its row parts out.
 
 Replay (:mod:`agent.replay`) accounts a trace strictly and in time order. The agent
-receives a handful of records a second, from collectors that can be a moment out of step
+polls a handful of records a second and hands them here in batches (every
+``--account-every``, :mod:`agent.daemon`), from collectors that can be a moment out of step
 (a sample of a device before its devices record, a pods record late), so :class:`Meter`
 drives the same :class:`~agent.accounting.engine.Engine` with the agent's policy: what cannot be
 accounted is dropped and counted, never fatal; a sample up to ``horizon_s`` behind the
-newest is still accounted with the state records in effect at its time; each cycle's row
+newest is still accounted with the state records in effect at its time; each batch's row
 parts go out at once, to the exporter's counters and the minute ledger
 (:class:`~agent.rollups.RollupBook`), which adds a late part to a minute already written.
 Nothing here does I/O.

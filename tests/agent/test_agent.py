@@ -164,6 +164,7 @@ def _samples_in(trace: Path) -> int:
     (["--trace", "x.jsonl"], {}, None, "field '--trace': --trace is for --dry-run"),
     (["--interval", "soon"], {}, None, "field '--interval': "),
     ([], {"GPULEDGER_INTERVAL": "10ms"}, None, "field 'GPULEDGER_INTERVAL': expected at least 0.05 s"),
+    (["--account-every", "5m"], {}, None, "field '--account-every': expected at most 120 s, got '5m'"),
     ([], {"GPULEDGER_LISTEN": "9400"}, None, "field 'GPULEDGER_LISTEN': expected HOST:PORT"),
     ([], {}, "agent:\n  speed: -2\n", "config.yaml:2: field 'agent.speed': expected a speed above 0"),
     ([], {}, "team_labels: [team]\nagent:\n  sped: 2\n", "config.yaml:3: field 'agent.sped': unknown agent setting"),
@@ -287,3 +288,62 @@ def test_an_unreachable_price_api_is_counted_and_the_snapshot_prices(small_trace
     prices = [line for line in text.splitlines() if line.startswith("gpuledger_gpu_hourly_price{")]
     assert prices and all('source="snapshot:' in line for line in prices if "p5.48xlarge" in line)
     assert agent.metrics.totals()["gpuledger_gpu_cost"] > 0
+
+
+def _dry_run_agent(trace: Path, ledger: Path, account_every: str, clock):
+    """An in-process dry-run agent over ``trace``, its playback clock ``clock``."""
+    import argparse
+
+    from agent import agent_settings
+    from agent.config import Config
+    from agent.daemon import Agent
+    from agent.rollups import RollupBook
+    from agent.tracesource import TraceSource
+    from collectors.faults import FaultCounter
+    from collectors.pricing.ratecard import RateCardPricer, load_snapshot
+
+    settings = agent_settings.resolve(argparse.Namespace(**{s.name: None for s in agent_settings.SETTINGS}),
+                                      {"GPULEDGER_LEDGER_DIR": str(ledger), "GPULEDGER_DRY_RUN": "true", "GPULEDGER_TRACE": str(trace),
+                                       "GPULEDGER_ACCOUNT_EVERY": account_every})
+    source = TraceSource(trace, speed=1.0, clock=clock)
+    pricer = RateCardPricer(load_snapshot())
+    book = RollupBook(settings.ledger_dir, pricer.currency)
+    return Agent(settings, Config(), pricer, source, source.interval, FaultCounter(), "dry-run", "test",
+                 book, book.restore())
+
+
+def test_accounting_every_n_seconds_holds_back_the_counters_but_loses_and_changes_nothing(
+        small_trace, reference, tmp_path):
+    """--account-every 2m: after the first cycle the polled samples wait (the counters stand
+    still) until a flush accounts them; the ledger at the end is replay's, row for row."""
+    from collectors.records import Sample
+
+    now = [0.0]
+    agent = _dry_run_agent(small_trace, tmp_path / "ledger", "2m", lambda: now[0])
+    polled = 0
+    original_poll = agent.source.poll
+
+    def counting_poll(t):
+        nonlocal polled
+        records = original_poll(t)
+        polled += sum(isinstance(r, Sample) for r in records)
+        return records
+
+    agent.source.poll = counting_poll
+    while agent.health.last_cycle is None:  # until /readyz could answer 200, each cycle is accounted
+        now[0] += agent.source.interval
+        agent.sample()
+        assert agent.metrics.samples == polled
+    first = agent.metrics.samples
+    assert first > 0
+    for _ in range(12):  # two minutes of trace, in 10 s steps: well within 2 m of wall time
+        now[0] += agent.source.interval
+        agent.sample()
+    assert polled > first and agent.metrics.samples == first  # polled, not yet accounted
+    agent.flush()
+    assert agent.metrics.samples == polled
+    while not agent.source.exhausted:
+        now[0] += 600.0
+        agent.sample()
+    assert agent.ledger_final and agent.metrics.samples == polled
+    assert_same_ledger(keyed(rollup_rows(tmp_path / "ledger")), reference["rows"])

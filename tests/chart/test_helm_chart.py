@@ -334,7 +334,7 @@ def test_default_agent_args(rendered):
         "--ledger-dir": "/var/lib/gpuledger/ledger", "--kubernetes": "auto",
         "--kubelet-socket": "/var/lib/kubelet/pod-resources/kubelet.sock", "--processes": "off",
         "--price-cache": "/var/lib/gpuledger/price-cache", "--price-refresh": "1h", "--log-level": "info",
-        "--serving": "auto", "--serving-interval": "15s", "--ledger-keep-days": "35",
+        "--serving": "auto", "--serving-interval": "15s", "--ledger-keep-days": "35", "--account-every": "10s",
     }
 
 
@@ -824,6 +824,7 @@ def test_prometheus_rule_budgets_and_dry_run(rendered):
 BAD_VALUES = [
     ({"agent": {"kubernetes": "maybe"}}, "agent.kubernetes"),
     ({"agent": {"interval": "often"}}, "agent.interval"),
+    ({"agent": {"accountEvery": "soon"}}, "agent.accountEvery"),
     ({"agent": {"runAsUser": -1}}, "agent.runAsUser"),
     ({"agnet": {"processes": True}}, "agnet"),
     ({"metrics": {"port": 70000}}, "metrics.port"),

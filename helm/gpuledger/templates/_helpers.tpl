@@ -129,6 +129,7 @@ containers:
       - --speed={{ .Values.dryRun.speed }}
       {{- end }}
       - --listen=0.0.0.0:{{ .Values.metrics.port }}
+      - --account-every={{ $agent.accountEvery }}
       {{- if not $dry }}
       - --node=$(NODE_NAME)
       - --interval={{ $agent.interval }}
